@@ -1,0 +1,64 @@
+"""The ``torchscript`` backend: one ``torch.jit.trace`` per bucket, frozen.
+
+Tracing at a fixed shape is the closest relative of ``torch.neuron.trace`` and
+``torch_xla``'s static graphs: shape-dependent Python control flow is baked in per
+bucket, which is exactly why each bucket gets its own trace.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import BackendError
+from ..shapes import Bucket
+from ..spec import ModelSpec
+from ._torch import named_outputs, positional
+
+
+@dataclass
+class TorchScriptArtifact:
+    bucket: Bucket
+    module: Any
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names]
+        with torch.inference_mode():
+            return named_outputs(self.module(*args), self.output_names)
+
+    @property
+    def nbytes(self) -> int | None:
+        return None  # the frozen trace refers to the module's weights; not a separate copy
+
+
+class TorchScriptBackend:
+    """Args: freeze: run ``torch.jit.freeze`` on each trace (inlines weights, folds ops)."""
+
+    name: ClassVar[str] = "torchscript"
+
+    def __init__(self, *, freeze: bool = True) -> None:
+        self.freeze = freeze
+
+    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> TorchScriptArtifact:
+        wrapper = positional(model, spec)
+        example = spec.example_inputs(bucket)
+        args = tuple(torch.from_numpy(example[n]) for n in spec.input_names)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # TracerWarnings are expected: shapes are fixed
+                traced = torch.jit.trace(wrapper, args, check_trace=False)
+                if self.freeze:
+                    traced = torch.jit.freeze(traced.eval())
+        except Exception as err:
+            raise BackendError(f"torchscript could not trace bucket {bucket!r}: {err}") from err
+        return TorchScriptArtifact(bucket, traced, spec.input_names, spec.output_names)
+
+    def close(self) -> None:
+        pass

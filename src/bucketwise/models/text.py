@@ -172,13 +172,20 @@ class SentenceEmbedder:
 
     def embed(self, texts: Sequence[Text], *, progress: bool = False) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array (len(texts), hidden), input order."""
-        from tqdm.auto import tqdm
-
         if isinstance(texts, str):
             raise InputError("texts must be a list of strings, got a single string; wrap it: [text]")
         if len(texts) == 0:
             raise InputError("texts is empty; pass at least one text")
-        encoded = self.tokenize(texts)
+        return self.embed_tokenized(self.tokenize(texts), progress=progress)
+
+    def embed_tokenized(
+        self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *, progress: bool = False
+    ) -> np.ndarray:
+        """Like :meth:`embed`, for texts already tokenized by :meth:`tokenize`."""
+        from tqdm.auto import tqdm
+
+        if len(encoded) == 0:
+            raise InputError("texts is empty; pass at least one text")
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         step = self.model.plan.max_size("batch") if "batch" in self.model.plan.dims else 1
         pad_id = self.tokenizer.pad_token_id
@@ -198,8 +205,8 @@ class SentenceEmbedder:
             out = self.model.run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
             emb = out["sentence_embedding"]
             if result is None:
-                result = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+                result = np.empty((len(encoded), emb.shape[1]), dtype=np.float32)
             result[idx] = emb
             bar.update(len(idx))
         bar.close()
-        return result  # type: ignore[return-value]  # texts is non-empty, so it was set
+        return result  # type: ignore[return-value]  # encoded is non-empty, so it was set

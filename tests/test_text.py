@@ -108,6 +108,9 @@ def test_embedder_overflow_and_bad_texts(minilm):
         BucketedModel(module, spec, Plan.grid(batch=[1], seq=[16]), overflow="truncate").compile(progress=False), tokenizer
     )
     assert cut.embed([long_text, "short"]).shape == (2, 384)
+    assert cut.model.stats.overflow["truncate"] == 1  # counted, though the tokenizer cut it
+    assert [len(ids) for ids, _ in cut.tokenize([long_text])] == [16]
+    assert cut.tokenize([long_text])[0][0][-1] == tokenizer.sep_token_id  # [SEP] is kept
     fallback = SentenceEmbedder(
         BucketedModel(module, spec, Plan.grid(batch=[1], seq=[16]), overflow="fallback").compile(progress=False), tokenizer
     )

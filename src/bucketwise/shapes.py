@@ -13,6 +13,7 @@ import bisect
 import itertools
 import json
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,20 +49,16 @@ def _dim_key(dim: str) -> tuple[int, str]:
 def _check_size(dim: Any, size: Any, what: str) -> int:
     if not isinstance(dim, str) or not dim:
         raise PlanError(f"{what}: dim names must be non-empty strings, got {dim!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        # numpy integers are accepted by converting; anything else is an error.
-        try:
-            import numpy as np
-
-            if isinstance(size, np.integer) and int(size) >= 1:
-                return int(size)
-        except ImportError:  # pragma: no cover - numpy is a hard dependency
-            pass
+    try:
+        value = operator.index(size)  # ints and NumPy integers; not floats or strings
+    except TypeError:
+        value = 0
+    if isinstance(size, bool) or value < 1:
         raise PlanError(
             f"{what}: size of dim {dim!r} must be a positive integer, got {size!r}; "
             "sizes count elements along that dim, e.g. seq=128"
         )
-    return size
+    return value
 
 
 @dataclass(frozen=True, init=False, order=False)
@@ -231,14 +228,12 @@ def _build_table(buckets: Sequence[Bucket], cost: CostModel) -> _RouteTable:
     if len(dims) != 1:
         return _RouteTable(dims, (), (), ranked)
     by_size = sorted(buckets, key=lambda b: b.sizes[0][1])
-    best: list[Bucket] = [by_size[-1]] * len(by_size)
-    for i in range(len(by_size) - 1, -1, -1):
-        cand = by_size[i]
-        if i == len(by_size) - 1:
-            best[i] = cand
-        else:
-            # Ties keep the smaller bucket: equal cost, less padding.
-            best[i] = cand if cost.cost(cand) <= cost.cost(best[i + 1]) else best[i + 1]
+    # best[i]: the cheapest of by_size[i:], i.e. of the buckets that cover any size that
+    # bisects to i. Ties keep the smaller bucket: equal cost, less padding.
+    best = list(by_size)
+    for i in range(len(by_size) - 2, -1, -1):
+        if cost.cost(best[i + 1]) < cost.cost(by_size[i]):
+            best[i] = best[i + 1]
     return _RouteTable(dims, tuple(b.sizes[0][1] for b in by_size), tuple(best), ranked)
 
 

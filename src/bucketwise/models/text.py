@@ -152,22 +152,34 @@ class SentenceEmbedder:
         return cls(bucketed, tokenizer)
 
     def tokenize(self, texts: Sequence[Text]) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, token_type_ids) per text, unpadded. Pairs are (first, second)."""
-        truncate = self.model.overflow == "truncate"
+        """(input_ids, token_type_ids) per text, unpadded. Pairs are (first, second).
+
+        Under ``overflow="truncate"`` a text longer than the largest bucket is truncated by
+        the tokenizer (which keeps the closing [SEP] and trims pairs longest-first), and
+        each truncation is counted in the model's ``stats.overflow``.
+        """
         max_len = self.model.plan.max_size("seq")
+        truncate = self.model.overflow == "truncate"
         out = []
+        truncated = 0
         for i, text in enumerate(texts):
             if isinstance(text, tuple) and len(text) == 2:
-                enc = self.tokenizer(text[0], text[1], truncation=truncate, max_length=max_len if truncate else None)
+                args: tuple[str, ...] = text
             elif isinstance(text, str):
-                enc = self.tokenizer(text, truncation=truncate, max_length=max_len if truncate else None)
+                args = (text,)
             else:
                 raise InputError(
                     f"texts[{i}] is a {type(text).__name__}; each text must be a string or a "
                     "(first, second) pair of strings"
                 )
+            enc = self.tokenizer(*args)
+            if truncate and len(enc["input_ids"]) > max_len:
+                enc = self.tokenizer(*args, truncation=True, max_length=max_len)
+                truncated += 1
             types = enc.get("token_type_ids") or [0] * len(enc["input_ids"])
             out.append((enc["input_ids"], types))
+        if truncated:
+            self.model.count_overflow("truncate", truncated)
         return out
 
     def embed(self, texts: Sequence[Text], *, progress: bool = False) -> np.ndarray:

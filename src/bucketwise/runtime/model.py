@@ -273,6 +273,14 @@ class BucketedModel:
             out[o.name] = np.concatenate(values, axis=axis)
         return out
 
+    def count_overflow(self, policy: str, n: int = 1) -> None:
+        """Record ``n`` overflows handled by ``policy`` outside the call path (e.g. a
+        tokenizer that truncates), so ``stats.overflow`` counts every use."""
+        if policy not in OVERFLOW_POLICIES:
+            raise SpecError(f"policy must be one of {OVERFLOW_POLICIES}, got {policy!r}")
+        with self._lock:
+            self.stats.overflow[policy] += n
+
     def _count(self, *, overflow: str | None = None, calls: int = 0, rows: int = 0) -> None:
         with self._lock:
             self.stats.calls += calls

@@ -195,7 +195,14 @@ def _cost_model_from_json(data: Any) -> CostModel:
         _reject_unknown(data, {"kind", "costs", "per_position"}, "cost_model")
         costs = {Bucket(e["bucket"]): float(e["cost"]) for e in data.get("costs", [])}
         return TableCost(costs, float(data.get("per_position", 1.0)))
-    raise PlanError(f"plan JSON: unknown cost_model kind {kind!r}; known: 'volume', 'table'")
+    if kind == "polynomial":
+        from .planning.costs import PolynomialCost
+
+        _reject_unknown(data, {"kind", "terms"}, "cost_model")
+        return PolynomialCost.from_terms([(t["exponents"], float(t["coef"])) for t in data.get("terms", [])])
+    raise PlanError(
+        f"plan JSON: unknown cost_model kind {kind!r}; known: 'volume', 'table', 'polynomial'"
+    )
 
 
 def _reject_unknown(data: Mapping[str, Any], allowed: set[str], what: str) -> None:

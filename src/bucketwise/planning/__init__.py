@@ -1,0 +1,29 @@
+"""Planners: choose buckets from observed shapes, and report how good a plan is.
+
+``plan(sizes, k=4)`` is exact in 1-D (dynamic programming); N-D plans use greedy + local
+search, or an exact MILP on small instances. ``report(plan, sizes)`` compares a plan with
+pad-to-max, powers of two and equal-frequency quantiles.
+"""
+
+from .costs import PolynomialCost, fit_cost, measure_cost
+from .dp import Solution1D, optimal_1d
+from .observe import Observations, observe
+from .planner import bucket_budget, neuron_bucket_count, plan
+from .report import PlanReport, StrategyReport, alternatives, report
+
+__all__ = [
+    "Observations",
+    "PlanReport",
+    "PolynomialCost",
+    "Solution1D",
+    "StrategyReport",
+    "alternatives",
+    "bucket_budget",
+    "fit_cost",
+    "measure_cost",
+    "neuron_bucket_count",
+    "observe",
+    "optimal_1d",
+    "plan",
+    "report",
+]

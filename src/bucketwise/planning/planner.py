@@ -1,0 +1,180 @@
+"""plan(): choose buckets from observed shapes under count, memory and compile-time budgets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import PlanError
+from ..shapes import Bucket, CostModel, Plan, TableCost, VolumeCost
+from .dp import optimal_1d
+from .nd import optimal_nd
+from .observe import Observations, observe
+
+__all__ = ["plan", "bucket_budget", "neuron_bucket_count"]
+
+
+def neuron_bucket_count(n_weights: int) -> int:
+    """The AWS Neuron rule of thumb: about round(10^9 / number of weights) buckets per NeuronCore."""
+    if n_weights < 1:
+        raise PlanError(f"number of weights must be positive, got {n_weights}")
+    return max(1, round(1e9 / n_weights))
+
+
+def bucket_budget(
+    *,
+    k: int | None = None,
+    memory_budget: float | None = None,
+    bytes_per_bucket: float | None = None,
+    compile_budget: float | None = None,
+    seconds_per_bucket: float | None = None,
+    batch_sizes: int = 1,
+) -> int:
+    """The most buckets every budget allows: count, memory (bytes) and compile time (s).
+
+    Memory and compile time are per compiled artifact, so each length bucket costs
+    ``batch_sizes`` of them. Raises :class:`PlanError` when no plan fits.
+    """
+    limits: dict[str, int] = {}
+    if k is not None:
+        if k < 1:
+            raise PlanError(f"k (the bucket count) must be at least 1, got {k}")
+        limits["k"] = k
+    for name, budget, per in (
+        ("memory_budget", memory_budget, bytes_per_bucket),
+        ("compile_budget", compile_budget, seconds_per_bucket),
+    ):
+        if budget is None:
+            continue
+        if per is None or per <= 0:
+            raise PlanError(f"{name} needs the cost of one bucket ({'bytes_per_bucket' if 'memory' in name else 'seconds_per_bucket'} > 0)")
+        limits[name] = math.floor(budget / (per * batch_sizes))
+    if not limits:
+        raise PlanError("give a budget: k, memory_budget with bytes_per_bucket, or compile_budget with seconds_per_bucket")
+    most = min(limits.values())
+    if most < 1:
+        tight = min(limits, key=limits.get)  # type: ignore[arg-type]
+        raise PlanError(
+            f"no plan meets the budget: {tight} allows {limits[tight]} buckets, and a plan needs at "
+            f"least 1 ({batch_sizes} artifact(s) per length bucket). Raise the budget or lower the cost per bucket"
+        )
+    return most
+
+
+def plan(
+    observed: Any,
+    *,
+    k: int | None = 4,
+    dims: Sequence[str] | None = None,
+    cost: CostModel | None = None,
+    cap: int | dict[str, int] | None = None,
+    grid: int | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    memory_budget: float | None = None,
+    bytes_per_bucket: float | None = None,
+    compile_budget: float | None = None,
+    seconds_per_bucket: float | None = None,
+    exact: bool | None = None,
+) -> Plan:
+    """Choose at most ``k`` buckets minimising the expected cost of the observed shapes.
+
+    Args:
+        observed: sizes (list/array), a histogram ``{size: count}``, shape dicts, an
+            ``(n, d)`` array with ``dims``, :class:`Observations`, or an image folder.
+        k: most buckets; memory and compile budgets may lower it (:func:`bucket_budget`).
+        cost: cost model (default: padding volume). Measured costs may be non-monotone; a
+            candidate slower than a larger one is never chosen.
+        cap: upper bound per dim (an int for 1-D); the top bucket sits at the cap and the
+            share of inputs above it is reported in ``plan.meta``. Default: the largest
+            observed size.
+        grid: restrict bucket sizes to multiples of this (8, 16, 64 ...).
+        batch_sizes: also bucket the batch: the plan is every batch size × every planned
+            length bucket (one artifact each, which the budgets count).
+        exact: N-D only: solve exactly with a MILP (small instances) instead of greedy +
+            local search. Default: exact when the instance is small.
+
+    1-D plans are exact (dynamic programming). The returned plan's ``meta`` records the
+    planner, the observation count, the cap and the share of inputs above it.
+    """
+    obs = observe(observed, dims=dims)
+    cost = cost or VolumeCost()
+    n_batch = len(batch_sizes) if batch_sizes else 1
+    budget = bucket_budget(
+        k=k, memory_budget=memory_budget, bytes_per_bucket=bytes_per_bucket,
+        compile_budget=compile_budget, seconds_per_bucket=seconds_per_bucket, batch_sizes=n_batch,
+    )
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+        raise PlanError(f"grid must be a positive integer (e.g. 8, 16, 64), got {grid!r}")
+    caps = _caps(obs, cap)
+    inside = np.all(obs.shapes <= np.array([caps[d] for d in obs.dims]), axis=1)
+    above_share = float(obs.counts[~inside].sum() / obs.total)
+    if not inside.any():
+        raise PlanError(f"every observed shape is above the cap {caps}; raise the cap")
+    kept = Observations(obs.dims, obs.shapes[inside], obs.counts[inside])
+
+    if len(obs.dims) == 1:
+        (dim,) = obs.dims
+        sizes = kept.column(dim)
+        top = caps[dim]
+        if isinstance(cost, TableCost):
+            # Measured costs: plan over the measured shapes only (others would be guesses);
+            # the top bucket is the smallest measured one that holds the upper bound.
+            cands = np.array(sorted({b[dim] for b in cost.costs if dim in b.dims}), dtype=np.int64)
+            if cap is None:
+                if not len(cands) or cands.max() < top:
+                    raise PlanError(
+                        f"measured costs cover {dim} up to {int(cands.max()) if len(cands) else 0}, but "
+                        f"inputs reach {top}; measure a bucket of at least {top} or give a cap"
+                    )
+                top = int(cands[cands >= top].min())
+                caps[dim] = top
+        elif grid is None:
+            cands = np.unique(sizes)
+        else:
+            cands = np.unique(-(-sizes // grid) * grid)
+        cands = np.unique(np.append(cands[cands <= top], top))
+        w = [_cost_of(cost, {dim: int(t)}, batch_sizes) for t in cands]
+        sol = optimal_1d(sizes, kept.counts, cands, w, budget)
+        shapes = [{dim: s} for s in sol.sizes]
+        planner = "exact-1d"
+    else:
+        shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grid, exact=exact, batch_sizes=batch_sizes)
+
+    buckets = [Bucket({**s, "batch": b}) if batch_sizes else Bucket(s) for s in shapes for b in (batch_sizes or [None])]
+    meta = {
+        "planner": planner,
+        "k": budget,
+        "observations": obs.total,
+        "cap": caps,
+        "above_cap_share": above_share,
+        "grid": grid,
+    }
+    return Plan(tuple(buckets), cost, meta)
+
+
+def _caps(obs: Observations, cap: int | dict[str, int] | None) -> dict[str, int]:
+    caps = {d: obs.max(d) for d in obs.dims}
+    if cap is None:
+        return caps
+    if isinstance(cap, dict):
+        unknown = set(cap) - set(obs.dims)
+        if unknown:
+            raise PlanError(f"cap names dims {sorted(unknown)} that the observations lack ({obs.dims})")
+        given = cap
+    else:
+        if len(obs.dims) != 1:
+            raise PlanError(f"an int cap applies to 1-D plans; give a dict per dim for {obs.dims}")
+        given = {obs.dims[0]: cap}
+    for d, c in given.items():
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+            raise PlanError(f"cap for {d!r} must be a positive integer, got {c!r}")
+        caps[d] = int(c)
+    return caps
+
+
+def _cost_of(cost: CostModel, shape: dict[str, int], batch_sizes: Sequence[int] | None) -> float:
+    # With batch buckets, a length bucket's cost is that of a single row (batch 1).
+    return cost.cost(Bucket({**shape, "batch": 1}) if batch_sizes else Bucket(shape))

@@ -52,3 +52,28 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def time_rounds(runners: dict[str, Any], samples: list[Any], rounds: int, *, desc: str = "timing") -> dict[str, float]:
+    """Best total seconds per runner over ``rounds`` passes through ``samples``.
+
+    Runners are callables taking one sample. Each round rotates the order in which the
+    runners go, so drift on a shared machine falls on all of them alike.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    best = {name: float("inf") for name in runners}
+    order = list(runners)
+    bar = tqdm(total=rounds * len(order), desc=desc, unit="config")
+    for r in range(rounds):
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            run = runners[name]
+            start = time.perf_counter()
+            for s in samples:
+                run(s)
+            best[name] = min(best[name], time.perf_counter() - start)
+            bar.update()
+    bar.close()
+    return best

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
-from tqdm.auto import tqdm
-
-from _common import SHARED_DATA, save, table
+from _common import SHARED_DATA, save, table, time_rounds
 from bucketwise import BucketedModel, Plan
 from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
 from bucketwise.data import read_mrpc
@@ -64,25 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         exact.run(names, s)
     configs["exact shapes"] = ("dynamic session", exact)
 
-    def run(obj, sample):
+    runners = {}
+    for name, (_, obj) in configs.items():
+        runners[name] = obj.run if isinstance(obj, BucketedModel) else (lambda s: exact.run(names, s))
+    for _, obj in configs.values():
         if isinstance(obj, BucketedModel):
-            return obj.run(sample)
-        return exact.run(names, sample)
-
-    best = {name: float("inf") for name in configs}
-    order = list(configs)
-    bar = tqdm(total=args.rounds * len(order), desc="timing", unit="config")
-    for r in range(args.rounds):
-        for name in order[r % len(order):] + order[: r % len(order)]:
-            obj = configs[name][1]
-            if isinstance(obj, BucketedModel):
-                obj.reset_stats()
-            start = time.perf_counter()
-            for s in samples:
-                run(obj, s)
-            best[name] = min(best[name], time.perf_counter() - start)
-            bar.update()
-    bar.close()
+            obj.reset_stats()
+    best = time_rounds(runners, samples, args.rounds)
+    for _, obj in configs.values():  # stats per pass through the samples
+        if isinstance(obj, BucketedModel):
+            for key in ("padded_volume", "real_volume"):
+                setattr(obj.stats, key, getattr(obj.stats, key) // args.rounds)
 
     results = []
     for name, (desc, obj) in configs.items():
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             "ms_per_pair": 1e3 * seconds / len(samples),
             "computed_positions": computed,
             "padding_waste": 1 - tokens / computed,
-            "hits": obj.stats.as_dict()["hits"] if isinstance(obj, BucketedModel) else None,
+            "hits_per_pass": {b: n // args.rounds for b, n in obj.stats.as_dict()["hits"].items()} if isinstance(obj, BucketedModel) else None,
         })
     by = {r["config"]: r for r in results}
     for r in results:

@@ -152,6 +152,69 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+PROFILE_SEQS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .planning import Observations, fit_cost, measure_cost, neuron_bucket_count, plan, report
+    from .planning.io import parse_bytes, plot_plan, read_shapes
+    from .shapes import Bucket
+
+    dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
+    is_text = args.input is None or Path(args.input).suffix in TEXT_SUFFIXES
+    if is_text:
+        from .corpus import stdlib_docstrings
+        from .models.text import DEFAULT_BATCH_SIZES, load_default_tokenizer
+
+        texts = read_texts(Path(args.input)) if args.input else stdlib_docstrings()
+        obs = Observations.from_texts(texts, load_default_tokenizer())
+        source = args.input or "built-in corpus"
+        batch_sizes = args.batch_sizes or list(DEFAULT_BATCH_SIZES)
+    else:
+        obs = read_shapes(args.input, dims=dims)
+        source = args.input
+        batch_sizes = args.batch_sizes
+    print(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
+
+    cost = None
+    if args.cost == "measured":
+        if not is_text:
+            raise InputError("--cost measured profiles the default text model; give texts (.txt/.jsonl) or no input")
+        from .models.text import load_default_encoder
+
+        module, _, spec = load_default_encoder()
+        longest = obs.max("seq") if args.cap is None else args.cap
+        seqs = [s for s in PROFILE_SEQS if s < longest] + [next((s for s in PROFILE_SEQS if s >= longest), longest)]
+        candidates = [Bucket(batch=1, seq=s) for s in seqs]
+        table = measure_cost(module, spec, candidates, backend=args.backend, progress=not args.no_progress)
+        cost = fit_cost(list(table.costs), list(table.costs.values()), form="transformer")
+        terms = ", ".join(f"{c * 1e3:.4g}" for _, c in cost.terms)
+        print(f"cost     fitted on {args.backend}: per row ms = {terms} (1, L, L^2 coefficients)")
+    k = args.k
+    if args.neuron_weights:
+        k = min(k, neuron_bucket_count(args.neuron_weights))
+    p = plan(
+        obs, k=k, cost=cost, cap=args.cap, grid=args.grid, batch_sizes=batch_sizes,
+        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        bytes_per_bucket=parse_bytes(args.bytes_per_bucket) if args.bytes_per_bucket else None,
+        compile_budget=args.compile_budget, seconds_per_bucket=args.seconds_per_bucket,
+    )
+    rep = report(p, obs, user=args.compare)
+    print(rep)
+    p.save(args.output)
+    print(f"wrote    {args.output} ({len(p)} buckets: {p}); use it with: bucketwise embed --plan {args.output}")
+    if args.plot:
+        from .planning.report import alternatives
+
+        alts = alternatives(obs, p, k)
+        shown = {"planned": p, **{n: alts[n] for n in ("powers-of-two", "pad-to-max") if n in alts}}
+        print(f"wrote    {plot_plan(obs, shown, args.plot)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"plan": p.to_json(), "report": rep.as_dict()}, indent=2) + "\n")
+    return 0
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
     from .backends.base import REQUIREMENTS
 
@@ -191,6 +254,38 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-progress", action="store_true", help="hide progress bars")
     embed.add_argument("--quiet", action="store_true", help="print nothing (errors still go to stderr)")
     embed.set_defaults(func=cmd_embed)
+
+    plan = sub.add_parser(
+        "plan",
+        help="choose buckets from observed shapes and compare them with the usual ladders",
+        description=(
+            "Choose at most K buckets that minimise the expected cost of the observed shapes "
+            "(exact in 1-D), print a report beside pad-to-max, powers of two and quantiles, and "
+            "write a plan JSON that `bucketwise embed --plan` uses. INPUT is texts (.txt/.jsonl, "
+            "tokenized with the default tokenizer; the default is the built-in corpus), shapes "
+            "(.csv/.json/.npy) or a folder of images."
+        ),
+    )
+    plan.add_argument("input", nargs="?", metavar="INPUT", help="texts, shapes file or image folder (default: built-in corpus)")
+    plan.add_argument("--k", type=int, default=4, help="most buckets per batch size (default 4)")
+    plan.add_argument("--dims", metavar="seq", help="dim names of the shapes' columns, comma-separated")
+    plan.add_argument("--cost", choices=("volume", "measured"), default="volume",
+                      help="volume: padding volume (default); measured: profile the default model on --backend and fit a+bL+cL^2")
+    plan.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="backend profiled by --cost measured")
+    plan.add_argument("--cap", type=int, help="upper bound (1-D): the top bucket; the share of inputs above it is reported")
+    plan.add_argument("--grid", type=int, help="bucket sizes are multiples of this (e.g. 8, 16, 64)")
+    plan.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,8)")
+    plan.add_argument("--memory-budget", metavar="BYTES", help="total artifact memory, e.g. 2GB (needs --bytes-per-bucket)")
+    plan.add_argument("--bytes-per-bucket", metavar="BYTES", help="memory of one artifact, e.g. 87MB")
+    plan.add_argument("--compile-budget", type=float, metavar="SECONDS", help="total compile time (needs --seconds-per-bucket)")
+    plan.add_argument("--seconds-per-bucket", type=float, metavar="SECONDS", help="compile time of one artifact")
+    plan.add_argument("--neuron-weights", type=int, metavar="N", help="cap k by the AWS Neuron rule of thumb, round(1e9 / N weights)")
+    plan.add_argument("--compare", type=_sizes, metavar="32,64,128", help="also report these buckets")
+    plan.add_argument("--output", default="plan.json", metavar="PLAN.json", help="where to write the plan (default plan.json)")
+    plan.add_argument("--plot", metavar="FILE.png", help="draw the histogram/scatter with bucket edges (needs matplotlib)")
+    plan.add_argument("--json", metavar="FILE", help="also write the plan and report as JSON")
+    plan.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    plan.set_defaults(func=cmd_plan)
 
     backends = sub.add_parser("backends", help="list backends and whether their packages are installed")
     backends.set_defaults(func=cmd_backends)

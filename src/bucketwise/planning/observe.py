@@ -20,6 +20,22 @@ __all__ = ["Observations", "observe", "IMAGE_SUFFIXES"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def unique_rows(shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows (sorted) of a positive int64 array, and each row's index among them.
+
+    Rows are packed into one int64 key each, so this is a 1-D sort (``np.unique(axis=0)``
+    sorts structured rows and is ~40x slower on 10^6 rows).
+    """
+    spans = shapes.max(axis=0).astype(np.int64) + 1
+    if float(np.prod(spans.astype(np.float64))) < 2**62:
+        keys = np.ravel_multi_index(tuple(shapes.T), tuple(int(x) for x in spans))
+        ukeys, inverse = np.unique(keys, return_inverse=True)
+        uniq = np.stack(np.unravel_index(ukeys, tuple(int(x) for x in spans)), axis=1).astype(np.int64)
+        return uniq, inverse.reshape(-1)
+    uniq, inverse = np.unique(shapes, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1)
+
+
 @dataclass(frozen=True)
 class Observations:
     """Distinct shapes (rows of ``shapes``, one column per dim) and how often each was seen."""
@@ -48,8 +64,8 @@ class Observations:
             )
         if len(counts) != len(shapes) or (counts <= 0).any() or not np.all(np.isfinite(counts)):
             raise InputError("observation counts must be positive, one per shape")
-        uniq, inverse = np.unique(shapes, axis=0, return_inverse=True)
-        merged = np.bincount(inverse.reshape(-1), weights=counts, minlength=len(uniq))
+        uniq, inverse = unique_rows(shapes)
+        merged = np.bincount(inverse, weights=counts, minlength=len(uniq))
         object.__setattr__(self, "shapes", uniq)
         object.__setattr__(self, "counts", merged)
 

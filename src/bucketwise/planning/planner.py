@@ -108,7 +108,7 @@ def plan(
     )
     if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
         raise PlanError(f"grid must be a positive integer (e.g. 8, 16, 64), got {grid!r}")
-    caps = _caps(obs, cap)
+    caps = _caps(obs, cap, grid)
     inside = np.all(obs.shapes <= np.array([caps[d] for d in obs.dims]), axis=1)
     above_share = float(obs.counts[~inside].sum() / obs.total)
     if not inside.any():
@@ -155,8 +155,9 @@ def plan(
     return Plan(tuple(buckets), cost, meta)
 
 
-def _caps(obs: Observations, cap: int | dict[str, int] | None) -> dict[str, int]:
-    caps = {d: obs.max(d) for d in obs.dims}
+def _caps(obs: Observations, cap: int | dict[str, int] | None, grid: int | None = None) -> dict[str, int]:
+    # Without a cap the top bucket holds the largest input, rounded up onto the grid.
+    caps = {d: obs.max(d) if grid is None else -(-obs.max(d) // grid) * grid for d in obs.dims}
     if cap is None:
         return caps
     if isinstance(cap, dict):

@@ -215,6 +215,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .backends.base import require
+    from .models.text import SentenceEmbedder
+    from .serve import ServeConfig, create_app
+
+    uvicorn = require("uvicorn", "serve", purpose="bucketwise serve")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
+                         max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key)
+    embedder = SentenceEmbedder.default(backend=args.backend, plan=_plan_from_args(args), overflow=args.overflow,
+                                        progress=not args.no_progress)
+    app = create_app(embedder, config)
+    print(f"serving all-MiniLM-L6-v2 on http://{args.host}:{args.port}/v1/embeddings ({args.backend}, {embedder.model.plan})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    return 0
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
     from .backends.base import REQUIREMENTS
 
@@ -286,6 +309,30 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", metavar="FILE", help="also write the plan and report as JSON")
     plan.add_argument("--no-progress", action="store_true", help="hide progress bars")
     plan.set_defaults(func=cmd_plan)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve OpenAI-compatible embeddings over HTTP with bucketed dynamic batching",
+        description=(
+            "Serve all-MiniLM-L6-v2 at POST /v1/embeddings (OpenAI-compatible), with /healthz, "
+            "/readyz and Prometheus /metrics. Concurrent requests are batched into (batch x length) "
+            "buckets. Binds 127.0.0.1 unless --host says otherwise."
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", default="onnxruntime", choices=backend_names())
+    serve.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
+    serve.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets (default 1,8)")
+    serve.add_argument("--seq-sizes", type=_sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
+    serve.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES, help="texts longer than every bucket")
+    serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
+    serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
+    serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size at most")
+    serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <key>', the key read from this environment variable")
+    serve.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    serve.set_defaults(func=cmd_serve)
 
     backends = sub.add_parser("backends", help="list backends and whether their packages are installed")
     backends.set_defaults(func=cmd_backends)

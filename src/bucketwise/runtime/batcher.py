@@ -1,0 +1,242 @@
+"""Dynamic batching over (batch × length) buckets, on asyncio.
+
+Each request (one row: a dict of 1-D arrays, e.g. the token ids of one text) is routed to
+the length bucket that holds it and waits in that bucket's queue. A queue flushes when it
+holds as many rows as the largest batch bucket, or when its oldest request has waited
+``max_delay`` seconds. The batch pads only to its own longest row, the model runs it in the
+cheapest (batch × length) bucket, and each row's outputs go back to its own caller.
+
+Placement policy (cost-aware, and free): a flushing batch is padded up to the smallest
+batch bucket that holds it, and those pad rows are computed anyway. They are filled with
+the oldest waiting requests from *shorter* length queues, which then cost nothing extra
+and leave sooner. A request is never put into a longer batch at the price of an extra
+run, and a longer request never waits on a shorter queue.
+
+Inference runs in a single worker thread, off the event loop; one model run at a time
+keeps the cores for the runtime's own threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BucketwiseError, InputError
+from ..spec import BATCH
+from .model import BucketedModel
+
+__all__ = ["Batcher", "QueueFullError", "BatchEvent"]
+
+
+class QueueFullError(BucketwiseError):
+    """The batcher holds as many rows as it may; retry later (HTTP 503 with Retry-After)."""
+
+
+@dataclass
+class _Pending:
+    row: dict[str, np.ndarray]  # 1-D arrays (the dim axis only)
+    length: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchEvent:
+    """What one flushed batch did; passed to ``on_batch`` (metrics)."""
+
+    rows: int
+    length: int  # padded length of the batch
+    real_positions: int
+    queue_seconds: list[float]
+    inference_seconds: float
+
+
+class Batcher:
+    """Groups concurrent single-row requests into bucketed batches.
+
+    Args:
+        model: a compiled :class:`BucketedModel` whose spec has ``batch`` and one more dim
+            (``seq``) on every input; requests carry the other axes without the batch.
+        max_delay: seconds the oldest request of a queue may wait before it flushes.
+        max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
+        on_batch: called after each batch with a :class:`BatchEvent`.
+    """
+
+    def __init__(
+        self,
+        model: BucketedModel,
+        *,
+        max_delay: float = 0.005,
+        max_queue: int = 1024,
+        on_batch: Callable[[BatchEvent], None] | None = None,
+    ) -> None:
+        dims = [d for d in model.spec.dims if d != BATCH]
+        if BATCH not in model.plan.dims or len(dims) != 1:
+            raise InputError(f"the batcher needs a plan over batch and one length dim, got {model.plan.dims}")
+        if max_delay < 0 or max_queue < 1:
+            raise InputError(f"max_delay must be >= 0 and max_queue >= 1, got {max_delay}, {max_queue}")
+        self.model = model
+        self.dim = dims[0]
+        self.max_delay = max_delay
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.edges = model.plan.sizes(self.dim)
+        self.batch_sizes = model.plan.sizes(BATCH)
+        self.max_batch = self.batch_sizes[-1]
+        self._queues: dict[int, deque[_Pending]] = {e: deque() for e in self.edges}
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketwise-infer")
+        self._task: asyncio.Task | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def admit(self, rows: int) -> None:
+        """Raise QueueFullError unless ``rows`` more rows fit in the queue right now.
+
+        Check a whole request before submitting its rows, so that a refused request
+        leaves nothing behind in the queue.
+        """
+        if self._closing:
+            raise QueueFullError("the server is shutting down; retry on another replica")
+        if self._queued + rows > self.max_queue:
+            raise QueueFullError(
+                f"{self._queued} rows are queued and this request adds {rows} (limit {self.max_queue}); retry shortly"
+            )
+
+    async def submit(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue one row (inputs without the batch axis); await its outputs (no batch axis)."""
+        self.admit(1)
+        arrays = {s.name: np.asarray(row[s.name]) for s in self.model.spec.inputs}
+        length = int(next(iter(arrays.values())).shape[0])
+        edge_i = bisect.bisect_left(self.edges, length)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        if edge_i == len(self.edges):
+            # Longer than every bucket: the model's overflow policy decides, alone.
+            return await self._run_alone(arrays)
+        self._queues[self.edges[edge_i]].append(_Pending(arrays, length, future))
+        self._queued += 1
+        self._wake.set()
+        self.start()
+        return await future
+
+    async def close(self) -> None:
+        """Stop taking requests, finish every queued one, then stop the worker."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _run_alone(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        batch = {k: v[None] for k, v in arrays.items()}
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._executor, self.model.run, batch)
+        return {k: v[0] for k, v in out.items()}
+
+    def _due(self, now: float) -> tuple[int | None, float]:
+        """The queue to flush now (full, or oldest waited max_delay), and the next deadline."""
+        next_deadline = float("inf")
+        oldest_edge, oldest_time = None, float("inf")
+        for edge, q in self._queues.items():
+            if not q:
+                continue
+            if len(q) >= self.max_batch:
+                return edge, 0.0
+            if q[0].enqueued < oldest_time:
+                oldest_edge, oldest_time = edge, q[0].enqueued
+        if oldest_edge is not None:
+            if self._closing or now - oldest_time >= self.max_delay:
+                return oldest_edge, 0.0
+            next_deadline = oldest_time + self.max_delay - now
+        return None, next_deadline
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            edge, wait = self._due(time.perf_counter())
+            if edge is None:
+                if self._closing and self._queued == 0:
+                    return
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=None if wait == float("inf") else wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            batch = self._take(edge)
+            try:
+                await self._run_batch(batch, loop)
+            except Exception as err:  # never lose a request: each caller gets the error
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+
+    def _take(self, edge: int) -> list[_Pending]:
+        q = self._queues[edge]
+        batch = [q.popleft() for _ in range(min(len(q), self.max_batch))]
+        # Fill the pad rows of the batch bucket with shorter requests: they ride for free.
+        target = self.batch_sizes[bisect.bisect_left(self.batch_sizes, len(batch))]
+        free = target - len(batch)
+        shorter = [e for e in self.edges if e < edge]
+        while free > 0:
+            candidates = [self._queues[e] for e in shorter if self._queues[e]]
+            if not candidates:
+                break
+            oldest = min(candidates, key=lambda qq: qq[0].enqueued)
+            batch.append(oldest.popleft())
+            free -= 1
+        self._queued -= len(batch)
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        width = max(p.length for p in batch)
+        arrays: dict[str, np.ndarray] = {}
+        for s in self.model.spec.inputs:
+            first = batch[0].row[s.name]
+            arr = np.full((len(batch), width) + first.shape[1:], s.pad_value, dtype=first.dtype)
+            for i, p in enumerate(batch):
+                arr[i, : p.length] = p.row[s.name]
+            arrays[s.name] = arr
+        start = time.perf_counter()
+        out = await loop.run_in_executor(self._executor, self.model.run, arrays)
+        took = time.perf_counter() - start
+        for i, p in enumerate(batch):
+            if not p.future.done():  # a caller that gave up is skipped, not an error
+                p.future.set_result(_row(out, i, p.length, self.model))
+        if self.on_batch is not None:
+            self.on_batch(BatchEvent(len(batch), width, sum(p.length for p in batch),
+                                     [start - p.enqueued for p in batch], took))
+
+
+def _row(out: dict[str, Any], i: int, length: int, model: BucketedModel) -> dict[str, Any]:
+    """Row ``i`` of each output, cropped to the row's own length along the length dim."""
+    result = {}
+    for o in model.spec.outputs:
+        value = out[o.name][i]
+        for axis, dim in o.dims.items():
+            if dim != BATCH and axis > 0:
+                index = [slice(None)] * value.ndim
+                index[axis - 1] = slice(0, length)
+                value = value[tuple(index)]
+        result[o.name] = value
+    return result

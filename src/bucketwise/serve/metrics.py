@@ -1,0 +1,54 @@
+"""Prometheus metrics of one server: requests, batches, bucket hits, padding, latency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backends.base import require
+
+
+class Metrics:
+    """All series live in a registry of their own, so several apps never collide."""
+
+    def __init__(self) -> None:
+        prom = require("prometheus_client", "serve", purpose="metrics")
+        self.prom = prom
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.requests = prom.Counter("bucketwise_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.texts = prom.Counter("bucketwise_texts_total", "Texts embedded", registry=r)
+        self.batches = prom.Counter("bucketwise_batches_total", "Batches run", registry=r)
+        self.batch_rows = prom.Histogram("bucketwise_batch_rows", "Rows per batch (before batch padding)", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.bucket_hits = prom.Counter("bucketwise_bucket_hits_total", "Artifact runs per bucket", ["bucket"], registry=r)
+        self.real_tokens = prom.Counter("bucketwise_real_tokens_total", "Tokens of real input", registry=r)
+        self.padded_tokens = prom.Counter("bucketwise_padded_tokens_total", "Token positions computed, padding included", registry=r)
+        self.queue_seconds = prom.Histogram("bucketwise_queue_seconds", "Time a request waited for its batch", registry=r,
+                                            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.inference_seconds = prom.Histogram("bucketwise_inference_seconds", "Model run time per batch", registry=r,
+                                                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.overflows = prom.Counter("bucketwise_overflows_total", "Inputs larger than every bucket, by policy", ["policy"], registry=r)
+        self.rejections = prom.Counter("bucketwise_rejections_total", "Requests turned away, by reason", ["reason"], registry=r)
+        self.queued = prom.Gauge("bucketwise_queued_rows", "Rows waiting in the batcher", registry=r)
+        self._seen_hits: dict[Any, int] = {}
+        self._seen_overflow: dict[str, int] = {}
+        self._seen_padded = 0
+
+    def sync_model(self, stats: Any) -> None:
+        """Carry the model's own counters (bucket hits, padding, overflow) over as increments."""
+        for bucket, n in list(stats.hits.items()):
+            delta = n - self._seen_hits.get(bucket, 0)
+            if delta:
+                self.bucket_hits.labels(bucket=bucket.label()).inc(delta)
+                self._seen_hits[bucket] = n
+        for policy, n in list(stats.overflow.items()):
+            delta = n - self._seen_overflow.get(policy, 0)
+            if delta:
+                self.overflows.labels(policy=policy).inc(delta)
+                self._seen_overflow[policy] = n
+        delta = stats.padded_volume - self._seen_padded
+        if delta:
+            self.padded_tokens.inc(delta)
+            self._seen_padded = stats.padded_volume
+
+    def render(self) -> tuple[bytes, str]:
+        return self.prom.generate_latest(self.registry), self.prom.CONTENT_TYPE_LATEST

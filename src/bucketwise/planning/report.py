@@ -78,8 +78,12 @@ def alternatives(obs: Observations, plan: Plan, k: int, user: Sequence[int] | No
     top = plan.max_size(dim)
     sizes = obs.column(dim)
     out: dict[str, Plan] = {"pad-to-max": _with_batch(plan, [{dim: top}])}
-    pows = [2**i for i in range(0, max(1, math.ceil(math.log2(top))) + 1) if 2**i >= sizes.min() or 2**i >= top]
-    pows = sorted({min(p, top) for p in pows if p >= min(sizes.min(), top)} | {top})
+    # Powers of two from the one that holds the shortest input, capped by the top bucket.
+    pows, power = [], 1 << max(0, math.ceil(math.log2(int(sizes.min()))))
+    while power < top:
+        pows.append(power)
+        power *= 2
+    pows.append(top)
     out["powers-of-two"] = _with_batch(plan, [{dim: p} for p in pows])
     order = np.argsort(sizes)
     cum = np.cumsum(obs.counts[order]) / obs.total

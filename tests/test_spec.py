@@ -129,3 +129,33 @@ def test_float_inputs_reject_integers_with_a_fix():
 def test_spec_errors(make, needle):
     with pytest.raises(SpecError, match=needle):
         make()
+
+
+def test_stack_rows_pads_each_input_on_its_side():
+    from bucketwise.spec import stack_rows
+
+    spec = ModelSpec(
+        (InputSpec("ids", ("batch", "seq"), "int64", pad_value=7),
+         InputSpec("left", ("batch", "seq"), "int64", pad_value=-1, side="start")),
+        (OutputSpec("y", ("batch", "seq")),),
+    )
+    rows = [{"ids": np.array([1, 2, 3]), "left": np.array([1, 2, 3])}, {"ids": np.array([4]), "left": np.array([4])}]
+    out = stack_rows(spec, rows)
+    np.testing.assert_array_equal(out["ids"], [[1, 2, 3], [4, 7, 7]])
+    np.testing.assert_array_equal(out["left"], [[1, 2, 3], [-1, -1, 4]])
+    with pytest.raises(InputError, match="at least one row"):
+        stack_rows(spec, [])
+
+
+def test_crop_matches_unpad_and_leaves_hook_outputs_alone():
+    from bucketwise.spec import crop
+
+    spec = ModelSpec(
+        (InputSpec("img", ("batch", 1, "height", "width")),),
+        (OutputSpec("features", ("batch", None, "height", "width"), stride=2), OutputSpec("boxes", hook=lambda v, **_: v[:1])),
+    )
+    raw = {"features": np.zeros((4, 5, 8, 8)), "boxes": [1, 2, 3]}
+    shape, bucket = {"batch": 3, "height": 7, "width": 10}, Bucket(batch=4, height=16, width=16)
+    cropped = crop(spec, raw, shape)
+    assert cropped["features"].shape == unpad(spec, raw, shape, bucket)["features"].shape == (3, 5, 4, 5)
+    assert cropped["boxes"] == [1, 2, 3] and unpad(spec, raw, shape, bucket)["boxes"] == [1]

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import InputError, SpecError
 from .shapes import Bucket, Shape
 
-__all__ = ["InputSpec", "OutputSpec", "ModelSpec", "pad", "unpad", "OutputHook"]
+__all__ = ["InputSpec", "OutputSpec", "ModelSpec", "pad", "unpad", "crop", "stack_rows", "OutputHook"]
 
 PadValue = Union[int, float, Sequence[float]]
 OutputHook = Callable[..., Any]
@@ -385,11 +385,23 @@ def unpad(
 
     ``shape`` is the real shape of the call, ``bucket`` the bucket it ran in. Pure.
     """
+    result = crop(spec, outputs, shape)
+    for o in spec.outputs:
+        if o.hook is not None:
+            result[o.name] = o.hook(outputs[o.name], shape=shape, bucket=bucket)
+    return result
+
+
+def crop(spec: ModelSpec, outputs: Mapping[str, Any], shape: Shape) -> dict[str, Any]:
+    """Crop each output's dim axes to ``shape`` (with stride and side). Pure.
+
+    Outputs with a hook are returned as they are: the hook is :func:`unpad`'s to call.
+    """
     result: dict[str, Any] = {}
     for o in spec.outputs:
         value = outputs[o.name]
         if o.hook is not None:
-            result[o.name] = o.hook(value, shape=shape, bucket=bucket)
+            result[o.name] = value
             continue
         arr = np.asarray(value)
         if not o.dims:
@@ -409,3 +421,24 @@ def unpad(
             index[axis] = slice(0, keep) if at_end else slice(size - keep, size)
         result[o.name] = arr[tuple(index)]
     return result
+
+
+def stack_rows(spec: ModelSpec, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Stack single rows (each input without its leading batch axis) into one batch.
+
+    Rows may differ in length along their dims; each input is padded to the longest row
+    with its pad value, on its side, as :func:`pad` would. Pure.
+    """
+    if not rows:
+        raise InputError("stack_rows: give at least one row")
+    out: dict[str, np.ndarray] = {}
+    for s in spec.inputs:
+        if s.shape[0] != BATCH:
+            raise SpecError(f"input spec {s.name!r}: stacking rows needs 'batch' as the first axis, got {s.shape}")
+        arrays = [np.asarray(r[s.name]) for r in rows]
+        inner = tuple(max(a.shape[i] for a in arrays) for i in range(s.rank - 1))
+        full = s._fill_array(s.pad_value, (len(arrays),) + inner)
+        for i, a in enumerate(arrays):
+            full[(i,) + _region(a.shape, inner, s.side, s.shape[1:])] = a
+        out[s.name] = full
+    return out

@@ -17,7 +17,7 @@ from ..backends.base import require
 from ..errors import InputError
 from ..runtime.model import BucketedModel, OverflowPolicy
 from ..shapes import Plan
-from ..spec import InputSpec, ModelSpec, OutputSpec
+from ..spec import InputSpec, ModelSpec, OutputSpec, stack_rows
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -215,6 +215,18 @@ class SentenceEmbedder:
             raise InputError("texts is empty; pass at least one text")
         return self.embed_tokenized(self.tokenize(texts), progress=progress)
 
+    @staticmethod
+    def rows(encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[dict[str, np.ndarray]]:
+        """Model inputs of each tokenized text, without the batch axis (one row each)."""
+        return [
+            {
+                "input_ids": np.asarray(ids, dtype=np.int64),
+                "attention_mask": np.ones(len(ids), dtype=np.int64),
+                "token_type_ids": np.asarray(types, dtype=np.int64),
+            }
+            for ids, types in encoded
+        ]
+
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Text indices grouped so that a batch never mixes length buckets.
 
@@ -241,19 +253,10 @@ class SentenceEmbedder:
         if len(encoded) == 0:
             raise InputError("texts is empty; pass at least one text")
         bar = tqdm(total=len(encoded), desc="embed", unit="text", disable=not progress)
-        pad_id = self.tokenizer.pad_token_id
+        rows = self.rows(encoded)
         result: np.ndarray | None = None
         for idx in self._batches([len(ids) for ids, _ in encoded]):
-            width = max(len(encoded[i][0]) for i in idx)
-            ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-            types = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                n = len(encoded[i][0])
-                ids[row, :n] = encoded[i][0]
-                types[row, :n] = encoded[i][1]
-                mask[row, :n] = 1
-            out = self.model.run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+            out = self.model.run(stack_rows(self.model.spec, [rows[i] for i in idx]))
             emb = out["sentence_embedding"]
             if result is None:
                 result = np.empty((len(encoded), emb.shape[1]), dtype=np.float32)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BucketwiseError, InputError
-from ..spec import BATCH
+from ..spec import BATCH, crop, stack_rows
 from .model import BucketedModel
 
 __all__ = ["Batcher", "QueueFullError", "BatchEvent"]
@@ -214,34 +214,15 @@ class Batcher:
         return batch
 
     async def _run_batch(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
-        width = max(p.length for p in batch)
-        arrays: dict[str, np.ndarray] = {}
-        for s in self.model.spec.inputs:
-            first = batch[0].row[s.name]
-            arr = np.full((len(batch), width) + first.shape[1:], s.pad_value, dtype=first.dtype)
-            for i, p in enumerate(batch):
-                arr[i, : p.length] = p.row[s.name]
-            arrays[s.name] = arr
+        arrays = stack_rows(self.model.spec, [p.row for p in batch])
         start = time.perf_counter()
         out = await loop.run_in_executor(self._executor, self.model.run, arrays)
         took = time.perf_counter() - start
         for i, p in enumerate(batch):
             if not p.future.done():  # a caller that gave up is skipped, not an error
-                p.future.set_result(_row(out, i, p.length, self.model))
+                row = crop(self.model.spec, {k: v[i : i + 1] for k, v in out.items()}, {BATCH: 1, self.dim: p.length})
+                p.future.set_result({k: v[0] for k, v in row.items()})
         if self.on_batch is not None:
+            width = max(p.length for p in batch)
             self.on_batch(BatchEvent(len(batch), width, sum(p.length for p in batch),
                                      [start - p.enqueued for p in batch], took))
-
-
-def _row(out: dict[str, Any], i: int, length: int, model: BucketedModel) -> dict[str, Any]:
-    """Row ``i`` of each output, cropped to the row's own length along the length dim."""
-    result = {}
-    for o in model.spec.outputs:
-        value = out[o.name][i]
-        for axis, dim in o.dims.items():
-            if dim != BATCH and axis > 0:
-                index = [slice(None)] * value.ndim
-                index[axis - 1] = slice(0, length)
-                value = value[tuple(index)]
-        result[o.name] = value
-    return result

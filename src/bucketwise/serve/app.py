@@ -16,8 +16,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..backends.base import require
 from ..errors import BucketOverflowError, InputError
 from ..runtime.batcher import Batcher, BatchEvent, QueueFullError
@@ -140,9 +138,7 @@ def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
                     metrics.rejections.labels(reason="too_long").inc()
                     return error(400, f'"input"[{i}] has {len(ids)} tokens; the largest bucket holds {max_len}. '
                                       "Shorten it, or start the server with --overflow truncate")
-        rows = [{"input_ids": np.asarray(ids, dtype=np.int64),
-                 "attention_mask": np.ones(len(ids), dtype=np.int64),
-                 "token_type_ids": np.asarray(types, dtype=np.int64)} for ids, types in encoded]
+        rows = embedder.rows(encoded)
         try:
             batcher.admit(len(rows))  # all or nothing: a refused request queues no row
             outs = await asyncio.gather(*(batcher.submit(r) for r in rows))

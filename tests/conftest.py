@@ -25,3 +25,17 @@ def mrpc_dir():
     if not path.is_dir():
         pytest.skip(f"MRPC data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_artifact_cache(tmp_path_factory):
+    """Commands under test use the artifact cache by default; keep it out of ~/.cache."""
+    import os
+
+    old = os.environ.get("BUCKETWISE_CACHE")
+    os.environ["BUCKETWISE_CACHE"] = str(tmp_path_factory.mktemp("bucketwise-cache"))
+    yield
+    if old is None:
+        os.environ.pop("BUCKETWISE_CACHE", None)
+    else:
+        os.environ["BUCKETWISE_CACHE"] = old

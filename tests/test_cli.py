@@ -182,3 +182,45 @@ def test_embed_with_a_model_folder(tmp_path, capsys):
     assert f"model    {folder}" in capsys.readouterr().out and np.load(out).shape == (2, 384)
     assert main(["embed", "--model", str(tmp_path), "--input", str(texts)]) == 2
     assert "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_twice_then_inspect_and_plan_within_the_measured_memory(tmp_path, capsys):
+    from bucketwise import Plan
+
+    cache = str(tmp_path / "cache")
+    args = ["compile", "--batch-sizes", "1", "--seq-sizes", "16,32", "--cache-dir", cache, "--no-progress", "--workers", "1"]
+    assert main(args) == 0
+    cold = capsys.readouterr().out
+    assert "compiled" in cold and "the next start loads them" in cold
+    report = tmp_path / "warm.json"
+    assert main([*args, "--json", str(report)]) == 0
+    warm = capsys.readouterr().out
+    assert "2 from the cache, 0 compiled" in warm and "saved" in warm
+    data = json.loads(report.read_text())
+    assert data["hits"] == 2 and data["saved_seconds"] > 0 and data["skipped_prep_seconds"] > 0
+    assert all(b["source"] == "cache" and b["disk_bytes"] > 10e6 for b in data["buckets"])
+
+    listing = tmp_path / "inspect.json"
+    assert main(["inspect", "--cache-dir", cache, "--json", str(listing)]) == 0
+    out = capsys.readouterr().out
+    assert "all-MiniLM-L6-v2" in out and "batch=1,seq=32" in out and "(model export)" in out
+    rows = json.loads(listing.read_text())["entries"]
+    assert sorted(r["kind"] for r in rows) == ["artifact", "artifact", "export"]
+    assert all(r["resident_bytes"] for r in rows if r["kind"] == "artifact")
+
+    # The measured sizes feed the planner: a budget of ~2.5 buckets gives 2 length buckets (batch 1).
+    per = max(r["resident_bytes"] for r in rows if r["kind"] == "artifact")
+    out_plan = tmp_path / "p.json"
+    assert main(["plan", "--batch-sizes", "1", "--k", "8", "--memory-budget", str(int(per * 2.5)),
+                 "--cache-dir", cache, "--output", str(out_plan)]) == 0
+    assert "per bucket: the largest resident size of 2 onnxruntime buckets" in capsys.readouterr().out
+    assert len(Plan.load(out_plan)) == 2
+
+    # A budget the measured plan cannot meet is refused, naming the buckets and the fix.
+    assert main([*args, "--memory-budget", "1MB"]) == 2
+    err = capsys.readouterr().err
+    assert "memory budget is 976.6 KiB" in err and "batch=1,seq=" in err and "Fix" in err
+
+    assert main(["inspect", "--cache-dir", cache, "--clear"]) == 0
+    assert "removed  3 entries" in capsys.readouterr().out

@@ -268,3 +268,37 @@ def test_a_busy_short_bucket_does_not_starve_a_long_one():
 
     asyncio.run(main())
     assert rec.shapes[0] == (1, 32)  # the long request came first: it waited longest
+
+
+@pytest.mark.slow
+def test_lazy_start_serves_from_larger_buckets_and_counts_it(embedder):
+    from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
+    from bucketwise.models.text import SentenceEmbedder
+    from bucketwise.serve import ServeConfig, create_app
+
+    class SlowOrt(OnnxRuntimeBackend):
+        """ONNX Runtime whose compiles after the first take a while, as on an accelerator."""
+
+        def compile(self, model, spec, bucket):
+            if self._onnx is not None:
+                time.sleep(1.5)
+            return super().compile(model, spec, bucket)
+
+    inner = embedder.model
+    plan = Plan.grid(batch=[1, 4], seq=[16, 64])
+    bm = BucketedModel(inner.model, inner.spec, plan, backend=SlowOrt()).compile(progress=False, lazy=True)
+    assert bm.can_serve and not bm.ready
+    lazy = SentenceEmbedder(bm, embedder.tokenizer)
+    with Server(create_app(lazy, ServeConfig())) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["compiled"] < 4
+        r = client.post("/v1/embeddings", json={"input": "A short sentence."})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], embedder.embed(["A short sentence."])[0], atol=1e-5)
+        metrics = client.get("/metrics").text
+        assert 'bucketwise_bucket_substitutions_total{used="batch=4,seq=64",wanted="batch=1,seq=16"} 1.0' in metrics
+        assert bm.wait_ready(timeout=60)
+        client.post("/v1/embeddings", json={"input": "A short sentence."})
+        assert "bucketwise_compiled_buckets 4.0" in client.get("/metrics").text
+    assert sum(bm.stats.substitutions.values()) == 1
+    bm.close()

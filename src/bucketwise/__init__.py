@@ -11,22 +11,28 @@ from .errors import (
     BucketOverflowError,
     BucketwiseError,
     InputError,
+    MemoryBudgetError,
     MissingDependencyError,
     ParityError,
     PlanError,
     SpecError,
 )
 from .parity import ParityReport, check_parity
-from .runtime.model import BucketedModel, BucketStats
+from .runtime.cache import ArtifactCache, LazyModel
+from .runtime.model import BucketBuild, BucketedModel, BucketStats, CompileReport
 from .shapes import Bucket, CostModel, Plan, TableCost, VolumeCost, covers, route
 from .spec import InputSpec, ModelSpec, OutputSpec, pad, unpad
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactCache",
     "Bucket",
+    "BucketBuild",
     "BucketedModel",
     "BucketStats",
+    "CompileReport",
+    "LazyModel",
     "CostModel",
     "InputSpec",
     "ModelSpec",
@@ -47,6 +53,7 @@ __all__ = [
     "BucketOverflowError",
     "BucketwiseError",
     "InputError",
+    "MemoryBudgetError",
     "MissingDependencyError",
     "ParityError",
     "PlanError",

@@ -76,6 +76,15 @@ def _plan_from_args(args: argparse.Namespace) -> Plan:
     return Plan.grid(batch=args.batch_sizes or DEFAULT_BATCH_SIZES, seq=args.seq_sizes or DEFAULT_SEQ_SIZES)
 
 
+def _cache_from_args(args: argparse.Namespace) -> Any:
+    """The artifact cache the command reads and fills, or None with --no-cache."""
+    from .runtime.cache import ArtifactCache
+
+    if getattr(args, "no_cache", False):
+        return None
+    return ArtifactCache(args.cache_dir)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from .corpus import stdlib_docstrings
     from .models.text import DEFAULT_MODEL_NAME, SentenceEmbedder
@@ -90,8 +99,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
-                                        model=args.model)
+                                        model=args.model, cache=_cache_from_args(args))
     compile_s = time.perf_counter() - start
+    built = embedder.model.compile_report
 
     if args.input:
         source = args.input
@@ -123,7 +133,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     waste = 1 - tokens / stats.padded_volume if stats.padded_volume else 0.0
     say(f"model    {args.model or DEFAULT_MODEL_NAME} ({embeddings.shape[1]}-dim sentence embeddings)")
     say(f"input    {len(texts)} texts from {source}" + (f" ({skipped} longer than {plan.max_size('seq')} tokens left out)" if skipped else ""))
-    say(f"backend  {args.backend}, {len(plan)} buckets ({plan}), ready in {compile_s:.1f} s")
+    say(f"backend  {args.backend}, {len(plan)} buckets ({plan}), ready in {compile_s:.1f} s"
+        + (f" ({built.hits} from the cache)" if built.hits else ""))
     say(f"speed    {len(texts) / seconds:,.1f} texts/s, {tokens / seconds:,.0f} tokens/s ({seconds:.2f} s)")
     say(f"padding  {waste:.1%} of computed positions were padding ({tokens:,} real tokens, {stats.padded_volume:,} computed)")
     if stats.overflow:
@@ -192,13 +203,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cost = fit_cost(list(table.costs), list(table.costs.values()), form="transformer")
         terms = ", ".join(f"{c * 1e3:.4g}" for _, c in cost.terms)
         print(f"cost     fitted on {args.backend}: per row ms = {terms} (1, L, L^2 coefficients)")
+    bytes_per_bucket = parse_bytes(args.bytes_per_bucket) if args.bytes_per_bucket else None
+    if args.memory_budget and bytes_per_bucket is None:
+        bytes_per_bucket = _measured_bytes_per_bucket(args, is_text)
     k = args.k
     if args.neuron_weights:
         k = min(k, neuron_bucket_count(args.neuron_weights))
     p = plan(
         obs, k=k, cost=cost, cap=args.cap, grid=args.grid, batch_sizes=batch_sizes,
         memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
-        bytes_per_bucket=parse_bytes(args.bytes_per_bucket) if args.bytes_per_bucket else None,
+        bytes_per_bucket=bytes_per_bucket,
         compile_budget=args.compile_budget, seconds_per_bucket=args.seconds_per_bucket,
     )
     rep = report(p, obs, user=args.compare)
@@ -213,6 +227,116 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"wrote    {plot_plan(obs, shown, args.plot)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": p.to_json(), "report": rep.as_dict()}, indent=2) + "\n")
+    return 0
+
+
+def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool) -> float:
+    """The largest resident size measured in the cache for the default model on --backend."""
+    from .runtime.cache import ArtifactCache, fingerprint
+    from .runtime.memory import format_bytes
+
+    how = (f"give --bytes-per-bucket, or first run `bucketwise compile --backend {args.backend}` so the "
+           "cache holds measured sizes")
+    if not is_text:
+        raise InputError(f"--memory-budget needs the memory of one bucket: {how.split(', or')[0]}")
+    from .models.text import lazy_default_encoder
+
+    lazy, _, spec = lazy_default_encoder()
+    cache = ArtifactCache(args.cache_dir)
+    found = cache.measured(model=fingerprint(lazy, spec), backend=args.backend)
+    sizes = [e.resident_bytes for e in found.values() if e.resident_bytes]
+    if not sizes:
+        raise InputError(f"--memory-budget needs the memory of one bucket, and {cache.root} holds no "
+                         f"measured {args.backend} buckets of the default model: {how}")
+    print(f"memory   {format_bytes(max(sizes))} per bucket: the largest resident size of {len(sizes)} "
+          f"{args.backend} buckets measured in {cache.root}")
+    return float(max(sizes))
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .models.text import DEFAULT_MODEL_NAME, lazy_default_encoder
+    from .planning.io import parse_bytes
+    from .runtime.memory import format_bytes
+    from .runtime.model import BucketedModel
+
+    plan = _plan_from_args(args)
+    budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+    cache = _cache_from_args(args)
+    start = time.perf_counter()
+    lazy, _, spec = lazy_default_encoder(args.model)
+    model = BucketedModel(lazy, spec, plan, backend=args.backend, cache=cache)
+    try:
+        model.compile(progress=not args.no_progress, workers=args.workers, memory_budget=budget)
+    finally:
+        model.close()
+    seconds = time.perf_counter() - start
+    report = model.compile_report
+    builds = list(report.builds.values())
+    print(f"model    {args.model or DEFAULT_MODEL_NAME} (fingerprint {model.fingerprint()[:12]})")
+    print(f"backend  {args.backend}, {len(plan)} buckets, cache {cache.root}")
+    print(f"  {'bucket':<20}{'source':<10}{'seconds':>9}{'compile s':>11}{'on disk':>12}{'resident':>12}")
+    for b in builds:
+        compile_s = f"{b.compile_seconds:.2f}" if b.compile_seconds is not None else "-"
+        print(f"  {b.bucket.label():<20}{b.source:<10}{b.seconds:>9.2f}{compile_s:>11}"
+              f"{format_bytes(b.disk_bytes):>12}{format_bytes(b.resident_bytes):>12}")
+    disk = sum(b.disk_bytes or 0 for b in builds)
+    resident = [b.resident_bytes for b in builds if b.resident_bytes is not None]
+    compiled = sum(1 for b in builds if b.source != "cache")
+    print(f"total    {len(builds)} buckets in {seconds:.1f} s ({report.hits} from the cache, {compiled} compiled); "
+          f"{format_bytes(disk)} on disk; {format_bytes(sum(resident)) if resident else '-'} resident"
+          + (f" ({len(builds) - len(resident)} compiled in parallel, measured on the next load)" if len(resident) < len(builds) else ""))
+    if report.hits:
+        print(f"saved    {report.saved_seconds:.1f} s against compiling: {report.hits} buckets loaded from the cache"
+              + (f", model loading and ONNX export ({report.skipped_prep_seconds:.1f} s) skipped" if report.skipped_prep_seconds else ""))
+    else:
+        print(f"cached   {compiled} buckets (model load {report.model_load_seconds:.1f} s, export {report.export_seconds:.1f} s); "
+              "the next start loads them instead of compiling")
+    if budget is not None:
+        print(f"budget   {format_bytes(sum(resident))} resident of {format_bytes(budget)} allowed")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"plan": plan.to_json(), "wall_seconds": seconds, **report.as_dict()}, indent=2) + "\n")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .runtime.cache import ArtifactCache
+    from .runtime.memory import format_bytes
+
+    cache = ArtifactCache(args.cache_dir)
+    if args.clear:
+        n = cache.clear()
+        print(f"removed  {n} entries from {cache.root}")
+        return 0
+    entries = sorted(cache.entries(), key=lambda e: (e.model_name, e.backend, e.bucket.sizes if e.bucket else ()))
+    now = time.time()
+    total = sum(e.disk_bytes for e in entries)
+    print(f"cache    {cache.root}: {len(entries)} entries, {format_bytes(total)} on disk")
+    if entries:
+        print(f"  {'model':<40}{'backend':<24}{'bucket':<20}{'on disk':>11}{'resident':>11}{'compile s':>10}{'age':>6}")
+    rows = []
+    for e in entries:
+        version = e.identity.get("backend", {}).get("version")
+        if isinstance(version, dict):
+            version = version.get("torch")
+        backend = f"{e.backend} {version}" if version else e.backend
+        bucket = e.bucket.label() if e.bucket else "(model export)"
+        compile_s = f"{e.compile_seconds:.2f}" if e.compile_seconds is not None else "-"
+        print(f"  {e.model_name[:39]:<40}{backend[:23]:<24}{bucket:<20}{format_bytes(e.disk_bytes):>11}"
+              f"{format_bytes(e.resident_bytes):>11}{compile_s:>10}{_age(now - e.created):>6}")
+        rows.append({"key": e.key, "model": e.model_name, "fingerprint": e.identity.get("model"),
+                     "backend": e.backend, "backend_version": version, "kind": e.identity.get("kind"),
+                     "bucket": e.bucket.as_dict() if e.bucket else None, "disk_bytes": e.disk_bytes,
+                     "resident_bytes": e.resident_bytes, "compile_seconds": e.compile_seconds,
+                     "created": e.created, "host": e.identity.get("host")})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"root": str(cache.root), "entries": rows}, indent=2) + "\n")
     return 0
 
 
@@ -233,7 +357,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key,
                          model_name=Path(args.model).name if args.model else ServeConfig.model_name)
     embedder = SentenceEmbedder.default(backend=args.backend, plan=_plan_from_args(args), overflow=args.overflow,
-                                        progress=not args.no_progress, model=args.model)
+                                        progress=not args.no_progress, model=args.model,
+                                        cache=_cache_from_args(args), lazy=args.lazy)
     app = create_app(embedder, config)
     print(f"serving {config.model_name} on http://{args.host}:{args.port}/v1/embeddings ({args.backend}, {embedder.model.plan})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
@@ -250,15 +375,25 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options that pick the model, the backend and the buckets."""
+def _add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True) -> None:
+    """The options that pick the model, the backend, the buckets and the cache; ``serving``
+    adds those of commands that run the model (--overflow, --no-cache)."""
     parser.add_argument("--model", metavar="DIR", help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)")
     parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
     parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
     parser.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets (default 1,8)")
     parser.add_argument("--seq-sizes", type=_sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
-    parser.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
-                        help="texts longer than the largest bucket: error (default), truncate, fallback")
+    if serving:
+        parser.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
+                            help="texts longer than the largest bucket: error (default), truncate, fallback")
+    _add_cache_options(parser, optional=serving)
+
+
+def _add_cache_options(parser: argparse.ArgumentParser, *, optional: bool) -> None:
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="artifact cache (default: $BUCKETWISE_CACHE, else ~/.cache/bucketwise)")
+    if optional:
+        parser.add_argument("--no-cache", action="store_true", help="compile every bucket in memory; read and write no cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cap", type=int, help="upper bound (1-D): the top bucket; the share of inputs above it is reported")
     plan.add_argument("--grid", type=int, help="bucket sizes are multiples of this (e.g. 8, 16, 64)")
     plan.add_argument("--batch-sizes", type=_sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,8)")
-    plan.add_argument("--memory-budget", metavar="BYTES", help="total artifact memory, e.g. 2GB (needs --bytes-per-bucket)")
+    plan.add_argument("--memory-budget", metavar="BYTES",
+                      help="total artifact memory, e.g. 2GB; per bucket: --bytes-per-bucket, else the largest size measured in the cache by `bucketwise compile`")
     plan.add_argument("--bytes-per-bucket", metavar="BYTES", help="memory of one artifact, e.g. 87MB")
+    plan.add_argument("--cache-dir", metavar="DIR", help="cache that holds measured sizes (default: $BUCKETWISE_CACHE, else ~/.cache/bucketwise)")
     plan.add_argument("--compile-budget", type=float, metavar="SECONDS", help="total compile time (needs --seconds-per-bucket)")
     plan.add_argument("--seconds-per-bucket", type=float, metavar="SECONDS", help="compile time of one artifact")
     plan.add_argument("--neuron-weights", type=int, metavar="N", help="cap k by the AWS Neuron rule of thumb, round(1e9 / N weights)")
@@ -336,8 +473,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size at most")
     serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <key>', the key read from this environment variable")
+    serve.add_argument("--lazy", action="store_true",
+                       help="start serving once the largest buckets are built; build the rest in the background "
+                            "(until then their inputs run on a larger bucket, counted in /metrics)")
     serve.add_argument("--no-progress", action="store_true", help="hide progress bars")
     serve.set_defaults(func=cmd_serve)
+
+    comp = sub.add_parser(
+        "compile",
+        help="compile every bucket of a plan into the artifact cache, and report time and memory",
+        description=(
+            "Compile the default model (or --model) once per bucket of --plan on --backend and save "
+            "the artifacts in the cache; a second run loads them instead and reports the time saved. "
+            "Prints each bucket's compile time, size on disk and resident memory."
+        ),
+    )
+    _add_model_options(comp, serving=False)
+    comp.add_argument("--memory-budget", metavar="BYTES",
+                      help="refuse a plan whose artifacts need more resident memory than this, e.g. 1GB")
+    comp.add_argument("--workers", type=int, metavar="N",
+                      help="compile N buckets at once where the backend allows (default: up to 4; 1 with --memory-budget)")
+    comp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    comp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    comp.set_defaults(func=cmd_compile)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="list the artifact cache: model, backend, bucket, size and age",
+        description="List the entries of the artifact cache: model, backend and version, bucket, size on disk, "
+                    "measured resident memory, compile time and age.",
+    )
+    _add_cache_options(inspect, optional=False)
+    inspect.add_argument("--json", metavar="FILE", help="also write the listing as JSON")
+    inspect.add_argument("--clear", action="store_true", help="remove every entry")
+    inspect.set_defaults(func=cmd_inspect)
 
     backends = sub.add_parser("backends", help="list backends and whether their packages are installed")
     backends.set_defaults(func=cmd_backends)
@@ -349,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "limit", None) is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     try:
         return int(args.func(args))
     except BucketwiseError as err:

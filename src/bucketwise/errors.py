@@ -6,6 +6,7 @@
      ├── InputError (ValueError)            a model call got inputs that do not match the spec
      │    └── BucketOverflowError           an input is larger than every bucket of the plan
      ├── PlanError (ValueError)             a plan or bucket is malformed (also bad plan JSON)
+     │    └── MemoryBudgetError             a plan's artifacts do not fit the memory budget
      ├── SpecError (ValueError)             a model spec is malformed
      ├── BackendError (RuntimeError)        a backend failed to compile or run an artifact
      │    └── MissingDependencyError (ImportError)
@@ -22,6 +23,7 @@ __all__ = [
     "InputError",
     "BucketOverflowError",
     "PlanError",
+    "MemoryBudgetError",
     "SpecError",
     "BackendError",
     "MissingDependencyError",
@@ -43,6 +45,10 @@ class BucketOverflowError(InputError):
 
 class PlanError(BucketwiseError, ValueError):
     """A plan or bucket is malformed."""
+
+
+class MemoryBudgetError(PlanError):
+    """The artifacts of a plan need more memory than the budget allows."""
 
 
 class SpecError(BucketwiseError, ValueError):

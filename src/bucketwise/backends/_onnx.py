@@ -97,5 +97,11 @@ def _name_dims(proto: Any, spec: ModelSpec) -> None:
             dims[axis].dim_param = dim
 
 
+def model_identity(model: Any) -> Any:
+    """What tells one model from another for reusing an export: the path of an ``.onnx``
+    file, else the object's identity."""
+    return str(model) if isinstance(model, (str, Path)) else id(model)
+
+
 def new_workdir(prefix: str) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=f"bucketwise-{prefix}-")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -24,6 +25,7 @@ from ..spec import ModelSpec
 __all__ = [
     "Artifact",
     "Backend",
+    "CacheableBackend",
     "register_backend",
     "get_backend",
     "backend_names",
@@ -56,6 +58,25 @@ class Backend(Protocol):
     def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> Artifact: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class CacheableBackend(Backend, Protocol):
+    """A backend whose artifacts can be written to disk and loaded back without the model.
+
+    ``cache_key()`` names everything that changes the artifact: ``{"name", "version",
+    "options"}``. ``compile_to`` compiles and writes the artifact's files into ``folder``;
+    ``load`` rebuilds the artifact from those files alone. ``parallel_compile`` says whether
+    ``compile_to`` may run in several threads at once (after one call has finished).
+    """
+
+    parallel_compile: ClassVar[bool]
+
+    def cache_key(self) -> dict[str, Any]: ...
+
+    def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> Artifact: ...
+
+    def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> Artifact: ...
 
 
 # name -> "module:attribute" (imported lazily) or a factory registered at run time.

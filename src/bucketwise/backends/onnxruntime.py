@@ -3,11 +3,16 @@
 Each session fixes the graph's free dimensions to the bucket's sizes
 (``add_free_dimension_override_by_name``), so ORT plans memory and folds shapes for
 exactly that shape, as a static compiler would.
+
+For the artifact cache, ``compile_to`` also writes the session's optimised graph (weights
+in ``weights.bin`` beside it, so models over 2 GB work); ``load`` opens that graph with
+graph optimisations off, the offline-optimisation workflow ONNX Runtime documents.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +23,7 @@ import numpy as np
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from ._onnx import new_workdir, to_onnx
+from ._onnx import model_identity, new_workdir, to_onnx
 
 
 @dataclass
@@ -48,6 +53,8 @@ class OnnxRuntimeBackend:
     """
 
     name: ClassVar[str] = "onnxruntime"
+    parallel_compile: ClassVar[bool] = True  # session creation releases the GIL
+    exports_onnx: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -61,39 +68,74 @@ class OnnxRuntimeBackend:
         self.opset = opset
         self._workdir = new_workdir("ort")
         self._onnx: Path | None = None
-        self._model_id: int | None = None
+        self._model_id: Any = None
+        self._export_lock = threading.Lock()
 
     def _export(self, model: Any, spec: ModelSpec, bucket: Bucket) -> Path:
-        if self._onnx is None or self._model_id != id(model):
-            self._onnx = to_onnx(model, spec, bucket, Path(self._workdir.name), opset=self.opset)
-            self._model_id = id(model)
-        return self._onnx
+        with self._export_lock:
+            if self._onnx is None or self._model_id != model_identity(model):
+                self._onnx = to_onnx(model, spec, bucket, Path(self._workdir.name), opset=self.opset)
+                self._model_id = model_identity(model)
+            return self._onnx
 
-    def session(self, model: Any, spec: ModelSpec, bucket: Bucket | None) -> Any:
-        """An ORT session with the bucket's dims fixed, or free (any shape) for ``None``.
-
-        The free session is the exact-shape path: the oracle that benchmarks compare with.
-        """
+    def _options(self, bucket: Bucket | None, *, optimize: bool = True) -> Any:
         import onnxruntime as ort
 
-        example = Bucket({d: 2 if d == "batch" else 32 for d in spec.dims})
-        path = self._export(model, spec, bucket or example)
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         # Sessions used in turn (one per bucket) fight over spinning threads: ~2x slower.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.intra_op_threads:
             so.intra_op_num_threads = self.intra_op_threads
         for dim, size in bucket.sizes if bucket is not None else ():
             so.add_free_dimension_override_by_name(dim, size)
+        return so
+
+    def _open(self, path: Path, so: Any, bucket: Bucket | None) -> Any:
+        import onnxruntime as ort
+
         try:
             return ort.InferenceSession(str(path), so, providers=list(self.providers))
         except Exception as err:
             raise BackendError(f"onnxruntime could not build bucket {bucket!r}: {err}") from err
 
+    def session(self, model: Any, spec: ModelSpec, bucket: Bucket | None) -> Any:
+        """An ORT session with the bucket's dims fixed, or free (any shape) for ``None``.
+
+        The free session is the exact-shape path: the oracle that benchmarks compare with.
+        """
+        example = Bucket({d: 2 if d == "batch" else 32 for d in spec.dims})
+        path = self._export(model, spec, bucket or example)
+        return self._open(path, self._options(bucket), bucket)
+
     def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
         session = self.session(model, spec, bucket)
         return OrtArtifact(bucket, session, spec.output_names, os.path.getsize(self._onnx))  # type: ignore[arg-type]
+
+    # -- artifact cache ---------------------------------------------------------------------
+
+    def cache_key(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"name": self.name, "version": ort.__version__,
+                "options": {"providers": list(self.providers), "opset": self.opset}}
+
+    def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> OrtArtifact:
+        path = self._export(model, spec, bucket)
+        so = self._options(bucket)
+        so.optimized_model_filepath = str(folder / "model.onnx")
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        so.log_severity_level = 3  # ORT warns that the saved graph is machine-specific: the key says so
+        session = self._open(path, so, bucket)
+        return OrtArtifact(bucket, session, spec.output_names, os.path.getsize(path))
+
+    def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
+        session = self._open(folder / "model.onnx", self._options(bucket, optimize=False), bucket)
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "meta.json")
+        return OrtArtifact(bucket, session, spec.output_names, size)
 
     def close(self) -> None:
         self._workdir.cleanup()

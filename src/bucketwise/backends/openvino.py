@@ -2,6 +2,10 @@
 
 Compiled models built from one ``ov.Model`` share its constant weights, so extra buckets
 cost compiled code and activations, not another copy of the weights.
+
+For the artifact cache, ``compile_to`` writes the compiled model's blob
+(``CompiledModel.export_model``) and ``load`` imports it (``Core.import_model``): no ONNX,
+no reshape, no compile.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from ._onnx import new_workdir, to_onnx
+from ._onnx import model_identity, new_workdir, to_onnx
 
 
 @dataclass
@@ -53,6 +57,8 @@ class OpenVinoBackend:
     """
 
     name: ClassVar[str] = "openvino"
+    parallel_compile: ClassVar[bool] = True  # compile_model releases the GIL
+    exports_onnx: ClassVar[bool] = True
 
     def __init__(self, *, device: str = "CPU", hint: str = "LATENCY", opset: int = 17) -> None:
         if hint not in ("LATENCY", "THROUGHPUT"):
@@ -62,25 +68,63 @@ class OpenVinoBackend:
         self.opset = opset
         self._workdir = new_workdir("openvino")
         self._model: Any = None
-        self._model_id: int | None = None
+        self._model_id: Any = None
         self._core: Any = None
+        self._lock = threading.Lock()
 
-    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> OpenVinoArtifact:
+    def _static_model(self, model: Any, spec: ModelSpec, bucket: Bucket) -> Any:
         import openvino as ov
 
-        if self._core is None:
-            self._core = ov.Core()
-        if self._model is None or self._model_id != id(model):
-            path: Path = to_onnx(model, spec, bucket, Path(self._workdir.name), opset=self.opset)
-            self._model = self._core.read_model(str(path))
-            self._model_id = id(model)
-        static = self._model.clone()
-        shapes = {s.name: ov.PartialShape(list(s.padded_shape(bucket))) for s in spec.inputs}
+        with self._lock:  # one export and one read_model, shared by every bucket
+            if self._core is None:
+                self._core = ov.Core()
+            if self._model is None or self._model_id != model_identity(model):
+                path: Path = to_onnx(model, spec, bucket, Path(self._workdir.name), opset=self.opset)
+                self._model = self._core.read_model(str(path))
+                self._model_id = model_identity(model)
+            static = self._model.clone()
+            shapes = {s.name: ov.PartialShape(list(s.padded_shape(bucket))) for s in spec.inputs}
+            try:
+                static.reshape(shapes)
+            except Exception as err:
+                raise BackendError(f"openvino could not reshape to bucket {bucket!r}: {err}") from err
+            return static
+
+    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> OpenVinoArtifact:
+        static = self._static_model(model, spec, bucket)
         try:
-            static.reshape(shapes)
-            compiled = self._core.compile_model(static, self.device, {"PERFORMANCE_HINT": self.hint})
+            compiled = self._core.compile_model(static, self.device, self._config())
         except Exception as err:
             raise BackendError(f"openvino could not compile bucket {bucket!r}: {err}") from err
+        return OpenVinoArtifact(bucket, compiled, spec.output_names)
+
+    def _config(self) -> dict[str, str]:
+        return {"PERFORMANCE_HINT": self.hint}
+
+    # -- artifact cache ---------------------------------------------------------------------
+
+    def cache_key(self) -> dict[str, Any]:
+        import openvino as ov
+
+        return {"name": self.name, "version": ov.get_version(),
+                "options": {"device": self.device, "hint": self.hint, "opset": self.opset}}
+
+    def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> OpenVinoArtifact:
+        artifact = self.compile(model, spec, bucket)
+        (folder / "model.blob").write_bytes(artifact.compiled.export_model().getvalue())
+        return artifact
+
+    def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> OpenVinoArtifact:
+        import openvino as ov
+
+        with self._lock:
+            if self._core is None:
+                self._core = ov.Core()
+        try:
+            blob = (folder / "model.blob").read_bytes()
+            compiled = self._core.import_model(blob, self.device, self._config())
+        except Exception as err:
+            raise BackendError(f"openvino could not import the cached blob of bucket {bucket!r}: {err}") from err
         return OpenVinoArtifact(bucket, compiled, spec.output_names)
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 Tracing at a fixed shape is the closest relative of ``torch.neuron.trace`` and
 ``torch_xla``'s static graphs: shape-dependent Python control flow is baked in per
-bucket, which is exactly why each bucket gets its own trace.
+bucket, which is exactly why each bucket gets its own trace. For the artifact cache
+each trace is saved with ``torch.jit.save`` (weights included) and loaded without the
+original module.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +45,7 @@ class TorchScriptBackend:
     """Args: freeze: run ``torch.jit.freeze`` on each trace (inlines weights, folds ops)."""
 
     name: ClassVar[str] = "torchscript"
+    parallel_compile: ClassVar[bool] = False  # tracing holds the GIL
 
     def __init__(self, *, freeze: bool = True) -> None:
         self.freeze = freeze
@@ -59,6 +63,21 @@ class TorchScriptBackend:
         except Exception as err:
             raise BackendError(f"torchscript could not trace bucket {bucket!r}: {err}") from err
         return TorchScriptArtifact(bucket, traced, spec.input_names, spec.output_names)
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"name": self.name, "version": torch.__version__, "options": {"freeze": self.freeze}}
+
+    def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> TorchScriptArtifact:
+        artifact = self.compile(model, spec, bucket)
+        torch.jit.save(artifact.module, str(folder / "model.pt"))
+        return artifact
+
+    def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> TorchScriptArtifact:
+        try:
+            module = torch.jit.load(str(folder / "model.pt"), map_location="cpu")
+        except Exception as err:
+            raise BackendError(f"torchscript could not load the cached trace of bucket {bucket!r}: {err}") from err
+        return TorchScriptArtifact(bucket, module, spec.input_names, spec.output_names)
 
     def close(self) -> None:
         pass

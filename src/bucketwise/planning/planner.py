@@ -144,6 +144,7 @@ def plan(
         shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grid, exact=exact, batch_sizes=batch_sizes)
 
     buckets = [Bucket({**s, "batch": b}) if batch_sizes else Bucket(s) for s in shapes for b in (batch_sizes or [None])]
+    share = _traffic(kept, shapes)
     meta = {
         "planner": planner,
         "k": budget,
@@ -151,8 +152,24 @@ def plan(
         "cap": caps,
         "above_cap_share": above_share,
         "grid": grid,
+        # Expected share of inputs per bucket (each batch size of a length bucket gets the
+        # length bucket's share): compile order follows it.
+        "traffic": {b.label(): share[i // n_batch] for i, b in enumerate(buckets)},
     }
     return Plan(tuple(buckets), cost, meta)
+
+
+def _traffic(obs: Observations, shapes: Sequence[dict[str, int]]) -> list[float]:
+    """Share of the observed inputs whose smallest covering shape (by volume) is each shape."""
+    left = np.ones(len(obs.shapes), dtype=bool)
+    share = [0.0] * len(shapes)
+    order = sorted(range(len(shapes)), key=lambda i: math.prod(shapes[i].values()))
+    for i in order:
+        limit = np.array([shapes[i][d] for d in obs.dims])
+        hit = left & np.all(obs.shapes <= limit, axis=1)
+        share[i] = float(obs.counts[hit].sum() / obs.total)
+        left &= ~hit
+    return share
 
 
 def _caps(obs: Observations, cap: int | dict[str, int] | None, grid: int | None = None) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """The HTTP app: OpenAI-compatible embeddings over the batcher, health, readiness, metrics.
 
 Endpoints: ``POST /v1/embeddings`` (``{"input": str | [str, ...]}``), ``GET /healthz``,
-``GET /readyz`` (200 only when every bucket is compiled and warm), ``GET /metrics``.
+``GET /readyz`` (200 once every input has a warm bucket: all of them, or after a lazy start
+the largest), ``GET /metrics``.
 Bad requests get a 4xx with an OpenAI-style ``{"error": {"message", "type"}}`` body and the
 server keeps serving; a full queue answers 503 with ``Retry-After``.
 
@@ -81,10 +82,12 @@ def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
 
     @app.get("/readyz")
     async def readyz() -> Any:
-        ready = model.ready and "batcher" in state
+        # Ready once every input has a built bucket; a lazy start builds the rest later.
+        ready = model.can_serve and "batcher" in state
         status = 200 if ready else 503
         metrics.requests.labels(endpoint="readyz", status=str(status)).inc()
-        return JSONResponse({"ready": ready, "buckets": len(model.plan)}, status_code=status)
+        compiled = sum(1 for b in model.plan.buckets if b in model.compile_report.builds)
+        return JSONResponse({"ready": ready, "buckets": len(model.plan), "compiled": compiled}, status_code=status)
 
     @app.get("/metrics")
     async def prom_metrics() -> Any:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server: requests, batches, bucket hits, padding, latency."""
+"""Prometheus metrics of one server: requests, batches, bucket hits, padding, latency, lazy builds."""
 
 from __future__ import annotations
 
@@ -28,10 +28,16 @@ class Metrics:
                                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.overflows = prom.Counter("bucketwise_overflows_total", "Inputs larger than every bucket, by policy", ["policy"], registry=r)
         self.rejections = prom.Counter("bucketwise_rejections_total", "Requests turned away, by reason", ["reason"], registry=r)
+        self.substitutions = prom.Counter(
+            "bucketwise_bucket_substitutions_total",
+            "Runs on a larger bucket because the wanted one was not built yet (lazy start)",
+            ["wanted", "used"], registry=r)
+        self.compiled = prom.Gauge("bucketwise_compiled_buckets", "Buckets built and warm", registry=r)
         self.queued = prom.Gauge("bucketwise_queued_rows", "Rows waiting in the batcher", registry=r)
         self._seen_hits: dict[Any, int] = {}
         self._seen_overflow: dict[str, int] = {}
         self._seen_padded = 0
+        self._seen_subs: dict[Any, int] = {}
 
     def sync_model(self, stats: Any) -> None:
         """Carry the model's own counters (bucket hits, padding, overflow) over as increments."""
@@ -45,6 +51,12 @@ class Metrics:
             if delta:
                 self.overflows.labels(policy=policy).inc(delta)
                 self._seen_overflow[policy] = n
+        for (wanted, used), n in list(stats.substitutions.items()):
+            delta = n - self._seen_subs.get((wanted, used), 0)
+            if delta:
+                self.substitutions.labels(wanted=wanted.label(), used=used.label()).inc(delta)
+                self._seen_subs[(wanted, used)] = n
+        self.compiled.set(len(stats.compile_seconds))
         delta = stats.padded_volume - self._seen_padded
         if delta:
             self.padded_tokens.inc(delta)

@@ -1,0 +1,475 @@
+"""The on-disk artifact cache: compiled buckets survive restarts.
+
+Layout, under the cache root (``BUCKETWISE_CACHE``, else ``$XDG_CACHE_HOME/bucketwise``,
+else ``~/.cache/bucketwise``)::
+
+    entries/<key>/meta.json   what the entry is: model, backend, bucket, and each file's
+                              size and SHA-256; plus compile time and measured memory
+    entries/<key>/...         the artifact's files, as the backend wrote them
+    locks/<key>.lock          held while one process compiles that entry
+    tmp/                      entries being written, renamed into entries/ when whole
+
+An entry's key is the SHA-256 of its identity: the model fingerprint (weights and graph,
+see :func:`fingerprint`), the backend's name, version and options, the host (compiled code
+is machine-specific: ONNX Runtime's optimised graphs and OpenVINO blobs use the CPU's
+instruction set), the bucketwise cache format and the bucket.
+
+Contracts:
+
+- Writes are atomic: an entry is written into ``tmp/`` and renamed into place, so a reader
+  sees a whole entry or none, even if the writer is killed.
+- Every file is checked against its recorded SHA-256 on load. A corrupt or truncated
+  entry is removed with a warning and rebuilt, never loaded.
+- Two processes that compile the same entry at once are safe: the second waits on the
+  entry's file lock, then loads what the first wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import BackendError
+from ..shapes import Bucket
+from ..spec import ModelSpec
+
+__all__ = [
+    "ArtifactCache",
+    "CacheEntry",
+    "CacheWarning",
+    "LazyModel",
+    "default_cache_dir",
+    "fingerprint",
+    "fingerprint_files",
+    "host_id",
+]
+
+CACHE_FORMAT = 1
+T = TypeVar("T")
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was unusable (corrupt, truncated, unreadable) and is being rebuilt."""
+
+
+def default_cache_dir() -> Path:
+    """``BUCKETWISE_CACHE``, else ``$XDG_CACHE_HOME/bucketwise``, else ``~/.cache/bucketwise``.
+
+    Read at call time, never at import.
+    """
+    env = os.environ.get("BUCKETWISE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "bucketwise"
+
+
+def host_id() -> str:
+    """The machine as compiled code sees it: OS, architecture and CPU model."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()}-{platform.machine()}-{cpu}".strip("-")
+
+
+# -- fingerprints -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LazyModel:
+    """A model known by its fingerprint and loaded only when something must be compiled.
+
+    With a warm cache nothing is compiled, so a model given this way is never loaded: the
+    start skips the framework's weight loading as well as the compile.
+
+    Args:
+        load: returns the model (e.g. a ``torch.nn.Module``); called at most once.
+        fingerprint: identifies the weights and graph, e.g. :func:`fingerprint_files` of
+            the model folder plus what wraps it.
+        name: shown by ``bucketwise inspect``.
+    """
+
+    load: Callable[[], Any]
+    fingerprint: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not callable(self.load):
+            raise TypeError(f"LazyModel.load must be callable, got {type(self.load).__name__}")
+        if not isinstance(self.fingerprint, str) or not self.fingerprint:
+            raise TypeError("LazyModel.fingerprint must be a non-empty string")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_files(paths: Path | str | Iterable[Path | str], *, extra: Any = None) -> str:
+    """SHA-256 over files' relative names and contents (a folder counts as all its files),
+    plus ``extra`` (anything JSON can write: what wraps the weights, versions ...)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    h = hashlib.sha256()
+    for base in map(Path, paths):
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        if not files:
+            raise BackendError(f"cannot fingerprint {str(base)!r}: no files there")
+        for f in files:
+            rel = f.relative_to(base) if base.is_dir() else Path(f.name)
+            h.update(f"{rel.as_posix()}\0{_sha256_file(f)}\n".encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _module_fingerprint(module: Any) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    # The architecture: class and printed structure (layers and their hyperparameters).
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}\n".encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def spec_identity(spec: ModelSpec) -> dict[str, Any]:
+    """The parts of a spec a compiled artifact depends on (not pad values: those are
+    applied outside the artifact, so changing one must not invalidate the cache)."""
+    return {
+        "inputs": [[s.name, list(s.shape), s.dtype] for s in spec.inputs],
+        "outputs": [[o.name, list(o.shape)] for o in spec.outputs],
+    }
+
+
+def fingerprint(model: Any, spec: ModelSpec) -> str:
+    """Identify a model for the cache: its weights, its graph and the spec it runs under.
+
+    - :class:`LazyModel`: its own fingerprint.
+    - a path to an ``.onnx`` file: the file's bytes (weights and graph both live there).
+    - a ``torch.nn.Module``: class, printed architecture and every state tensor's bytes.
+
+    Anything else (a plain function) cannot be fingerprinted: wrap it in a
+    :class:`LazyModel` with a fingerprint you choose.
+    """
+    if isinstance(model, LazyModel):
+        base = model.fingerprint
+    elif isinstance(model, (str, Path)) and Path(model).suffix == ".onnx" and Path(model).is_file():
+        base = fingerprint_files(model)
+    else:
+        torch = __import__("sys").modules.get("torch")
+        if torch is None or not isinstance(model, torch.nn.Module):
+            raise BackendError(
+                f"cannot fingerprint a {type(model).__name__} for the artifact cache; pass a "
+                "torch.nn.Module or an .onnx path, or wrap the model in "
+                "LazyModel(load=..., fingerprint='...'), or run without a cache"
+            )
+        base = _module_fingerprint(model)
+    return _digest({"model": base, "spec": spec_identity(spec)})
+
+
+def _digest(identity: Any) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- entries ------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheEntry:
+    """One cached artifact (or model export) and what is known of it."""
+
+    key: str
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.meta.get("identity", {})
+
+    @property
+    def bucket(self) -> Bucket | None:
+        sizes = self.identity.get("bucket")
+        return Bucket(sizes) if sizes else None
+
+    @property
+    def backend(self) -> str:
+        return str(self.identity.get("backend", {}).get("name", "?"))
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.get("model_name") or self.identity.get("model", "?")[:12])
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.meta.get("files", {}).values())
+
+    @property
+    def resident_bytes(self) -> int | None:
+        value = self.meta.get("resident_bytes")
+        return int(value) if value is not None else None
+
+    @property
+    def compile_seconds(self) -> float | None:
+        value = self.meta.get("compile_seconds")
+        return float(value) if value is not None else None
+
+    @property
+    def created(self) -> float:
+        return float(self.meta.get("created", 0.0))
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+
+class ArtifactCache:
+    """Compiled artifacts on disk, keyed by model, backend, host and bucket.
+
+    ``ArtifactCache()`` uses :func:`default_cache_dir`; pass a folder to use another.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    def __repr__(self) -> str:
+        return f"ArtifactCache({str(self.root)!r})"
+
+    # -- keys -----------------------------------------------------------------------------
+
+    @staticmethod
+    def identity(
+        *, model: str, backend: Mapping[str, Any], bucket: Bucket | None, kind: str = "artifact"
+    ) -> dict[str, Any]:
+        """What an entry is. ``backend`` holds ``name``, ``version`` and ``options``."""
+        return {
+            "format": CACHE_FORMAT,
+            "kind": kind,
+            "model": model,
+            "backend": dict(backend),
+            "host": host_id(),
+            "bucket": bucket.as_dict() if bucket is not None else None,
+        }
+
+    @staticmethod
+    def key(identity: Mapping[str, Any]) -> str:
+        return _digest(identity)[:32]
+
+    def _entries_dir(self) -> Path:
+        return self.root / "entries"
+
+    def folder(self, key: str) -> Path:
+        return self._entries_dir() / key
+
+    def lock(self, key: str, *, timeout: float = -1) -> Any:
+        """A file lock for ``key``: hold it while compiling that entry."""
+        from filelock import FileLock
+
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{key}.lock"), timeout=timeout)
+
+    # -- read ---------------------------------------------------------------------------------
+
+    def lookup(self, key: str) -> tuple[CacheEntry | None, str | None]:
+        """``(entry, None)`` for a whole, verified entry; ``(None, None)`` when absent;
+        ``(None, why)`` when it was corrupt, in which case it has been removed."""
+        folder = self.folder(key)
+        if not folder.is_dir():
+            return None, None
+        problem = self._verify(folder)
+        if problem is None:
+            return CacheEntry(key, folder, _read_meta(folder)), None
+        self.remove(key)
+        warnings.warn(
+            f"bucketwise cache entry {folder} was unusable ({problem}); removed it, rebuilding",
+            CacheWarning,
+            stacklevel=3,
+        )
+        return None, problem
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The verified entry for ``key``, or ``None`` (absent, or corrupt and removed)."""
+        return self.lookup(key)[0]
+
+    @staticmethod
+    def _verify(folder: Path) -> str | None:
+        try:
+            meta = _read_meta(folder)
+        except (OSError, ValueError) as err:
+            return f"meta.json unreadable: {err}"
+        files = meta.get("files")
+        if not isinstance(files, dict) or not files:
+            return "meta.json lists no files"
+        for name, info in files.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != int(info["bytes"]):
+                return f"{name} has {path.stat().st_size} bytes, expected {info['bytes']} (truncated?)"
+            if _sha256_file(path) != info["sha256"]:
+                return f"{name} fails its SHA-256 check"
+        return None
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry whose meta.json reads, without checking file hashes (fast)."""
+        out = []
+        root = self._entries_dir()
+        if not root.is_dir():
+            return out
+        for folder in sorted(root.iterdir()):
+            try:
+                out.append(CacheEntry(folder.name, folder, _read_meta(folder)))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def measured(self, *, model: str, backend: str) -> dict[Bucket, CacheEntry]:
+        """Artifact entries of one model fingerprint on one backend (any version), by bucket."""
+        out: dict[Bucket, CacheEntry] = {}
+        for e in self.entries():
+            ident = e.identity
+            if ident.get("kind") == "artifact" and ident.get("model") == model and e.backend == backend:
+                b = e.bucket
+                if b is not None and (b not in out or e.created > out[b].created):
+                    out[b] = e
+        return out
+
+    # -- write --------------------------------------------------------------------------------
+
+    def put(
+        self,
+        identity: Mapping[str, Any],
+        write: Callable[[Path], T],
+        *,
+        info: Mapping[str, Any] | None = None,
+    ) -> tuple[CacheEntry, T]:
+        """Run ``write(folder)`` into a fresh temporary folder, record each file's size and
+        SHA-256, then move the folder into place in one rename. Returns the entry and what
+        ``write`` returned. ``info`` adds fields to meta.json (e.g. ``model_name``)."""
+        key = self.key(identity)
+        tmp = self.root / "tmp" / f"{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            start = time.perf_counter()
+            result = write(tmp)
+            seconds = time.perf_counter() - start
+            files = {
+                p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            if not files:
+                raise BackendError(f"backend {identity.get('backend', {}).get('name')!r} wrote no files for the cache")
+            meta = {
+                "identity": dict(identity),
+                "files": files,
+                "created": time.time(),
+                "compile_seconds": seconds,
+                **dict(info or {}),
+            }
+            _write_json(tmp / "meta.json", meta)
+            final = self.folder(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a stale entry (the caller holds the lock, so not a live one)
+                self.remove(key)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return CacheEntry(key, final, meta), result
+
+    def update(self, key: str, **fields: Any) -> None:
+        """Record measurements (e.g. ``resident_bytes``) in an entry's meta.json, atomically."""
+        folder = self.folder(key)
+        try:
+            meta = _read_meta(folder)
+        except (OSError, ValueError):
+            return
+        meta.update(fields)
+        tmp = folder / f".meta-{uuid.uuid4().hex[:8]}.json"
+        _write_json(tmp, meta)
+        os.replace(tmp, folder / "meta.json")
+
+    def remove(self, key: str) -> None:
+        """Remove an entry: renamed out of ``entries/`` first, so no reader sees half of it."""
+        folder = self.folder(key)
+        if not folder.exists():
+            return
+        trash = self.root / "tmp" / f"trash-{key}-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many there were."""
+        entries = self.entries()
+        for e in entries:
+            self.remove(e.key)
+        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+        return len(entries)
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    data = json.loads((folder / "meta.json").read_text())
+    if not isinstance(data, dict):
+        raise ValueError("meta.json is not an object")
+    return data
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def resident_bytes(*, trim: bool = False) -> int | None:
+    """This process's resident set size, where the OS tells it cheaply (Linux).
+
+    ``trim`` first hands freed heap memory back to the OS (glibc ``malloc_trim``), so that a
+    later reading counts new allocations as growth instead of reusing freed pages unseen.
+    """
+    if trim:
+        _malloc_trim()
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _malloc_trim() -> None:
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

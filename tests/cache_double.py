@@ -1,0 +1,82 @@
+"""A cacheable test double: a "compiler" that takes ``delay`` seconds, logs every compile
+and load to a file (so tests can count them across processes), and can hold ``hold_mib``
+of memory per artifact (so memory accounting has something real to measure).
+
+The model is a scale factor; an artifact computes ``y = scale * x`` at its bucket's shape.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bucketwise import InputSpec, ModelSpec, OutputSpec
+from bucketwise.runtime.cache import LazyModel
+
+SPEC = ModelSpec(inputs=(InputSpec("x", ("batch", "seq"), "float32"),), outputs=(OutputSpec("y", ("batch", "seq")),))
+
+
+def scale_model(scale: float = 2.0) -> LazyModel:
+    return LazyModel(load=lambda: float(scale), fingerprint=f"scale-{scale}", name=f"scale-{scale}")
+
+
+@dataclass
+class ScaleArtifact:
+    bucket: Any
+    scale: float
+    ballast: Any = None
+
+    def run(self, inputs):
+        return {"y": inputs["x"] * self.scale}
+
+    @property
+    def nbytes(self):
+        return None
+
+
+class SlowScaleBackend:
+    name: ClassVar[str] = "slow-scale"
+    parallel_compile: ClassVar[bool] = True
+
+    def __init__(self, *, delay: float = 0.0, log: str | None = None, hold_mib: int = 0, version: str = "1"):
+        self.delay, self.log, self.hold_mib, self.version = delay, log, hold_mib, version
+
+    def _note(self, what: str, bucket: Any) -> None:
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()} {what} {bucket.label()}\n")
+
+    def _ballast(self):
+        # Written, so the pages are resident, not just reserved.
+        return np.ones(self.hold_mib << 18, np.float32) if self.hold_mib else None
+
+    def compile(self, model, spec, bucket):
+        time.sleep(self.delay)
+        self._note("compile", bucket)
+        return ScaleArtifact(bucket, float(model), self._ballast())
+
+    def close(self):
+        pass
+
+    def cache_key(self):
+        return {"name": self.name, "version": self.version, "options": {}}
+
+    def compile_to(self, model, spec, bucket, folder: Path):
+        artifact = self.compile(model, spec, bucket)
+        np.save(folder / "scale.npy", np.array([artifact.scale]))
+        return artifact
+
+    def load(self, folder: Path, spec, bucket):
+        self._note("load", bucket)
+        return ScaleArtifact(bucket, float(np.load(folder / "scale.npy")[0]), self._ballast())
+
+
+def events(log: Path) -> list[tuple[str, str]]:
+    if not log.exists():
+        return []
+    return [tuple(line.split()[1:]) for line in log.read_text().splitlines()]

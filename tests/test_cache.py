@@ -1,0 +1,290 @@
+"""The artifact cache: hit, miss, corrupt entries, concurrent compiles, memory budgets,
+lazy starts and compile order. Most tests use the cacheable test double in
+cache_double.py; the last ones run the real ONNX Runtime, OpenVINO and TorchScript
+backends on a small torch model."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cache_double import SPEC, SlowScaleBackend, events, scale_model
+
+from bucketwise import Bucket, BucketedModel, MemoryBudgetError, Plan
+from bucketwise.runtime.cache import ArtifactCache, CacheWarning, LazyModel, fingerprint
+from bucketwise.runtime.memory import check_memory_budget, format_bytes
+
+PLAN = Plan.grid(batch=[1], seq=[8, 16, 32])
+
+
+def build(cache, log=None, *, plan=PLAN, delay=0.0, hold_mib=0, model=None, **compile_options):
+    backend = SlowScaleBackend(delay=delay, log=str(log) if log else None, hold_mib=hold_mib)
+    bm = BucketedModel(model or scale_model(), SPEC, plan, backend=backend, cache=cache, warmup_runs=0)
+    compile_options.setdefault("progress", False)
+    return bm.compile(**compile_options)
+
+
+def sources(bm):
+    return {b.label(): r.source for b, r in bm.compile_report.builds.items()}
+
+
+def x(seq, rows=1):
+    return {"x": np.arange(rows * seq, dtype=np.float32).reshape(rows, seq)}
+
+
+# -- hit and miss ---------------------------------------------------------------------------
+
+
+def test_miss_compiles_and_saves_then_hit_loads_without_compiling(tmp_path):
+    cache, log = ArtifactCache(tmp_path / "c"), tmp_path / "log"
+    cold = build(cache, log, delay=0.05)
+    assert set(sources(cold).values()) == {"compiled"}
+    assert len(cache.entries()) == 3
+    # The model was loaded (LazyModel) because something had to be compiled.
+    assert not isinstance(cold._model, LazyModel)
+
+    warm = build(cache, log, delay=0.05)
+    assert set(sources(warm).values()) == {"cache"}
+    assert [e for e, _ in events(log)].count("compile") == 3  # none on the warm start
+    assert [e for e, _ in events(log)].count("load") == 3
+    assert isinstance(warm._model, LazyModel), "a warm start must not load the model"
+    np.testing.assert_array_equal(warm(**x(5))["y"], cold(**x(5))["y"])
+    np.testing.assert_array_equal(warm(**x(5))["y"], 2 * x(5)["x"])
+    report = warm.compile_report
+    assert report.hits == 3
+    assert report.saved_seconds > 0.1  # three recorded 0.05 s compiles, loads take ~1 ms
+    for build_ in report.builds.values():
+        assert build_.compile_seconds >= 0.05 and build_.disk_bytes > 0
+
+
+def test_key_changes_with_model_backend_version_and_bucket(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    build(cache)
+    assert set(sources(build(cache, model=scale_model(3.0))).values()) == {"compiled"}
+    bm = BucketedModel(scale_model(), SPEC, PLAN, backend=SlowScaleBackend(version="2"), cache=cache, warmup_runs=0)
+    assert set(sources(bm.compile(progress=False)).values()) == {"compiled"}
+    bigger = Plan.grid(batch=[1], seq=[8, 16, 32, 64])
+    assert sources(build(cache, plan=bigger)) == {
+        "batch=1,seq=8": "cache", "batch=1,seq=16": "cache", "batch=1,seq=32": "cache", "batch=1,seq=64": "compiled"}
+    assert len(cache.entries()) == 3 + 3 + 3 + 1
+
+
+def test_fingerprint_follows_weights_and_graph_not_pad_values():
+    torch = pytest.importorskip("torch")
+    from bucketwise import InputSpec, ModelSpec, OutputSpec
+
+    spec = ModelSpec((InputSpec("x", ("batch", "seq"), "float32"),), (OutputSpec("y", ("batch", "seq")),))
+    padded = ModelSpec((InputSpec("x", ("batch", "seq"), "float32", pad_value=7),), (OutputSpec("y", ("batch", "seq")),))
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 4)
+    b = torch.nn.Linear(4, 4)
+    b.load_state_dict(a.state_dict())
+    assert fingerprint(a, spec) == fingerprint(b, spec) == fingerprint(a, padded)
+    with torch.no_grad():
+        b.bias[0] += 1e-3
+    assert fingerprint(a, spec) != fingerprint(b, spec)
+    assert fingerprint(torch.nn.Linear(4, 5), spec) != fingerprint(a, spec)  # another architecture
+    with pytest.raises(Exception, match="LazyModel"):
+        fingerprint(lambda x: x, spec)
+
+
+# -- corrupt entries and atomic writes -------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "meta"])
+def test_corrupt_entry_is_rebuilt_with_a_warning_never_loaded(tmp_path, damage):
+    cache, log = ArtifactCache(tmp_path / "c"), tmp_path / "log"
+    build(cache)
+    entry = next(e for e in cache.entries() if e.bucket == Bucket(batch=1, seq=16))
+    artifact = entry.path("scale.npy")
+    if damage == "flip":
+        data = bytearray(artifact.read_bytes())
+        data[-1] ^= 0xFF  # the scale's last byte: would load as another number
+        artifact.write_bytes(bytes(data))
+    elif damage == "truncate":
+        artifact.write_bytes(artifact.read_bytes()[:10])
+    elif damage == "delete":
+        artifact.unlink()
+    else:
+        entry.path("meta.json").write_text("{not json")
+    with pytest.warns(CacheWarning, match="rebuilding"):
+        bm = build(cache, log)
+    assert sources(bm) == {"batch=1,seq=8": "cache", "batch=1,seq=16": "rebuilt", "batch=1,seq=32": "cache"}
+    assert events(log).count(("compile", "batch=1,seq=16")) == 1
+    np.testing.assert_array_equal(bm(**x(12))["y"], 2 * x(12)["x"])
+    # The rebuilt entry is whole again: the next start loads everything.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert set(sources(build(cache)).values()) == {"cache"}
+
+
+def test_a_failed_write_leaves_no_entry_and_no_temporary_files(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    ident = cache.identity(model="m", backend={"name": "b"}, bucket=Bucket(seq=8))
+
+    def write(folder):
+        (folder / "half.bin").write_bytes(b"12")
+        raise RuntimeError("compiler crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        cache.put(ident, write)
+    assert cache.get(cache.key(ident)) is None
+    assert not any((tmp_path / "tmp").iterdir())
+    entry, _ = cache.put(ident, lambda folder: (folder / "a.bin").write_bytes(b"abc"))
+    assert cache.get(entry.key).meta["files"]["a.bin"]["bytes"] == 3
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+def test_two_processes_compiling_at_once_compile_each_bucket_once(tmp_path):
+    cache_dir, log = tmp_path / "c", tmp_path / "log"
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np
+        from cache_double import SPEC, SlowScaleBackend, scale_model
+        from bucketwise import BucketedModel, Plan
+        plan = Plan.grid(batch=[1], seq=[8, 16, 32])
+        bm = BucketedModel(scale_model(), SPEC, plan, cache={str(cache_dir)!r}, warmup_runs=0,
+                           backend=SlowScaleBackend(delay=0.4, log={str(log)!r}))
+        bm.compile(progress=False, workers=1)
+        y = bm(x=np.ones((1, 20), np.float32))["y"]
+        print(json.dumps({{"sources": sorted(r.source for r in bm.compile_report.builds.values()), "y": float(y.sum())}}))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    compiles = [b for e, b in events(log) if e == "compile"]
+    assert sorted(compiles) == sorted(["batch=1,seq=8", "batch=1,seq=16", "batch=1,seq=32"]), compiles
+    assert sorted(s for r in results for s in r["sources"]) == ["cache"] * 3 + ["compiled"] * 3
+    assert all(r["y"] == 40.0 for r in results)
+    assert len(ArtifactCache(cache_dir).entries()) == 3
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def test_check_memory_budget_names_the_largest_buckets_and_the_fix():
+    sizes = {Bucket(seq=8): 10 << 20, Bucket(seq=16): 30 << 20, Bucket(seq=32): 50 << 20, Bucket(seq=64): None}
+    assert check_memory_budget(sizes, 100 << 20, backend="b") == 90 << 20
+    with pytest.raises(MemoryBudgetError) as err:
+        check_memory_budget(sizes, 60 << 20, backend="onnxruntime")
+    msg = str(err.value)
+    assert "90.0 MiB" in msg and "60.0 MiB" in msg
+    assert msg.index("seq=32 (50.0 MiB)") < msg.index("seq=16 (30.0 MiB)")
+    assert "Fix" in msg and "bucketwise plan --memory-budget" in msg and "about 2 " in msg
+    assert format_bytes(None) == "-" and format_bytes(512) == "512 B"
+
+
+def test_budget_refusal_after_measuring_then_before_compiling(tmp_path):
+    cache, log = ArtifactCache(tmp_path / "c"), tmp_path / "log"
+    # Each artifact holds 48 MiB; three buckets cannot fit in 100 MiB.
+    with pytest.raises(MemoryBudgetError, match=r"Largest buckets: batch=1,seq="):
+        build(cache, log, hold_mib=48, memory_budget=100 << 20)
+    measured = cache.measured(model=fingerprint(scale_model(), SPEC), backend="slow-scale")
+    assert len(measured) == 3 and all(e.resident_bytes >= 40 << 20 for e in measured.values())
+    # Now the cache knows the sizes: the refusal comes before anything is loaded or compiled.
+    before = len(events(log))
+    with pytest.raises(MemoryBudgetError, match="measured resident memory"):
+        build(cache, log, hold_mib=48, memory_budget=100 << 20)
+    assert len(events(log)) == before
+    ok = build(cache, log, hold_mib=48, memory_budget=400 << 20)
+    assert ok.ready and sum(r.resident_bytes for r in ok.compile_report.builds.values()) >= 120 << 20
+
+
+# -- compile lifecycle ---------------------------------------------------------------------
+
+
+def test_compile_order_follows_expected_traffic(tmp_path):
+    log = tmp_path / "log"
+    plan = Plan(PLAN.buckets, meta={"traffic": {"batch=1,seq=32": 0.6, "batch=1,seq=8": 0.3, "batch=1,seq=16": 0.1}})
+    build(None, log, plan=plan, workers=1)
+    assert [b for _, b in events(log)] == ["batch=1,seq=32", "batch=1,seq=8", "batch=1,seq=16"]
+
+
+def test_parallel_compile_builds_every_bucket_once(tmp_path):
+    log = tmp_path / "log"
+    plan = Plan.grid(batch=[1], seq=[8, 16, 32, 64, 128])
+    bm = build(ArtifactCache(tmp_path / "c"), log, plan=plan, delay=0.2, workers=4)
+    assert bm.ready and sorted(b for _, b in events(log)) == sorted(b.label() for b in plan.buckets)
+    # The first miss is compiled alone (and measured); the rest ran at once.
+    assert sum(r.resident_bytes is None for r in bm.compile_report.builds.values()) == 4
+
+
+def test_lazy_start_serves_from_the_largest_bucket_until_the_rest_are_built(tmp_path):
+    log = tmp_path / "log"
+    bm = build(None, log, delay=0.3, lazy=True)
+    assert bm.can_serve and not bm.ready
+    assert events(log)[0] == ("compile", "batch=1,seq=32")  # the bucket that covers every shape
+    out = bm(**x(5))["y"]  # wants seq=8, not built yet
+    np.testing.assert_array_equal(out, 2 * x(5)["x"])
+    assert bm.stats.substitutions[(Bucket(batch=1, seq=8), Bucket(batch=1, seq=32))] == 1
+    assert bm.stats.hits[Bucket(batch=1, seq=32)] == 1
+    assert bm.wait_ready(timeout=30)
+    bm(**x(5))
+    assert bm.stats.hits[Bucket(batch=1, seq=8)] == 1
+    assert sum(bm.stats.substitutions.values()) == 1
+    assert [e for e, _ in events(log)].count("compile") == 3  # none on the request path
+    bm.close()
+
+
+# -- real backends -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torchscript"])
+def test_real_backend_round_trip_through_the_cache(tmp_path, backend):
+    torch = pytest.importorskip("torch")
+    from bucketwise.backends.base import is_available
+
+    if not is_available(backend):
+        pytest.skip(f"{backend} not installed")
+    from bucketwise import InputSpec, ModelSpec, OutputSpec
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.proj = torch.nn.Linear(16, 8)
+
+        def forward(self, ids, mask):
+            h = self.proj(self.emb(ids)) * mask.unsqueeze(-1)
+            return h, h.sum(1) / mask.sum(1, keepdim=True)
+
+    spec = ModelSpec(
+        (InputSpec("ids", ("batch", "seq"), "int64"), InputSpec("mask", ("batch", "seq"), "int64", example=1)),
+        (OutputSpec("tokens", ("batch", "seq", None)), OutputSpec("pooled", ("batch", None))),
+    )
+    torch.manual_seed(0)
+    net = Net().eval()
+    plan = Plan.grid(batch=[1, 2], seq=[8, 16])
+    ids = np.random.default_rng(0).integers(1, 50, (2, 11))
+    inputs = {"ids": ids, "mask": np.ones_like(ids)}
+    cache = ArtifactCache(tmp_path)
+    cold = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
+    warm = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
+    assert {r.source for r in cold.compile_report.builds.values()} == {"compiled"}
+    assert {r.source for r in warm.compile_report.builds.values()} == {"cache"}
+    ref = cold.reference(inputs)
+    for name in ("tokens", "pooled"):
+        np.testing.assert_allclose(warm(**inputs)[name], ref[name], atol=1e-5)
+        np.testing.assert_allclose(cold(**inputs)[name], ref[name], atol=1e-5)
+    entry = next(e for e in cache.entries() if e.identity["kind"] == "artifact")
+    victim = max(entry.meta["files"], key=lambda f: entry.meta["files"][f]["bytes"])
+    data = bytearray(entry.path(victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entry.path(victim).write_bytes(bytes(data))
+    with pytest.warns(CacheWarning):
+        again = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
+    assert sorted(r.source for r in again.compile_report.builds.values()) == ["cache"] * 3 + ["rebuilt"]
+    np.testing.assert_allclose(again(**inputs)["pooled"], ref["pooled"], atol=1e-5)
+    for bm in (cold, warm, again):
+        bm.close()

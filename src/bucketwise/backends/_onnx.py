@@ -41,6 +41,9 @@ def to_onnx(model: Any, spec: ModelSpec, bucket: Bucket, workdir: Path, *, opset
                 f"model {str(model)!r} is not an .onnx file; pass a torch.nn.Module or a path "
                 "to an exported .onnx model"
             )
+        proto = onnx.load(str(src), load_external_data=False)
+        if not _name_dims(proto, spec):
+            return src  # its dims already carry the spec's names (e.g. a cached export): use as is
         proto = onnx.load(str(src))
     else:
         import torch
@@ -78,7 +81,9 @@ def to_onnx(model: Any, spec: ModelSpec, bucket: Bucket, workdir: Path, *, opset
     return out
 
 
-def _name_dims(proto: Any, spec: ModelSpec) -> None:
+def _name_dims(proto: Any, spec: ModelSpec) -> bool:
+    """Name each spec dim's axis in the graph inputs; True when anything changed."""
+    changed = False
     by_name = {i.name: i for i in proto.graph.input}
     missing = [n for n in spec.input_names if n not in by_name]
     if missing:
@@ -93,8 +98,11 @@ def _name_dims(proto: Any, spec: ModelSpec) -> None:
                 f"ONNX input {s.name!r} has rank {len(dims)} but the spec says {s.rank} ({s.shape})"
             )
         for axis, dim in s.dims.items():
+            if dims[axis].dim_param != dim:
+                changed = True
             dims[axis].ClearField("dim_value")
             dims[axis].dim_param = dim
+    return changed
 
 
 def model_identity(model: Any) -> Any:

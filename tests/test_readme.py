@@ -19,7 +19,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def test_readme_has_both_commands_and_ci_runs_the_test_one():
     main_cmd, test_cmd = command("main"), command("test")
     assert "pip install torch==2.13.0" in main_cmd and main_cmd.endswith("bucketwise embed")
-    assert "pytest" in test_cmd and "pip install" in test_cmd
+    assert "pytest" in test_cmd and "pip install" in test_cmd and "torchvision" in test_cmd
     ci = (ROOT / ".ci" / "run").read_text()
     assert "readme_command.py test" in ci
 

@@ -28,6 +28,9 @@ __all__ = ["BucketedModel", "BucketBuild", "BucketStats", "CompileReport", "OVER
 
 OverflowPolicy = Literal["error", "truncate", "fallback"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("error", "truncate", "fallback")
+# What count_overflow records: the policies above, plus resizing done before the call
+# (images shrunk to fit, see bucketwise.models.vision.ImageModel).
+COUNTED_OVERFLOWS: tuple[str, ...] = ("truncate", "fallback", "resize")
 
 
 @dataclass
@@ -702,10 +705,10 @@ class BucketedModel:
         return out
 
     def count_overflow(self, policy: str, n: int = 1) -> None:
-        """Record ``n`` overflows handled by ``policy`` outside the call path (e.g. a
-        tokenizer that truncates), so ``stats.overflow`` counts every use."""
-        if policy not in OVERFLOW_POLICIES:
-            raise SpecError(f"policy must be one of {OVERFLOW_POLICIES}, got {policy!r}")
+        """Record ``n`` overflows handled by ``policy`` outside the call path (a tokenizer
+        that truncates, an image resized to fit), so ``stats.overflow`` counts every use."""
+        if policy not in COUNTED_OVERFLOWS:
+            raise SpecError(f"policy must be one of {COUNTED_OVERFLOWS}, got {policy!r}")
         with self._lock:
             self.stats.overflow[policy] += n
 

@@ -15,14 +15,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bucketwise.runtime.cache import cpu_name
+
+    cpu = cpu_name()
     versions = {}
     for name in ("numpy", "torch", "onnxruntime", "openvino", "transformers"):
         try:

@@ -75,17 +75,20 @@ def default_cache_dir() -> Path:
     return base / "bucketwise"
 
 
-def host_id() -> str:
-    """The machine as compiled code sees it: OS, architecture and CPU model."""
-    cpu = platform.processor() or ""
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{platform.system()}-{platform.machine()}-{cpu}".strip("-")
+    return platform.processor() or ""
+
+
+def host_id() -> str:
+    """The machine as compiled code sees it: OS, architecture and CPU model."""
+    return f"{platform.system()}-{platform.machine()}-{cpu_name()}".strip("-")
 
 
 # -- fingerprints -------------------------------------------------------------------------

@@ -443,6 +443,8 @@ class BucketedModel:
     def _build(self, bucket: Bucket, *, measure: bool, compile_missing: bool = True) -> BucketBuild | None:
         """Load ``bucket`` from the cache or compile it, warm it up and install it. Returns
         ``None`` (doing nothing) for a cache miss when ``compile_missing`` is false."""
+        if not compile_missing and not self._cacheable:
+            return None  # nothing to load: every bucket is a miss
         rss0 = resident_bytes(trim=True) if measure else None
         key = entry = None
         source = "uncached"

@@ -235,10 +235,8 @@ def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool) -> float
     from .runtime.cache import ArtifactCache, fingerprint
     from .runtime.memory import format_bytes
 
-    how = (f"give --bytes-per-bucket, or first run `bucketwise compile --backend {args.backend}` so the "
-           "cache holds measured sizes")
     if not is_text:
-        raise InputError(f"--memory-budget needs the memory of one bucket: {how.split(', or')[0]}")
+        raise InputError("--memory-budget needs the memory of one bucket: give --bytes-per-bucket")
     from .models.text import lazy_default_encoder
 
     lazy, _, spec = lazy_default_encoder()
@@ -247,7 +245,8 @@ def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool) -> float
     sizes = [e.resident_bytes for e in found.values() if e.resident_bytes]
     if not sizes:
         raise InputError(f"--memory-budget needs the memory of one bucket, and {cache.root} holds no "
-                         f"measured {args.backend} buckets of the default model: {how}")
+                         f"measured {args.backend} buckets of the default model: give --bytes-per-bucket, or "
+                         f"first run `bucketwise compile --backend {args.backend}` so the cache holds measured sizes")
     print(f"memory   {format_bytes(max(sizes))} per bucket: the largest resident size of {len(sizes)} "
           f"{args.backend} buckets measured in {cache.root}")
     return float(max(sizes))

@@ -12,6 +12,7 @@ tensor, a tuple/list in the order of the spec's outputs, or a mapping by output 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -135,6 +136,12 @@ def require(module: str, extra: str, *, purpose: str | None = None) -> Any:
         raise MissingDependencyError(
             f"{module} is not installed{why}: pip install 'bucketwise[{extra}]'"
         ) from err
+
+
+def is_torch_module(model: Any) -> bool:
+    """True for a ``torch.nn.Module``; never imports torch (a module needs it loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def is_available(name: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..shapes import Bucket
+from .base import is_torch_module
 from ..spec import ModelSpec
 
 
@@ -27,7 +28,7 @@ class EagerArtifact:
 
     @property
     def nbytes(self) -> int | None:
-        if _is_torch_module(self.model):
+        if is_torch_module(self.model):
             from ._torch import module_nbytes
 
             return module_nbytes(self.model)
@@ -50,16 +51,9 @@ class EagerBackend:
         pass
 
 
-def _is_torch_module(model: Any) -> bool:
-    import sys
-
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(model, torch.nn.Module)
-
-
 def run_eager(model: Any, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Call ``model(**inputs)`` at whatever shape the inputs have; outputs as NumPy."""
-    if _is_torch_module(model):
+    if is_torch_module(model):
         import torch
 
         from ._torch import named_outputs, to_torch

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..backends.base import is_torch_module
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
@@ -181,8 +182,7 @@ def fingerprint(model: Any, spec: ModelSpec) -> str:
     elif isinstance(model, (str, Path)) and Path(model).suffix == ".onnx" and Path(model).is_file():
         base = fingerprint_files(model)
     else:
-        torch = __import__("sys").modules.get("torch")
-        if torch is None or not isinstance(model, torch.nn.Module):
+        if not is_torch_module(model):
             raise BackendError(
                 f"cannot fingerprint a {type(model).__name__} for the artifact cache; pass a "
                 "torch.nn.Module or an .onnx path, or wrap the model in "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -247,6 +246,9 @@ class BucketedModel:
         self._background: threading.Thread | None = None
         self._closing = threading.Event()
         self._corrupt: set[str] = set()  # cache keys found corrupt on this start
+        # Model load and export seconds recorded by the runs that filled the entries loaded
+        # on this start (the largest of each), read from the entries' meta as they load.
+        self._recorded_prep = {"model_load_seconds": 0.0, "export_seconds": 0.0}
 
     # -- the model -------------------------------------------------------------------------
 
@@ -368,9 +370,8 @@ class BucketedModel:
         self._note_skipped_prep()
         self.compile_report.seconds += time.perf_counter() - start
         if memory_budget is not None and not later:
-            sizes = {b: r.resident_bytes for b, r in self.compile_report.builds.items()}
             try:
-                self._check_budget(memory_budget, sizes, measured=True)
+                self._check_budget(memory_budget, self.compile_report.resident(), measured=True)
             except Exception:
                 self._artifacts.clear()
                 self._compiled_plan = None
@@ -464,6 +465,10 @@ class BucketedModel:
                     try:
                         artifact = backend.load(entry.folder, self.spec, bucket)
                         source = "cache"
+                        with self._lock:
+                            for field_ in self._recorded_prep:
+                                value = float(entry.meta.get(field_) or 0.0)
+                                self._recorded_prep[field_] = max(self._recorded_prep[field_], value)
                     except BackendError as err:
                         warnings.warn(f"cache entry {entry.folder} would not load ({err}); rebuilding",
                                       CacheWarning, stacklevel=2)
@@ -539,26 +544,12 @@ class BucketedModel:
     def _note_skipped_prep(self) -> None:
         """Model loading and export that the run which filled the cache did, and this one
         skipped (the model was never loaded, or never exported)."""
-        report = self.compile_report
-        if not self._cacheable or not report.builds:
-            return
-        assert self.cache is not None
-        load = export = 0.0
-        for b in report.builds.values():
-            if b.source == "cache" and b.key is not None:
-                meta = self.cache.folder(b.key) / "meta.json"
-                try:
-                    data = json.loads(meta.read_text())
-                except (OSError, ValueError):
-                    continue
-                load = max(load, float(data.get("model_load_seconds") or 0.0))
-                export = max(export, float(data.get("export_seconds") or 0.0))
         skipped = 0.0
         if isinstance(self._model, LazyModel):
-            skipped += load
+            skipped += self._recorded_prep["model_load_seconds"]
         if self._source is None:
-            skipped += export
-        report.skipped_prep_seconds = skipped
+            skipped += self._recorded_prep["export_seconds"]
+        self.compile_report.skipped_prep_seconds = skipped
 
     @property
     def ready(self) -> bool:

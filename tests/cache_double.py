@@ -30,18 +30,22 @@ class ScaleArtifact:
     bucket: Any
     scale: float
     ballast: Any = None
+    array_kind: str = "numpy"
 
     def run(self, inputs):
         return {"y": inputs["x"] * self.scale}
 
-    @property
-    def nbytes(self):
-        return None
-
 
 class SlowScaleBackend:
     name: ClassVar[str] = "slow-scale"
+    export_format: ClassVar[str | None] = None
     parallel_compile: ClassVar[bool] = True
+
+    def export_key(self):
+        return {}
+
+    def export(self, model, spec, example, folder):
+        return model
 
     def __init__(self, *, delay: float = 0.0, log: str | None = None, hold_mib: int = 0, version: str = "1"):
         self.delay, self.log, self.hold_mib, self.version = delay, log, hold_mib, version

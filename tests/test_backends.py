@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from bucketwise import (
+    ConfigError,
     BackendError,
     Bucket,
     BucketedModel,
@@ -136,7 +137,7 @@ def test_onnxruntime_accepts_an_onnx_file(tmp_path):
 
 
 def test_unknown_backend_lists_the_known_ones():
-    with pytest.raises(BackendError, match="known backends: eager, onnxruntime"):
+    with pytest.raises(ConfigError, match="known backends: eager, onnxruntime"):
         get_backend("tensorrtt")
 
 

@@ -45,13 +45,13 @@ def test_miss_compiles_and_saves_then_hit_loads_without_compiling(tmp_path):
     assert set(sources(cold).values()) == {"compiled"}
     assert len(cache.entries()) == 3
     # The model was loaded (LazyModel) because something had to be compiled.
-    assert not isinstance(cold._model, LazyModel)
+    assert cold.builder.model_loaded
 
     warm = build(cache, log, delay=0.05)
     assert set(sources(warm).values()) == {"cache"}
     assert [e for e, _ in events(log)].count("compile") == 3  # none on the warm start
     assert [e for e, _ in events(log)].count("load") == 3
-    assert isinstance(warm._model, LazyModel), "a warm start must not load the model"
+    assert not warm.builder.model_loaded, "a warm start must not load the model"
     np.testing.assert_array_equal(warm(**x(5))["y"], cold(**x(5))["y"])
     np.testing.assert_array_equal(warm(**x(5))["y"], 2 * x(5)["x"])
     report = warm.compile_report

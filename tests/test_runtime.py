@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from bucketwise import (
+    ConfigError,
+    NotCompiledError,
     BackendError,
     Bucket,
     BucketedModel,
@@ -125,7 +127,7 @@ def test_overflow_fallback_runs_at_the_exact_shape_and_counts():
 def test_nothing_compiles_on_the_request_path():
     bm = BucketedModel(Recorder(), SPEC, Plan.grid(batch=[1], seq=[8]))
     assert not bm.ready
-    with pytest.raises(BackendError, match="call .compile"):
+    with pytest.raises(NotCompiledError, match="call .compile"):
         bm(**batch(1, 3))
 
 
@@ -142,7 +144,7 @@ def test_plan_must_bucket_exactly_the_spec_dims():
 
 
 def test_unknown_overflow_policy_is_rejected():
-    with pytest.raises(SpecError, match="overflow must be one of"):
+    with pytest.raises(ConfigError, match="overflow must be one of"):
         BucketedModel(Recorder(), SPEC, Plan.grid(batch=[1], seq=[8]), overflow="resize-ish")
 
 

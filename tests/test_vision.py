@@ -2,6 +2,8 @@
 image planning, and the ready torchvision models (those skip without torchvision)."""
 
 import numpy as np
+
+from bucketwise import route
 import pytest
 from conftest import SHARED_DATA
 
@@ -179,8 +181,8 @@ def test_seed_setup_planned_buckets_beat_the_seed_squares():
     obs = Observations.from_shapes(sizes, dims=("height", "width"))
     seed = seed_plan(batch=None)
     planned = plan(obs, k=4, grid=16)
-    assert all(planned.route({"height": int(h), "width": int(w)}) for h, w in sizes[:100])
-    vol = {name: np.mean([p.route({"height": int(h), "width": int(w)}).volume for h, w in sizes])
+    assert all(route(planned, {"height": int(h), "width": int(w)}) for h, w in sizes[:100])
+    vol = {name: np.mean([route(p, {"height": int(h), "width": int(w)}).volume for h, w in sizes])
            for name, p in (("seed", seed), ("planned", planned))}
     assert vol["planned"] < vol["seed"], vol
 
@@ -196,7 +198,7 @@ def test_plan_from_an_image_folder(tmp_path, capsys):
     for f in sorted(COCO.iterdir())[:20]:
         with Image.open(f) as im:
             w, h = im.size
-        assert p.route({"height": h, "width": w}).covers({"height": h, "width": w})
+        assert route(p, {"height": h, "width": w}).covers({"height": h, "width": w})
     out = tmp_path / "p.json"
     assert main(["plan", str(COCO), "--k", "3", "--grid", "32", "--output", str(out)]) == 0
     assert "80 inputs" in capsys.readouterr().out
@@ -232,7 +234,7 @@ def test_resnet50_on_onnxruntime_matches_eager_and_reports_the_padding_shift():
         assert out["logits"].shape == (1, 1000)
         assert out["features"].shape == (1, 2048, -(-a.shape[2] // 32), -(-a.shape[3] // 32))
         # The compiled bucket computes what eager computes on the same padded input.
-        bucket = plan.route({"batch": 1, "height": a.shape[2], "width": a.shape[3]})
+        bucket = route(plan, {"batch": 1, "height": a.shape[2], "width": a.shape[3]})
         padded = pad(spec, samples[-1], bucket)
         want = bm.reference(padded)["logits"]
         np.testing.assert_allclose(bm.artifact(bucket).run(padded)["logits"], want,

@@ -12,8 +12,8 @@ from typing import Any
 
 from .backends.base import backend_names, is_available
 from .errors import BucketwiseError, InputError
-from .runtime.model import OVERFLOW_POLICIES
-from .shapes import Plan
+from .plans import Plan
+from .router import OVERFLOW_POLICIES
 
 __all__ = ["main"]
 
@@ -169,7 +169,8 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .planning import Observations, fit_cost, measure_cost, neuron_bucket_count, plan, report
+    from .planning import Observations, fit_cost, neuron_bucket_count, plan, report
+    from .runtime.profile import measure_cost
     from .planning.io import parse_bytes, plot_plan, read_shapes
     from .shapes import Bucket
 
@@ -342,7 +343,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .backends.base import require
+    from ._optional import require
     from .models.text import SentenceEmbedder
     from .serve import ServeConfig, create_app
 

@@ -1,10 +1,12 @@
 """What a model's inputs and outputs look like, and the pure pad/unpad functions.
 
-An :class:`InputSpec` says which axes of an input are which dims (its ``shape`` mixes dim
+This is the padding layer: it knows shapes, not plans or routing. An :class:`InputSpec` says which axes of an input are which dims (its ``shape`` mixes dim
 names and fixed sizes, e.g. ``("batch", "seq")`` or ``("batch", 3, "height", "width")``),
 the value padding uses, and the side it goes on. An :class:`OutputSpec` says which axes of
 an output to crop back to the input's size (with a stride for downsampled outputs), or
-names a hook for outputs that need more. :func:`pad` and :func:`unpad` are pure NumPy.
+names a hook for outputs that need more. :func:`pad`, :func:`pad_rows`, :func:`unpad` and
+:func:`crop` are pure, and keep the data's kind: NumPy stays NumPy, a torch tensor stays a
+tensor on its device.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
+from . import _arrays
 from .errors import InputError, SpecError
-from .shapes import Bucket, Shape
+from .shapes import BATCH, Bucket, Shape
 
-__all__ = ["InputSpec", "OutputSpec", "ModelSpec", "pad", "unpad", "crop", "stack_rows", "OutputHook"]
+__all__ = [
+    "InputSpec", "OutputSpec", "ModelSpec", "pad", "pad_rows", "unpad", "crop", "crop_row",
+    "stack_rows", "OutputHook", "BATCH",
+]
 
 PadValue = Union[int, float, Sequence[float]]
 OutputHook = Callable[..., Any]
@@ -30,7 +36,6 @@ the real shape of the call, ``bucket`` the bucket that ran.
 """
 
 _SIDES = ("end", "start")
-BATCH = "batch"  # the dim whose pad rows are dropped whole; always padded at the end
 
 
 @dataclass(frozen=True)
@@ -111,14 +116,8 @@ class InputSpec:
     def padded_shape(self, bucket: Bucket) -> tuple[int, ...]:
         return tuple(bucket[d] if isinstance(d, str) else d for d in self.shape)
 
-    def _fill_array(self, value: PadValue, shape: tuple[int, ...]) -> np.ndarray:
-        dtype = np.dtype(self.dtype)
-        if isinstance(value, tuple):
-            ax = self.channel_axis % self.rank  # type: ignore[operator]
-            view = [1] * self.rank
-            view[ax] = len(value)
-            return np.broadcast_to(np.asarray(value, dtype=dtype).reshape(view), shape).copy()
-        return np.full(shape, value, dtype=dtype)
+    def _fill_array(self, value: PadValue, shape: tuple[int, ...], like: Any = None) -> Any:
+        return _arrays.full(shape, value, self.dtype, like=like, channel_axis=self.channel_axis)
 
     def example_array(self, bucket: Bucket) -> np.ndarray:
         value = self.pad_value if self.example is None else self.example
@@ -235,8 +234,11 @@ class ModelSpec:
         """Inputs of the bucket's exact shape, filled with each input's example value."""
         return {s.name: s.example_array(bucket) for s in self.inputs}
 
-    def validate(self, inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Check ``inputs`` against the spec; return them as cast arrays plus their shape.
+    def validate(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+        """Check ``inputs`` against the spec; return them cast to the spec's dtypes, plus
+        their shape. Torch tensors stay tensors (all inputs move to the first tensor's
+        device); everything else becomes NumPy. The user's edge: the runner calls it once
+        per call, and never on inputs the library built itself.
 
         Raises :class:`InputError` naming the input, the value, what is allowed and the fix.
         """
@@ -253,11 +255,14 @@ class ModelSpec:
                 f"model inputs: {'; '.join(parts)}. The model takes exactly {list(expected)}; "
                 "pass each by that name"
             )
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}
         shape: dict[str, int] = {}
         first_seen: dict[str, str] = {}
+        tensor = next((v for v in inputs.values() if _arrays.kind_of(v) == "torch"), None)
         for s in self.inputs:
-            arr = _to_numpy(inputs[s.name], s.name)
+            arr = _as_array(inputs[s.name], s.name)
+            if tensor is not None:
+                arr = _arrays.convert(arr, "torch", device=tensor.device)
             if arr.ndim != s.rank:
                 raise InputError(
                     f"input {s.name!r} has rank {arr.ndim} (shape {tuple(arr.shape)}) but the "
@@ -292,7 +297,7 @@ class ModelSpec:
                 amin, amax = arr.min().item(), arr.max().item()
                 if amin < lo or amax > hi:
                     bad = amin if amin < lo else amax
-                    where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
+                    where = tuple(int(i) for i in np.argwhere(_arrays.convert(arr, "numpy") == bad)[0])
                     raise InputError(
                         f"input {s.name!r} holds {bad!r} at index {where}; allowed values are "
                         f"{lo!r}..{hi!r}. Check that it was produced by the model's own tokenizer "
@@ -302,11 +307,9 @@ class ModelSpec:
         return arrays, shape
 
 
-def _to_numpy(value: Any, name: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):
+def _as_array(value: Any, name: str) -> Any:
+    if isinstance(value, np.ndarray) or _arrays.kind_of(value) == "torch":
         return value
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        return value.detach().cpu().numpy()
     if isinstance(value, (list, tuple)):
         try:
             arr = np.asarray(value)
@@ -323,9 +326,9 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
     )
 
 
-def _cast(arr: np.ndarray, s: InputSpec) -> np.ndarray:
+def _cast(arr: Any, s: InputSpec) -> Any:
     target = np.dtype(s.dtype)
-    kind = arr.dtype.kind
+    kind = _arrays.dtype_kind(arr)
     if target.kind in "iu":
         if kind not in "iu":
             raise InputError(
@@ -341,15 +344,16 @@ def _cast(arr: np.ndarray, s: InputSpec) -> np.ndarray:
             )
     elif target.kind == "b" and kind != "b":
         raise InputError(f"input {s.name!r} has dtype {arr.dtype} but must be bool")
-    return arr if arr.dtype == target else arr.astype(target)
+    return _arrays.cast(arr, s.dtype)
 
 
-def pad(spec: ModelSpec, inputs: Mapping[str, np.ndarray], bucket: Bucket) -> dict[str, np.ndarray]:
+def pad(spec: ModelSpec, inputs: Mapping[str, Any], bucket: Bucket) -> dict[str, Any]:
     """Pad each input up to ``bucket`` with its pad value, on its side. Pure.
 
-    Inputs already at the bucket's shape are returned as they are (no copy).
+    Each input is written once into a new buffer of the bucket's shape, of its own kind and
+    device. Inputs already at the bucket's shape are returned as they are (no copy).
     """
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for s in spec.inputs:
         arr = inputs[s.name]
         target = s.padded_shape(bucket)
@@ -362,8 +366,30 @@ def pad(spec: ModelSpec, inputs: Mapping[str, np.ndarray], bucket: Bucket) -> di
                     f"input {s.name!r} has size {have} on axis {axis} ({s.shape[axis]!r}) but "
                     f"bucket {bucket!r} holds only {want}"
                 )
-        full = s._fill_array(s.pad_value, target)
+        full = s._fill_array(s.pad_value, target, like=arr)
         full[_region(arr.shape, target, s.side, s.shape)] = arr
+        out[s.name] = full
+    return out
+
+
+def pad_rows(spec: ModelSpec, rows: Sequence[Mapping[str, Any]], bucket: Bucket) -> dict[str, Any]:
+    """Write single rows (each input without its leading batch axis) straight into buffers
+    of the bucket's shape: each row is written once, the rest is padding. Pure.
+
+    Rows may differ in length; each fits the bucket (the router chose it).
+    """
+    if not rows:
+        raise InputError("pad_rows: give at least one row")
+    out: dict[str, Any] = {}
+    for s in spec.inputs:
+        if s.shape[0] != BATCH:
+            raise SpecError(f"input spec {s.name!r}: batching rows needs 'batch' as the first axis, got {s.shape}")
+        target = s.padded_shape(bucket)
+        first = rows[0][s.name]
+        full = s._fill_array(s.pad_value, target, like=first if _arrays.kind_of(first) == "torch" else None)
+        for i, r in enumerate(rows):
+            a = r[s.name]
+            full[(i,) + _region(a.shape, target[1:], s.side, s.shape[1:])] = a
         out[s.name] = full
     return out
 
@@ -403,7 +429,7 @@ def crop(spec: ModelSpec, outputs: Mapping[str, Any], shape: Shape) -> dict[str,
         if o.hook is not None:
             result[o.name] = value
             continue
-        arr = np.asarray(value)
+        arr = value if isinstance(value, np.ndarray) or _arrays.kind_of(value) == "torch" else np.asarray(value)
         if not o.dims:
             result[o.name] = arr
             continue
@@ -412,14 +438,35 @@ def crop(spec: ModelSpec, outputs: Mapping[str, Any], shape: Shape) -> dict[str,
                 f"output {o.name!r} has rank {arr.ndim} (shape {arr.shape}) but its spec "
                 f"names {len(o.shape)} axes {o.shape}; fix the OutputSpec"
             )
-        index: list[slice] = [slice(None)] * arr.ndim
-        for axis, dim in o.dims.items():
-            keep = math.ceil(shape[dim] / o.stride_of(dim))
-            size = arr.shape[axis]
-            keep = min(keep, size)
-            at_end = dim == BATCH or (o.side or spec.side_of(dim)) == "end"
-            index[axis] = slice(0, keep) if at_end else slice(size - keep, size)
-        result[o.name] = arr[tuple(index)]
+        result[o.name] = arr[_crop_index(spec, o, arr.shape, shape)]
+    return result
+
+
+def _crop_index(spec: ModelSpec, o: OutputSpec, size: Sequence[int], shape: Shape, row: int | None = None) -> tuple:
+    index: list[Any] = [slice(None)] * len(size)
+    for axis, dim in o.dims.items():
+        if dim == BATCH and row is not None:
+            index[axis] = row
+            continue
+        keep = min(math.ceil(shape[dim] / o.stride_of(dim)), size[axis])
+        at_end = dim == BATCH or (o.side or spec.side_of(dim)) == "end"
+        index[axis] = slice(0, keep) if at_end else slice(size[axis] - keep, size[axis])
+    return tuple(index)
+
+
+def crop_row(spec: ModelSpec, outputs: Mapping[str, Any], row: int, shape: Shape, bucket: Bucket) -> dict[str, Any]:
+    """Outputs of row ``row`` of a batched run, without the batch axis, each cropped once to
+    the row's own ``shape`` (its sizes, batch excluded). Hooks get the row as a batch of 1."""
+    result: dict[str, Any] = {}
+    for o in spec.outputs:
+        value = outputs[o.name]
+        if o.hook is not None:
+            one = {**shape, BATCH: 1}
+            result[o.name] = o.hook(value[row : row + 1], shape=one, bucket=bucket)[0]
+            continue
+        if BATCH not in o.dims.values():
+            raise SpecError(f"output spec {o.name!r} has no 'batch' axis; batched rows need one")
+        result[o.name] = value[_crop_index(spec, o, value.shape, shape, row)]
     return result
 
 

@@ -8,7 +8,6 @@ dims so the same per-bucket fixing applies.
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,25 @@ from ..shapes import Bucket
 from ..spec import ModelSpec
 
 
-def export_bucket(spec: ModelSpec, bucket: Bucket) -> Bucket:
-    """The shape to export at: the bucket, with batch 1 raised to 2.
+def export_key(opset: int) -> dict[str, Any]:
+    """What identifies an ONNX export: the exporter's versions and the opset. Shared by
+    every ONNX backend, so they share one cached export."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    The tracing exporter can bake a size of 1 into the graph (squeeze, broadcasts), which
-    would break other batch buckets; 2 keeps the batch axis general.
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = None
+    return {"format": "onnx", "opset": opset, "torch": torch_version, "exporter": 1}
+
+
+def to_onnx(model: Any, spec: ModelSpec, example: Bucket, workdir: Path, *, opset: int = 17) -> Path:
+    """Export ``model`` (or take the ``.onnx`` path it is) with the spec's dims named.
+
+    The graph is traced at ``example`` and keeps every spec dim free. The builder picks the
+    example from the plan with at least 2 rows, since a tracer can bake a batch of 1 into
+    the graph (squeeze, broadcasts).
     """
-    sizes = bucket.as_dict()
-    if sizes.get("batch") == 1:
-        sizes["batch"] = 2
-    return Bucket(sizes)
-
-
-def to_onnx(model: Any, spec: ModelSpec, bucket: Bucket, workdir: Path, *, opset: int = 17) -> Path:
-    """Export ``model`` (or take the ``.onnx`` path it is) with the spec's dims named."""
     onnx = __import__("onnx")
     out = workdir / "model.onnx"
     if isinstance(model, (str, Path)):
@@ -51,8 +55,8 @@ def to_onnx(model: Any, spec: ModelSpec, bucket: Bucket, workdir: Path, *, opset
         from ._torch import positional
 
         wrapper = positional(model, spec)
-        example = spec.example_inputs(export_bucket(spec, bucket))
-        args = tuple(torch.from_numpy(example[n]) for n in spec.input_names)
+        inputs = spec.example_inputs(example)
+        args = tuple(torch.from_numpy(inputs[n]) for n in spec.input_names)
         dynamic_axes: dict[str, dict[int, str]] = {}
         for s in spec.inputs:
             dynamic_axes[s.name] = dict(s.dims)
@@ -103,13 +107,3 @@ def _name_dims(proto: Any, spec: ModelSpec) -> bool:
             dims[axis].ClearField("dim_value")
             dims[axis].dim_param = dim
     return changed
-
-
-def model_identity(model: Any) -> Any:
-    """What tells one model from another for reusing an export: the path of an ``.onnx``
-    file, else the object's identity."""
-    return str(model) if isinstance(model, (str, Path)) else id(model)
-
-
-def new_workdir(prefix: str) -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix=f"bucketwise-{prefix}-")

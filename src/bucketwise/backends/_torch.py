@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import BackendError
@@ -15,12 +14,15 @@ def is_module(model: Any) -> bool:
     return isinstance(model, torch.nn.Module)
 
 
-def to_torch(inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+def example_args(spec: Any, bucket: Any) -> tuple[torch.Tensor, ...]:
+    """The bucket's example inputs as positional tensors, for tracing and compiling."""
+    example = spec.example_inputs(bucket)
+    return tuple(torch.from_numpy(example[n]) for n in spec.input_names)
 
 
 def named_outputs(result: Any, names: Sequence[str]) -> dict[str, Any]:
-    """Normalise a model's return value (tensor, sequence or mapping) to {name: value}."""
+    """Normalise a model's return value (tensor, sequence or mapping) to {name: value}.
+    Values stay as the model returned them: tensors stay tensors, on their device."""
     if isinstance(result, Mapping):
         missing = [n for n in names if n not in result]
         if missing:
@@ -42,13 +44,7 @@ def named_outputs(result: Any, names: Sequence[str]) -> dict[str, Any]:
                 f"model returned one output but the spec names {len(names)} ({list(names)})"
             )
         values = [result]
-    return {n: _to_numpy(v) for n, v in zip(names, values)}
-
-
-def _to_numpy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return value
+    return dict(zip(names, values))
 
 
 class Positional(torch.nn.Module):
@@ -80,14 +76,3 @@ def positional(model: torch.nn.Module, spec: Any) -> Positional:
             "use backend='eager' for plain Python callables"
         )
     return Positional(model, spec.input_names, spec.output_names).eval()
-
-
-def module_nbytes(module: torch.nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total

@@ -1,9 +1,19 @@
 """The backend protocol, the artifact protocol and the registry.
 
 A backend turns ``(model, spec, bucket)`` into an :class:`Artifact` that runs at exactly
-that bucket's shape. Backends are created per model (``get_backend(name, **options)``) so
-that one-time work, such as an ONNX export, is done once and shared by every bucket.
-Artifacts take and return NumPy arrays keyed by the spec's input and output names.
+that bucket's shape. The protocol declares everything the runtime calls:
+
+- ``export_format``: ``"onnx"`` where every bucket compiles from one exported file. The
+  builder then calls ``export`` once per model (cached on disk with the artifact cache,
+  keyed by ``export_key()``) and hands the exported path to ``compile``. ``None`` where
+  buckets compile from the model itself (``export`` is then never called).
+- ``parallel_compile``: whether ``compile``/``compile_to`` may run in several threads.
+- ``compile(source, spec, bucket)``: the artifact of one bucket. Backends never change the
+  bucket they are given: the router chose it.
+
+Artifacts declare ``array_kind``: ``"numpy"`` or ``"torch"``, what ``run`` takes and
+returns. The runner hands each artifact its own kind, so a torch tensor on a device goes
+through a torch backend without a host round trip.
 
 Model convention: ``model(**inputs)`` takes the spec's inputs by keyword and returns one
 tensor, a tuple/list in the order of the spec's outputs, or a mapping by output name.
@@ -12,14 +22,12 @@ tensor, a tuple/list in the order of the spec's outputs, or a mapping by output 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-import numpy as np
-
-from ..errors import BackendError, MissingDependencyError
+from .._optional import is_importable, require
+from ..errors import ConfigError
 from ..shapes import Bucket
 from ..spec import ModelSpec
 
@@ -30,7 +38,8 @@ __all__ = [
     "register_backend",
     "get_backend",
     "backend_names",
-    "require",
+    "is_available",
+    "REQUIREMENTS",
 ]
 
 
@@ -39,14 +48,11 @@ class Artifact(Protocol):
     """One compiled model for one bucket."""
 
     bucket: Bucket
+    array_kind: Literal["numpy", "torch"]
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        """Run on inputs of exactly the bucket's shape; outputs keyed by output name."""
-        ...
-
-    @property
-    def nbytes(self) -> int | None:
-        """Bytes the artifact holds (weights and compiled code), where known."""
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run on inputs of exactly the bucket's shape, of ``array_kind``; outputs keyed by
+        output name, of the same kind."""
         ...
 
 
@@ -55,8 +61,19 @@ class Backend(Protocol):
     """Compiles one artifact per bucket. ``close()`` frees what compile left behind."""
 
     name: ClassVar[str]
+    export_format: ClassVar[str | None]
+    parallel_compile: ClassVar[bool]
 
-    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> Artifact: ...
+    def export_key(self) -> dict[str, Any]:
+        """What tells one export from another (format, exporter versions, options)."""
+        ...
+
+    def export(self, model: Any, spec: ModelSpec, example: Bucket, folder: Path) -> Any:
+        """Export ``model`` once into ``folder``, tracing at ``example``; returns what
+        ``compile`` takes (a path). Called only where ``export_format`` is set."""
+        ...
+
+    def compile(self, source: Any, spec: ModelSpec, bucket: Bucket) -> Artifact: ...
 
     def close(self) -> None: ...
 
@@ -67,15 +84,12 @@ class CacheableBackend(Backend, Protocol):
 
     ``cache_key()`` names everything that changes the artifact: ``{"name", "version",
     "options"}``. ``compile_to`` compiles and writes the artifact's files into ``folder``;
-    ``load`` rebuilds the artifact from those files alone. ``parallel_compile`` says whether
-    ``compile_to`` may run in several threads at once (after one call has finished).
+    ``load`` rebuilds the artifact from those files alone.
     """
-
-    parallel_compile: ClassVar[bool]
 
     def cache_key(self) -> dict[str, Any]: ...
 
-    def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> Artifact: ...
+    def compile_to(self, source: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> Artifact: ...
 
     def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> Artifact: ...
 
@@ -99,10 +113,20 @@ REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Make ``get_backend(name, **options)`` call ``factory(**options)``."""
+def register_backend(name: str, factory: Callable[..., Backend], *, replace: bool = False) -> None:
+    """Make ``get_backend(name, **options)`` call ``factory(**options)``.
+
+    Refuses a name that is already registered unless ``replace=True``.
+    """
     if not name or not isinstance(name, str):
-        raise BackendError(f"backend names are non-empty strings, got {name!r}")
+        raise ConfigError(f"backend names are non-empty strings, got {name!r}")
+    if not callable(factory):
+        raise ConfigError(f"backend {name!r}: factory must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not replace:
+        raise ConfigError(
+            f"backend {name!r} is already registered; pick another name, or pass replace=True "
+            "to register_backend to replace it"
+        )
     _REGISTRY[name] = factory
 
 
@@ -116,7 +140,7 @@ def get_backend(name: str, **options: Any) -> Backend:
     try:
         entry = _REGISTRY[name]
     except KeyError:
-        raise BackendError(
+        raise ConfigError(
             f"unknown backend {name!r}; known backends: {', '.join(_REGISTRY)}"
         ) from None
     for module, extra in REQUIREMENTS.get(name, ()):
@@ -127,28 +151,6 @@ def get_backend(name: str, **options: Any) -> Backend:
     return entry(**options)
 
 
-def require(module: str, extra: str, *, purpose: str | None = None) -> Any:
-    """Import an optional dependency, or raise an error that names the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        why = f" for {purpose}" if purpose else ""
-        raise MissingDependencyError(
-            f"{module} is not installed{why}: pip install 'bucketwise[{extra}]'"
-        ) from err
-
-
-def is_torch_module(model: Any) -> bool:
-    """True for a ``torch.nn.Module``; never imports torch (a module needs it loaded)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(model, torch.nn.Module)
-
-
 def is_available(name: str) -> bool:
     """True when every package the backend needs imports."""
-    for module, _ in REQUIREMENTS.get(name, ()):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            return False
-    return True
+    return all(is_importable(module) for module, _ in REQUIREMENTS.get(name, ()))

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from ._torch import named_outputs, positional
+from ._torch import example_args, named_outputs, positional
 
 
 @dataclass
@@ -27,15 +27,11 @@ class InductorArtifact:
     fn: Any
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    array_kind: Literal["torch"] = "torch"
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names]
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         with torch.no_grad():
-            return named_outputs(self.fn(*args), self.output_names)
-
-    @property
-    def nbytes(self) -> int | None:
-        return None  # compiled code runs on the module's own weights
+            return named_outputs(self.fn(*(inputs[n] for n in self.input_names)), self.output_names)
 
 
 _MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -45,6 +41,8 @@ class InductorBackend:
     """Args: mode: ``torch.compile`` mode. recompile_limit: at least this many graphs."""
 
     name: ClassVar[str] = "inductor"
+    export_format: ClassVar[str | None] = None  # each bucket compiles the module itself
+    parallel_compile: ClassVar[bool] = False
 
     def __init__(self, *, mode: str = "default", recompile_limit: int = 64) -> None:
         if mode not in _MODES:
@@ -52,6 +50,12 @@ class InductorBackend:
         self.mode = mode
         self.recompile_limit = recompile_limit
         self._compiled = 0
+
+    def export_key(self) -> dict[str, Any]:
+        return {}
+
+    def export(self, model: Any, spec: ModelSpec, example: Bucket, folder: Path) -> Any:
+        return model
 
     def _raise_limits(self) -> None:
         cfg = torch._dynamo.config
@@ -67,8 +71,7 @@ class InductorBackend:
         self._raise_limits()
         wrapper = positional(model, spec)
         fn = torch.compile(wrapper, dynamic=False, mode=self.mode)
-        example = spec.example_inputs(bucket)
-        args = [torch.from_numpy(example[n]) for n in spec.input_names]
+        args = example_args(spec, bucket)
         try:
             with torch.no_grad():
                 fn(*args)  # compiles now, not on the first request

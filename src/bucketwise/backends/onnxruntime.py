@@ -11,19 +11,15 @@ graph optimisations off, the offline-optimisation workflow ONNX Runtime document
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import Any, ClassVar, Literal
 
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from ._onnx import model_identity, new_workdir, to_onnx
+from ._onnx import export_key, to_onnx
 
 
 @dataclass
@@ -31,16 +27,11 @@ class OrtArtifact:
     bucket: Bucket
     session: Any
     output_names: tuple[str, ...]
-    model_bytes: int
+    array_kind: Literal["numpy"] = "numpy"
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         values = self.session.run(list(self.output_names), dict(inputs))
         return dict(zip(self.output_names, values))
-
-    @property
-    def nbytes(self) -> int | None:
-        # Each ORT session holds its own copy of the weights.
-        return self.model_bytes
 
 
 class OnnxRuntimeBackend:
@@ -53,8 +44,8 @@ class OnnxRuntimeBackend:
     """
 
     name: ClassVar[str] = "onnxruntime"
+    export_format: ClassVar[str | None] = "onnx"
     parallel_compile: ClassVar[bool] = True  # session creation releases the GIL
-    exports_onnx: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -66,17 +57,12 @@ class OnnxRuntimeBackend:
         self.providers = tuple(providers)
         self.intra_op_threads = intra_op_threads
         self.opset = opset
-        self._workdir = new_workdir("ort")
-        self._onnx: Path | None = None
-        self._model_id: Any = None
-        self._export_lock = threading.Lock()
 
-    def _export(self, model: Any, spec: ModelSpec, bucket: Bucket) -> Path:
-        with self._export_lock:
-            if self._onnx is None or self._model_id != model_identity(model):
-                self._onnx = to_onnx(model, spec, bucket, Path(self._workdir.name), opset=self.opset)
-                self._model_id = model_identity(model)
-            return self._onnx
+    def export_key(self) -> dict[str, Any]:
+        return export_key(self.opset)
+
+    def export(self, model: Any, spec: ModelSpec, example: Bucket, folder: Path) -> Path:
+        return to_onnx(model, spec, example, folder, opset=self.opset)
 
     def _options(self, bucket: Bucket | None, *, optimize: bool = True) -> Any:
         import onnxruntime as ort
@@ -101,18 +87,14 @@ class OnnxRuntimeBackend:
         except Exception as err:
             raise BackendError(f"onnxruntime could not build bucket {bucket!r}: {err}") from err
 
-    def session(self, model: Any, spec: ModelSpec, bucket: Bucket | None) -> Any:
-        """An ORT session with the bucket's dims fixed, or free (any shape) for ``None``.
+    def session(self, source: Path | str, bucket: Bucket | None = None) -> Any:
+        """An ORT session over an exported graph (see :meth:`export`), with the bucket's
+        dims fixed, or free (any shape) for ``None``: the exact-shape path that
+        benchmarks compare with."""
+        return self._open(Path(source), self._options(bucket), bucket)
 
-        The free session is the exact-shape path: the oracle that benchmarks compare with.
-        """
-        example = Bucket({d: 2 if d == "batch" else 32 for d in spec.dims})
-        path = self._export(model, spec, bucket or example)
-        return self._open(path, self._options(bucket), bucket)
-
-    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
-        session = self.session(model, spec, bucket)
-        return OrtArtifact(bucket, session, spec.output_names, os.path.getsize(self._onnx))  # type: ignore[arg-type]
+    def compile(self, source: Any, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
+        return OrtArtifact(bucket, self.session(_onnx_path(source), bucket), spec.output_names)
 
     # -- artifact cache ---------------------------------------------------------------------
 
@@ -122,20 +104,26 @@ class OnnxRuntimeBackend:
         return {"name": self.name, "version": ort.__version__,
                 "options": {"providers": list(self.providers), "opset": self.opset}}
 
-    def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> OrtArtifact:
-        path = self._export(model, spec, bucket)
+    def compile_to(self, source: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> OrtArtifact:
         so = self._options(bucket)
         so.optimized_model_filepath = str(folder / "model.onnx")
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         so.log_severity_level = 3  # ORT warns that the saved graph is machine-specific: the key says so
-        session = self._open(path, so, bucket)
-        return OrtArtifact(bucket, session, spec.output_names, os.path.getsize(path))
+        return OrtArtifact(bucket, self._open(_onnx_path(source), so, bucket), spec.output_names)
 
     def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
         session = self._open(folder / "model.onnx", self._options(bucket, optimize=False), bucket)
-        size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "meta.json")
-        return OrtArtifact(bucket, session, spec.output_names, size)
+        return OrtArtifact(bucket, session, spec.output_names)
 
     def close(self) -> None:
-        self._workdir.cleanup()
+        pass
+
+
+def _onnx_path(source: Any) -> Path:
+    if not isinstance(source, (str, Path)) or not str(source).endswith(".onnx"):
+        raise BackendError(
+            f"compile takes the exported .onnx file, got {type(source).__name__}; call export() "
+            "first (BucketedModel does this for you)"
+        )
+    return Path(source)

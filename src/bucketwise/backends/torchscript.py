@@ -13,15 +13,14 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from ._torch import named_outputs, positional
+from ._torch import example_args, named_outputs, positional
 
 
 @dataclass
@@ -30,30 +29,32 @@ class TorchScriptArtifact:
     module: Any
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    array_kind: Literal["torch"] = "torch"
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names]
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         with torch.inference_mode():
-            return named_outputs(self.module(*args), self.output_names)
-
-    @property
-    def nbytes(self) -> int | None:
-        return None  # the frozen trace refers to the module's weights; not a separate copy
+            return named_outputs(self.module(*(inputs[n] for n in self.input_names)), self.output_names)
 
 
 class TorchScriptBackend:
     """Args: freeze: run ``torch.jit.freeze`` on each trace (inlines weights, folds ops)."""
 
     name: ClassVar[str] = "torchscript"
+    export_format: ClassVar[str | None] = None  # each bucket traces the module itself
     parallel_compile: ClassVar[bool] = False  # tracing holds the GIL
 
     def __init__(self, *, freeze: bool = True) -> None:
         self.freeze = freeze
 
+    def export_key(self) -> dict[str, Any]:
+        return {}
+
+    def export(self, model: Any, spec: ModelSpec, example: Bucket, folder: Path) -> Any:
+        return model
+
     def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> TorchScriptArtifact:
         wrapper = positional(model, spec)
-        example = spec.example_inputs(bucket)
-        args = tuple(torch.from_numpy(example[n]) for n in spec.input_names)
+        args = example_args(spec, bucket)
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # TracerWarnings are expected: shapes are fixed

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import require
-from ..errors import InputError
-from ..runtime.model import BucketedModel, OverflowPolicy
-from ..shapes import Plan
-from ..spec import InputSpec, ModelSpec, OutputSpec, stack_rows
+from .._optional import require
+from ..errors import BucketOverflowError, InputError
+from ..plans import Plan
+from ..router import OverflowPolicy
+from ..runtime.model import BucketedModel
+from ..shapes import BATCH
+from ..spec import InputSpec, ModelSpec, OutputSpec
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -211,15 +213,19 @@ class SentenceEmbedder:
         bucketed.compile(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget)
         return cls(bucketed, tokenizer)
 
+    @property
+    def router(self) -> Any:
+        return self.model.router
+
     def tokenize(self, texts: Sequence[Text]) -> list[tuple[list[int], list[int]]]:
         """(input_ids, token_type_ids) per text, unpadded. Pairs are (first, second).
 
-        Under ``overflow="truncate"`` a text longer than the largest bucket is truncated by
-        the tokenizer (which keeps the closing [SEP] and trims pairs longest-first), and
-        each truncation is counted in the model's ``stats.overflow``.
+        A text longer than the largest bucket is left to the router: under
+        ``overflow="truncate"`` it is cut by the tokenizer to the length the router gives
+        (which keeps the closing [SEP] and trims pairs longest-first), and each truncation
+        is counted in the model's ``stats.overflow``; under ``"error"`` the call that runs
+        it raises (see :meth:`admit` to refuse it up front).
         """
-        max_len = self.model.plan.max_size("seq")
-        truncate = self.model.overflow == "truncate"
         out = []
         truncated = 0
         for i, text in enumerate(texts):
@@ -233,14 +239,32 @@ class SentenceEmbedder:
                     "(first, second) pair of strings"
                 )
             enc = self.tokenizer(*args)
-            if truncate and len(enc["input_ids"]) > max_len:
-                enc = self.tokenizer(*args, truncation=True, max_length=max_len)
-                truncated += 1
+            shape = {BATCH: 1, "seq": len(enc["input_ids"])}
+            if not self.router.fits(shape):
+                try:
+                    decision = self.router.resolve(shape)
+                except BucketOverflowError:
+                    decision = None  # "error": raised when it runs, or by admit()
+                if decision is not None and decision.policy == "truncate":
+                    enc = self.tokenizer(*args, truncation=True, max_length=decision.shape["seq"])
+                    truncated += 1
             types = enc.get("token_type_ids") or [0] * len(enc["input_ids"])
             out.append((enc["input_ids"], types))
         if truncated:
             self.model.count_overflow("truncate", truncated)
         return out
+
+    def admit(self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
+        """Raise :class:`BucketOverflowError` naming the first text the router would refuse
+        (longer than every bucket under ``overflow="error"``), before anything runs."""
+        for i, (ids, _) in enumerate(encoded):
+            try:
+                self.router.resolve({BATCH: 1, "seq": len(ids)})
+            except BucketOverflowError:
+                raise BucketOverflowError(
+                    f"text {i} has {len(ids)} tokens; the largest bucket holds {self.router.limits['seq']}. "
+                    "Shorten it, or allow overflow='truncate' (bucketwise serve --overflow truncate)"
+                ) from None
 
     def embed(self, texts: Sequence[Text], *, progress: bool = False) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array (len(texts), hidden), input order."""
@@ -262,40 +286,47 @@ class SentenceEmbedder:
             for ids, types in encoded
         ]
 
-    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Text indices grouped so that a batch never mixes length buckets.
-
-        Texts are sorted by length and grouped by the sequence bucket they fit (longer
-        ones, which overflow, form their own group); each group is cut into batches of at
-        most the largest batch bucket. A batch pads only to its longest text, which lies in
-        the same bucket as its shortest.
-        """
-        edges = self.model.plan.sizes("seq")
-        step = self.model.plan.max_size("batch") if "batch" in self.model.plan.dims else 1
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        groups: dict[int, list[int]] = {}
-        for i in order:
-            j = bisect.bisect_left(edges, lengths[i])
-            groups.setdefault(edges[j] if j < len(edges) else lengths[i], []).append(i)
-        return [g[s : s + step] for g in groups.values() for s in range(0, len(g), step)]
-
     def embed_tokenized(
         self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *, progress: bool = False
     ) -> np.ndarray:
-        """Like :meth:`embed`, for texts already tokenized by :meth:`tokenize`."""
+        """Like :meth:`embed`, for texts already tokenized by :meth:`tokenize`.
+
+        Texts are sorted by length and grouped by the length edge they fit (every text of
+        a group is covered by the same buckets); the router cuts each group into runs
+        (:meth:`Router.take`), so a batch pads only to its own bucket. Longer texts run
+        one by one under the overflow policy.
+        """
         from tqdm.auto import tqdm
 
         if len(encoded) == 0:
             raise InputError("texts is empty; pass at least one text")
         bar = tqdm(total=len(encoded), desc="embed", unit="text", disable=not progress)
         rows = self.rows(encoded)
+        lengths = [len(ids) for ids, _ in encoded]
+        edges = self.router.queue_edges("seq")
+        groups: dict[int | None, list[int]] = {}
+        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+            j = bisect.bisect_left(edges, lengths[i])
+            groups.setdefault(edges[j] if j < len(edges) else None, []).append(i)
         result: np.ndarray | None = None
-        for idx in self._batches([len(ids) for ids, _ in encoded]):
-            out = self.model.run(stack_rows(self.model.spec, [rows[i] for i in idx]))
-            emb = out["sentence_embedding"]
+
+        def put(idx: list[int], embeddings: list[np.ndarray]) -> None:
+            nonlocal result
             if result is None:
-                result = np.empty((len(encoded), emb.shape[1]), dtype=np.float32)
-            result[idx] = emb
+                result = np.empty((len(encoded), embeddings[0].shape[-1]), dtype=np.float32)
+            result[idx] = np.stack(embeddings)
             bar.update(len(idx))
+
+        for edge, idx in groups.items():
+            if edge is None:  # longer than every bucket: the overflow policy, one by one
+                for i in idx:
+                    out = self.model.run({k: v[None] for k, v in rows[i].items()})
+                    put([i], [out["sentence_embedding"][0]])
+                continue
+            while idx:
+                bucket, n = self.router.take(len(idx), seq=edge)
+                part, idx = idx[:n], idx[n:]
+                outs = self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part], bucket)
+                put(part, [o["sentence_embedding"] for o in outs])
         bar.close()
         return result  # type: ignore[return-value]  # encoded is non-empty, so it was set

@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..backends.base import require
+from .._optional import require
 from ..errors import InputError, SpecError
-from ..shapes import Bucket, Plan
+from ..plans import Plan
+from ..shapes import Bucket
 from ..spec import InputSpec, ModelSpec, OutputSpec
 
 __all__ = [
@@ -330,8 +331,8 @@ class ImageModel:
 
     @property
     def max_size(self) -> tuple[int, int]:
-        plan = self.model.plan
-        return plan.max_size("height"), plan.max_size("width")
+        limits = self.model.router.limits
+        return limits["height"], limits["width"]
 
     def __call__(self, image: Any) -> dict[str, Any]:
         arr = to_array(image, mean=self.mean, std=self.std)

@@ -2,10 +2,12 @@
 
 ``plan(sizes, k=4)`` is exact in 1-D (dynamic programming); N-D plans use greedy + local
 search, or an exact MILP on small instances. ``report(plan, sizes)`` compares a plan with
-pad-to-max, powers of two and equal-frequency quantiles.
+pad-to-max, powers of two and equal-frequency quantiles. Cost models live in
+``bucketwise.costs``; measuring them on a backend is the runtime's
+(``bucketwise.runtime.measure_cost``).
 """
 
-from .costs import PolynomialCost, fit_cost, measure_cost
+from ..costs import PolynomialCost, fit_cost
 from .dp import Solution1D, optimal_1d
 from .observe import Observations, observe
 from .planner import bucket_budget, neuron_bucket_count, plan
@@ -20,7 +22,6 @@ __all__ = [
     "alternatives",
     "bucket_budget",
     "fit_cost",
-    "measure_cost",
     "neuron_bucket_count",
     "observe",
     "optimal_1d",

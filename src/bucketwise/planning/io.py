@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..shapes import Plan
+from ..plans import Plan
 from .observe import Observations
 
 __all__ = ["read_shapes", "parse_bytes", "plot_plan"]
@@ -112,7 +112,7 @@ def _read_csv(p: Path, dims: tuple[str, ...] | None) -> Observations:
 
 def plot_plan(obs: Observations, plans: dict[str, Plan], path: str | Path) -> Path:
     """Histogram (1-D) or scatter (2-D) of the observations with each plan's bucket edges."""
-    from ..backends.base import require
+    from .._optional import require
 
     matplotlib = require("matplotlib", "plot", purpose="--plot")
     matplotlib.use("Agg")

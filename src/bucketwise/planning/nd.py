@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import PlanError
-from ..shapes import Bucket, CostModel
+from ..costs import CostModel
+from ..shapes import Bucket
 from .observe import Observations, unique_rows
 
 __all__ = ["optimal_nd", "candidates_nd", "greedy_local_search", "exact_milp", "assignment_cost"]

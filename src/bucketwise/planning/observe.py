@@ -131,7 +131,7 @@ class Observations:
     @classmethod
     def from_images(cls, folder: str | Path) -> Observations:
         """(height, width) of every image in ``folder`` (header reads; needs Pillow)."""
-        from ..backends.base import require
+        from .._optional import require
 
         Image = require("PIL.Image", "vision", purpose="reading image sizes")
         root = Path(folder)

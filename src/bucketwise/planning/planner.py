@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import PlanError
-from ..shapes import Bucket, CostModel, Plan, TableCost, VolumeCost
+from ..costs import CostModel, TableCost, VolumeCost
+from ..plans import Plan
+from ..router import Router
+from ..shapes import BATCH, Bucket
 from .dp import optimal_1d
 from .nd import optimal_nd
 from .observe import Observations, observe
@@ -144,7 +147,7 @@ def plan(
         shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grid, exact=exact, batch_sizes=batch_sizes)
 
     buckets = [Bucket({**s, "batch": b}) if batch_sizes else Bucket(s) for s in shapes for b in (batch_sizes or [None])]
-    share = _traffic(kept, shapes)
+    share = _traffic(kept, shapes, cost, batched=bool(batch_sizes))
     meta = {
         "planner": planner,
         "k": budget,
@@ -159,16 +162,18 @@ def plan(
     return Plan(tuple(buckets), cost, meta)
 
 
-def _traffic(obs: Observations, shapes: Sequence[dict[str, int]]) -> list[float]:
-    """Share of the observed inputs whose smallest covering shape (by volume) is each shape."""
-    left = np.ones(len(obs.shapes), dtype=bool)
+def _traffic(obs: Observations, shapes: Sequence[dict[str, int]], cost: CostModel, *, batched: bool) -> list[float]:
+    """Share of the observed inputs the router sends to each shape (one row at a time)."""
+    extra = {BATCH: 1} if batched else {}
+    router = Router(Plan(tuple(Bucket({**s, **extra}) for s in shapes), cost))
+    index = {b: i for i, b in enumerate(Bucket({**s, **extra}) for s in shapes)}
+    dims = list(obs.dims) + list(extra)
+    rows = np.hstack([obs.shapes, np.ones((len(obs.shapes), len(extra)), dtype=obs.shapes.dtype)])
+    chosen = router.route_many(rows, dims)
     share = [0.0] * len(shapes)
-    order = sorted(range(len(shapes)), key=lambda i: math.prod(shapes[i].values()))
-    for i in order:
-        limit = np.array([shapes[i][d] for d in obs.dims])
-        hit = left & np.all(obs.shapes <= limit, axis=1)
-        share[i] = float(obs.counts[hit].sum() / obs.total)
-        left &= ~hit
+    for i, c in zip(chosen, obs.counts):
+        if i >= 0:
+            share[index[router.plan.buckets[i]]] += float(c / obs.total)
     return share
 
 

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import PlanError
-from ..shapes import Bucket, BucketOverflowError, CostModel, Plan, route
+from ..costs import CostModel
+from ..plans import Plan
+from ..router import Router
+from ..shapes import Bucket
 from .observe import Observations, observe
 
 __all__ = ["PlanReport", "StrategyReport", "report", "alternatives"]
@@ -128,12 +131,14 @@ def report(
     evaluated = {}
     for label, p in plans.items():
         total, padded, traffic = 0.0, 0.0, {}
-        for s, c in zip(capped, obs.counts):
-            shape = {**dict(zip(obs.dims, map(int, s))), **extra}
-            try:
-                b = route(p, shape)
-            except BucketOverflowError as err:
-                raise PlanError(f"strategy {label!r} cannot hold shape {shape}: {err}") from None
+        dims = list(obs.dims) + list(extra)
+        shapes = np.hstack([capped, np.ones((len(capped), len(extra)), dtype=capped.dtype)])
+        chosen = Router(p).route_many(shapes, dims)
+        if (chosen < 0).any():
+            shape = dict(zip(dims, map(int, shapes[int(np.argmax(chosen < 0))])))
+            raise PlanError(f"strategy {label!r} cannot hold shape {shape}: no bucket covers it")
+        for i, c in zip(chosen, obs.counts):
+            b = p.buckets[i]
             total += c * cost.cost(b)
             padded += c * b.volume
             traffic[b.label()] = traffic.get(b.label(), 0.0) + c / obs.total

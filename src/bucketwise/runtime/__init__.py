@@ -1,22 +1,30 @@
-"""Running compiled buckets: the bucketed model (route → pad → run → unpad), the artifact
-cache and memory accounting."""
+"""Running compiled buckets: the builder (export, compile, cache, warm up), the runner
+(route → pad → run → unpad), the bucketed model that joins them, the batcher, the artifact
+cache, memory accounting and profiling."""
 
-from .cache import ArtifactCache, CacheEntry, CacheWarning, LazyModel, default_cache_dir, fingerprint
+from .builder import BucketBuild, Builder, CompileReport
+from .cache import ArtifactCache, CacheEntry, LazyModel, default_cache_dir, fingerprint
 from .memory import check_memory_budget, format_bytes
-from .model import OVERFLOW_POLICIES, BucketBuild, BucketedModel, BucketStats, CompileReport
+from .model import OVERFLOW_POLICIES, BucketedModel
+from .profile import measure_cost, profile_ladder
+from .runner import Runner
+from .stats import BucketStats
 
 __all__ = [
     "ArtifactCache",
     "BucketBuild",
     "BucketedModel",
     "BucketStats",
+    "Builder",
     "CacheEntry",
-    "CacheWarning",
     "CompileReport",
     "LazyModel",
     "OVERFLOW_POLICIES",
+    "Runner",
     "check_memory_budget",
     "default_cache_dir",
     "fingerprint",
     "format_bytes",
+    "measure_cost",
+    "profile_ladder",
 ]

@@ -1,16 +1,17 @@
 """Dynamic batching over (batch × length) buckets, on asyncio.
 
-Each request (one row: a dict of 1-D arrays, e.g. the token ids of one text) is routed to
-the length bucket that holds it and waits in that bucket's queue. A queue flushes when it
-holds as many rows as the largest batch bucket, or when its oldest request has waited
-``max_delay`` seconds. The batch pads only to its own longest row, the model runs it in the
-cheapest (batch × length) bucket, and each row's outputs go back to its own caller.
+Each request (one row: a dict of 1-D arrays, e.g. the token ids of one text) waits in the
+queue of its length edge (:meth:`Router.queue_edges`: every row of a queue is covered by
+the same buckets). A queue flushes when it holds as many rows as the largest batch bucket
+covering it, or when its oldest request has waited ``max_delay`` seconds. The router picks
+the bucket among the buckets that exist (:meth:`Router.take`), each row is written once
+into that bucket's buffer, and each row's outputs, cropped once, go back to its caller.
 
-Placement policy (cost-aware, and free): a flushing batch is padded up to the smallest
-batch bucket that holds it, and those pad rows are computed anyway. They are filled with
-the oldest waiting requests from *shorter* length queues, which then cost nothing extra
-and leave sooner. A request is never put into a longer batch at the price of an extra
-run, and a longer request never waits on a shorter queue.
+Placement policy (cost-aware, and free): the spare batch rows of the chosen bucket are
+computed anyway. They are filled with the oldest waiting requests from *shorter* length
+queues, which then cost nothing extra and leave sooner. A request is never put into a
+longer batch at the price of an extra run, and a longer request never waits on a shorter
+queue; so the batcher never makes more runs than flushing each queue alone would.
 
 Inference runs in a single worker thread, off the event loop; one model run at a time
 keeps the cores for the runtime's own threads.
@@ -29,20 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BucketwiseError, InputError
-from ..spec import BATCH, crop, stack_rows
+from ..errors import ConfigError, QueueFullError
+from ..shapes import BATCH, Bucket
 from .model import BucketedModel
 
 __all__ = ["Batcher", "QueueFullError", "BatchEvent"]
 
 
-class QueueFullError(BucketwiseError):
-    """The batcher holds as many rows as it may; retry later (HTTP 503 with Retry-After)."""
-
-
 @dataclass
 class _Pending:
-    row: dict[str, np.ndarray]  # 1-D arrays (the dim axis only)
+    row: dict[str, Any]  # 1-D arrays (the dim axis only)
     length: int
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
@@ -53,7 +50,7 @@ class BatchEvent:
     """What one flushed batch did; passed to ``on_batch`` (metrics)."""
 
     rows: int
-    length: int  # padded length of the batch
+    bucket: Bucket  # the bucket that ran
     real_positions: int
     queue_seconds: list[float]
     inference_seconds: float
@@ -80,17 +77,18 @@ class Batcher:
     ) -> None:
         dims = [d for d in model.spec.dims if d != BATCH]
         if BATCH not in model.plan.dims or len(dims) != 1:
-            raise InputError(f"the batcher needs a plan over batch and one length dim, got {model.plan.dims}")
+            raise ConfigError(f"the batcher needs a plan over batch and one length dim, got {model.plan.dims}")
         if max_delay < 0 or max_queue < 1:
-            raise InputError(f"max_delay must be >= 0 and max_queue >= 1, got {max_delay}, {max_queue}")
+            raise ConfigError(f"max_delay must be >= 0 and max_queue >= 1, got {max_delay}, {max_queue}")
         self.model = model
+        self.router = model.router
         self.dim = dims[0]
         self.max_delay = max_delay
         self.max_queue = max_queue
         self.on_batch = on_batch
-        self.edges = model.plan.sizes(self.dim)
-        self.batch_sizes = model.plan.sizes(BATCH)
-        self.max_batch = self.batch_sizes[-1]
+        self.edges = self.router.queue_edges(self.dim)
+        # A queue is full when it holds as many rows as one run can take at its edge.
+        self._full = {e: self.router.max_rows({self.dim: e, BATCH: 1}) for e in self.edges}
         self._queues: dict[int, deque[_Pending]] = {e: deque() for e in self.edges}
         self._queued = 0
         self._wake = asyncio.Event()
@@ -121,15 +119,23 @@ class Batcher:
                 f"{self._queued} rows are queued and this request adds {rows} (limit {self.max_queue}); retry shortly"
             )
 
-    async def submit(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """Queue one row (inputs without the batch axis); await its outputs (no batch axis)."""
+    async def submit(self, row: Mapping[str, Any], *, validated: bool = False) -> dict[str, Any]:
+        """Queue one row (inputs without the batch axis); await its outputs (no batch axis).
+
+        A row is checked against the spec here, at the edge, unless ``validated`` says the
+        caller built it from the spec itself (e.g. ``SentenceEmbedder.rows``).
+        """
         self.admit(1)
-        arrays = {s.name: np.asarray(row[s.name]) for s in self.model.spec.inputs}
+        if validated:
+            arrays = {s.name: row[s.name] for s in self.model.spec.inputs}
+        else:
+            batch, _ = self.model.spec.validate({k: np.asarray(v)[None] for k, v in row.items()})
+            arrays = {k: v[0] for k, v in batch.items()}
         length = int(next(iter(arrays.values())).shape[0])
         edge_i = bisect.bisect_left(self.edges, length)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         if edge_i == len(self.edges):
-            # Longer than every bucket: the model's overflow policy decides, alone.
+            # Longer than every bucket: the router's overflow policy decides, alone.
             return await self._run_alone(arrays)
         self._queues[self.edges[edge_i]].append(_Pending(arrays, length, future))
         self._queued += 1
@@ -166,7 +172,7 @@ class Batcher:
             if not q:
                 continue
             head = q[0].enqueued
-            if len(q) >= self.max_batch or self._closing or now - head >= self.max_delay:
+            if len(q) >= self._full[edge] or self._closing or now - head >= self.max_delay:
                 if head < due_time:
                     due_edge, due_time = edge, head
             else:
@@ -188,20 +194,20 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            batch = self._take(edge)
+            batch, bucket = self._take(edge)
             try:
-                await self._run_batch(batch, loop)
+                await self._run_batch(batch, bucket, loop)
             except Exception as err:  # never lose a request: each caller gets the error
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(err)
 
-    def _take(self, edge: int) -> list[_Pending]:
+    def _take(self, edge: int) -> tuple[list[_Pending], Bucket]:
         q = self._queues[edge]
-        batch = [q.popleft() for _ in range(min(len(q), self.max_batch))]
-        # Fill the pad rows of the batch bucket with shorter requests: they ride for free.
-        target = self.batch_sizes[bisect.bisect_left(self.batch_sizes, len(batch))]
-        free = target - len(batch)
+        bucket, n = self.router.take(len(q), **{self.dim: edge})
+        batch = [q.popleft() for _ in range(n)]
+        # Fill the spare rows of the bucket with shorter requests: they ride for free.
+        free = bucket[BATCH] - n
         shorter = [e for e in self.edges if e < edge]
         while free > 0:
             candidates = [self._queues[e] for e in shorter if self._queues[e]]
@@ -211,18 +217,17 @@ class Batcher:
             batch.append(oldest.popleft())
             free -= 1
         self._queued -= len(batch)
-        return batch
+        return batch, bucket
 
-    async def _run_batch(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
-        arrays = stack_rows(self.model.spec, [p.row for p in batch])
+    async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop) -> None:
+        rows = [p.row for p in batch]
+        sizes = [{self.dim: p.length} for p in batch]
         start = time.perf_counter()
-        out = await loop.run_in_executor(self._executor, self.model.run, arrays)
+        outs = await loop.run_in_executor(self._executor, self.model.run_rows, rows, sizes, bucket)
         took = time.perf_counter() - start
-        for i, p in enumerate(batch):
+        for p, out in zip(batch, outs):
             if not p.future.done():  # a caller that gave up is skipped, not an error
-                row = crop(self.model.spec, {k: v[i : i + 1] for k, v in out.items()}, {BATCH: 1, self.dim: p.length})
-                p.future.set_result({k: v[0] for k, v in row.items()})
+                p.future.set_result(out)
         if self.on_batch is not None:
-            width = max(p.length for p in batch)
-            self.on_batch(BatchEvent(len(batch), width, sum(p.length for p in batch),
+            self.on_batch(BatchEvent(len(batch), bucket, sum(p.length for p in batch),
                                      [start - p.enqueued for p in batch], took))

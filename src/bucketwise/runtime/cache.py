@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..backends.base import is_torch_module
-from ..errors import BackendError
+from .._optional import is_torch_module
+from ..errors import BackendError, CacheWarning
 from ..shapes import Bucket
 from ..spec import ModelSpec
 
@@ -57,10 +57,6 @@ __all__ = [
 
 CACHE_FORMAT = 1
 T = TypeVar("T")
-
-
-class CacheWarning(UserWarning):
-    """A cache entry was unusable (corrupt, truncated, unreadable) and is being rebuilt."""
 
 
 def default_cache_dir() -> Path:

@@ -17,9 +17,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import require
-from ..errors import BucketOverflowError, InputError
-from ..runtime.batcher import Batcher, BatchEvent, QueueFullError
+from .._optional import require
+from ..errors import BucketOverflowError, InputError, QueueFullError
+from ..runtime.batcher import Batcher, BatchEvent
 from .metrics import Metrics
 
 __all__ = ["ServeConfig", "create_app"]
@@ -51,7 +51,6 @@ def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
     def on_batch(ev: BatchEvent) -> None:
         metrics.batches.inc()
         metrics.batch_rows.observe(ev.rows)
-        metrics.real_tokens.inc(ev.real_positions)
         for q in ev.queue_seconds:
             metrics.queue_seconds.observe(q)
         metrics.inference_seconds.observe(ev.inference_seconds)
@@ -134,17 +133,15 @@ def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
             encoded = embedder.tokenize(texts)
         except InputError as err:
             return error(400, str(err))
-        max_len = model.plan.max_size("seq")
-        if model.overflow == "error":
-            for i, (ids, _) in enumerate(encoded):
-                if len(ids) > max_len:
-                    metrics.rejections.labels(reason="too_long").inc()
-                    return error(400, f'"input"[{i}] has {len(ids)} tokens; the largest bucket holds {max_len}. '
-                                      "Shorten it, or start the server with --overflow truncate")
+        try:
+            embedder.admit(encoded)  # the router refuses what no bucket holds, up front
+        except BucketOverflowError as err:
+            metrics.rejections.labels(reason="too_long").inc()
+            return error(400, f'"input": {err}')
         rows = embedder.rows(encoded)
         try:
             batcher.admit(len(rows))  # all or nothing: a refused request queues no row
-            outs = await asyncio.gather(*(batcher.submit(r) for r in rows))
+            outs = await asyncio.gather(*(batcher.submit(r, validated=True) for r in rows))
         except QueueFullError as err:
             return error(503, str(err), "server_busy", headers={"Retry-After": str(config.retry_after)})
         except BucketOverflowError as err:

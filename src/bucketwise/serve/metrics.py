@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backends.base import require
+from .._optional import require
 
 
 class Metrics:
@@ -37,6 +37,7 @@ class Metrics:
         self._seen_hits: dict[Any, int] = {}
         self._seen_overflow: dict[str, int] = {}
         self._seen_padded = 0
+        self._seen_real = 0
         self._seen_subs: dict[Any, int] = {}
 
     def sync_model(self, stats: Any) -> None:
@@ -57,10 +58,15 @@ class Metrics:
                 self.substitutions.labels(wanted=wanted.label(), used=used.label()).inc(delta)
                 self._seen_subs[(wanted, used)] = n
         self.compiled.set(len(stats.compile_seconds))
+        # Real and padded positions come from the one definition in BucketStats.
         delta = stats.padded_volume - self._seen_padded
         if delta:
             self.padded_tokens.inc(delta)
             self._seen_padded = stats.padded_volume
+        delta = stats.real_volume - self._seen_real
+        if delta:
+            self.real_tokens.inc(delta)
+            self._seen_real = stats.real_volume
 
     def render(self) -> tuple[bytes, str]:
         return self.prom.generate_latest(self.registry), self.prom.CONTENT_TYPE_LATEST

@@ -1,22 +1,75 @@
-"""Cost models for planning: padding volume, a fitted polynomial, or measured latency.
+"""Cost models: what running one bucket's artifact is expected to cost.
 
-All are :class:`~bucketwise.shapes.CostModel`\\ s, so a plan stores the model that chose it.
+A plan stores the cost model that chose it, and the router ranks covering buckets by it.
+:class:`VolumeCost` (positions computed) is the default; :class:`TableCost` holds measured
+latencies; :class:`PolynomialCost` is a fitted curve (:func:`fit_cost`). Measuring costs
+on a real backend is the runtime's job (``bucketwise.runtime.measure_cost``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import PlanError
-from ..shapes import Bucket, TableCost, VolumeCost
+from .errors import PlanError
+from .shapes import Bucket
 
-__all__ = ["PolynomialCost", "fit_cost", "measure_cost", "VolumeCost", "TableCost"]
+__all__ = [
+    "CostModel",
+    "VolumeCost",
+    "TableCost",
+    "PolynomialCost",
+    "FORMS",
+    "fit_cost",
+    "cost_model_from_json",
+]
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """Expected cost (latency, in any consistent unit) of running one bucket's artifact."""
+
+    def cost(self, bucket: Bucket) -> float: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class VolumeCost:
+    """Cost = number of positions computed (product of the bucket sizes). The default."""
+
+    def cost(self, bucket: Bucket) -> float:
+        return float(bucket.volume)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "volume"}
+
+
+@dataclass(frozen=True)
+class TableCost:
+    """Explicit per-bucket costs, e.g. latencies measured on the target backend.
+
+    Buckets missing from the table fall back to their volume scaled by ``per_position``.
+    """
+
+    costs: Mapping[Bucket, float]
+    per_position: float = 1.0
+
+    def cost(self, bucket: Bucket) -> float:
+        got = self.costs.get(bucket)
+        return float(got) if got is not None else self.per_position * bucket.volume
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "table",
+            "per_position": self.per_position,
+            "costs": [{"bucket": b.as_dict(), "cost": c} for b, c in self.costs.items()],
+        }
+
 
 # Named forms: monomials over the dims (exponent maps), each with its own coefficient.
 FORMS: dict[str, tuple[dict[str, int], ...]] = {
@@ -91,50 +144,28 @@ def fit_cost(buckets: Sequence[Bucket], latencies: Sequence[float], *, form: str
     return PolynomialCost.from_terms(list(zip(FORMS[form], (coefs / scale).tolist())))
 
 
-def measure_cost(
-    model: Any,
-    spec: Any,
-    candidates: Sequence[Bucket],
-    *,
-    backend: str = "onnxruntime",
-    backend_options: Mapping[str, Any] | None = None,
-    repeats: int = 20,
-    rounds: int = 3,
-    progress: bool = True,
-) -> TableCost:
-    """Latency (seconds) of each candidate bucket on the backend.
+def cost_model_from_json(data: Any) -> CostModel:
+    if not isinstance(data, Mapping) or "kind" not in data:
+        raise PlanError(f"plan JSON: cost_model must be an object with a 'kind', got {data!r}")
+    kind = data["kind"]
+    if kind == "volume":
+        reject_unknown(data, {"kind"}, "cost_model")
+        return VolumeCost()
+    if kind == "table":
+        reject_unknown(data, {"kind", "costs", "per_position"}, "cost_model")
+        costs = {Bucket(e["bucket"]): float(e["cost"]) for e in data.get("costs", [])}
+        return TableCost(costs, float(data.get("per_position", 1.0)))
+    if kind == "polynomial":
+        reject_unknown(data, {"kind", "terms"}, "cost_model")
+        return PolynomialCost.from_terms([(t["exponents"], float(t["coef"])) for t in data.get("terms", [])])
+    raise PlanError(
+        f"plan JSON: unknown cost_model kind {kind!r}; known: 'volume', 'table', 'polynomial'"
+    )
 
-    Every candidate is compiled and warmed up first; then ``rounds`` rounds time each one
-    ``repeats`` times, in an order that rotates per round, and the lowest per-round median
-    counts, so that drift on a shared machine does not tilt the curve. Compiles every
-    candidate, so keep the list short (a coarse ladder) and fit a polynomial to the result
-    with :func:`fit_cost` to plan over finer candidates.
-    """
-    from tqdm.auto import tqdm
 
-    from ..backends.base import get_backend
-
-    be = get_backend(backend, **dict(backend_options or {}))
-    buckets = list(candidates)
-    try:
-        artifacts = {}
-        for bucket in tqdm(buckets, desc=f"compile [{backend}]", unit="bucket", disable=not progress):
-            artifacts[bucket] = (be.compile(model, spec, bucket), spec.example_inputs(bucket))
-            for _ in range(3):
-                artifacts[bucket][0].run(artifacts[bucket][1])
-        best = {b: float("inf") for b in buckets}
-        bar = tqdm(total=rounds * len(buckets), desc=f"profile [{backend}]", unit="bucket", disable=not progress)
-        for r in range(rounds):
-            for bucket in buckets[r % len(buckets):] + buckets[: r % len(buckets)]:
-                artifact, example = artifacts[bucket]
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    artifact.run(example)
-                    times.append(time.perf_counter() - start)
-                best[bucket] = min(best[bucket], float(np.median(times)))
-                bar.update()
-        bar.close()
-    finally:
-        be.close()
-    return TableCost(best)
+def reject_unknown(data: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise PlanError(
+            f"plan JSON: unknown key(s) {sorted(unknown)} in {what}; allowed: {sorted(allowed)}"
+        )

@@ -1,0 +1,491 @@
+"""The builder: one artifact per bucket, exported once, cached, warmed up, measured.
+
+Building is everything before the first call: load the model (lazily), export it once
+where the backend compiles from an exported file, then per bucket load the artifact from
+the cache or compile it, warm it up and install it. Order (expected traffic), lazy start
+(the covering buckets first, the rest in the background), parallel compiles and memory
+measurement live here too. The runner reads the installed artifacts through
+:meth:`Builder.artifact` and :attr:`Builder.built`, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..backends.base import Artifact, Backend, CacheableBackend
+from ..errors import BackendError, CacheWarning, ConfigError
+from ..plans import Plan
+from ..router import Router
+from ..shapes import BATCH, Bucket
+from ..spec import ModelSpec
+from .cache import ArtifactCache, CacheEntry, LazyModel, fingerprint, resident_bytes
+from .memory import check_memory_budget
+
+__all__ = ["Builder", "BucketBuild", "CompileReport", "export_example"]
+
+EXPORT_FORMAT_VERSION = 2  # bump when what an export entry holds changes
+
+
+@dataclass
+class BucketBuild:
+    """How one bucket's artifact came to be on this start.
+
+    ``source`` is ``"compiled"`` (a cache miss, now cached), ``"cache"`` (loaded from the
+    cache), ``"rebuilt"`` (its cache entry was corrupt, so it was compiled again) or
+    ``"uncached"`` (no cache, or a backend whose artifacts cannot be saved). ``seconds`` is
+    the compile or load time of this start, warm-up not included; ``compile_seconds`` what
+    compiling it cost, now or when its cache entry was written. ``resident_bytes`` is the
+    growth of the process's resident memory while building and warming it up (``None``
+    where it could not be told apart: parallel or background builds).
+    """
+
+    bucket: Bucket
+    source: Literal["compiled", "cache", "rebuilt", "uncached"]
+    seconds: float
+    warmup_seconds: float = 0.0
+    compile_seconds: float | None = None
+    disk_bytes: int | None = None
+    resident_bytes: int | None = None
+    key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket.label(),
+            "source": self.source,
+            "seconds": self.seconds,
+            "warmup_seconds": self.warmup_seconds,
+            "compile_seconds": self.compile_seconds,
+            "disk_bytes": self.disk_bytes,
+            "resident_bytes": self.resident_bytes,
+            "key": self.key,
+        }
+
+
+@dataclass
+class CompileReport:
+    """What a build did: per bucket, and the model-level steps.
+
+    ``saved_seconds`` is what the cache spared this start: for each bucket loaded from the
+    cache, its recorded compile time less its load time, plus the model loading and export
+    recorded by the run that filled the cache, where this start skipped them.
+    """
+
+    backend: str
+    cache: str | None = None
+    builds: dict[Bucket, BucketBuild] = field(default_factory=dict)
+    model_load_seconds: float = 0.0
+    export_seconds: float = 0.0
+    skipped_prep_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def hits(self) -> int:
+        return sum(1 for b in self.builds.values() if b.source == "cache")
+
+    @property
+    def saved_seconds(self) -> float:
+        saved = self.skipped_prep_seconds
+        for b in self.builds.values():
+            if b.source == "cache" and b.compile_seconds is not None:
+                saved += b.compile_seconds - b.seconds
+        return saved
+
+    def resident(self) -> dict[Bucket, int | None]:
+        return {b: r.resident_bytes for b, r in self.builds.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "cache": self.cache,
+            "seconds": self.seconds,
+            "model_load_seconds": self.model_load_seconds,
+            "export_seconds": self.export_seconds,
+            "skipped_prep_seconds": self.skipped_prep_seconds,
+            "saved_seconds": self.saved_seconds,
+            "hits": self.hits,
+            "buckets": [b.as_dict() for b in self.builds.values()],
+        }
+
+
+def export_example(plan: Plan) -> Bucket:
+    """The shape an export is traced at: the plan's cheapest bucket with at least 2 rows,
+    else its cheapest bucket with the batch raised to 2. A tracer can bake a batch of 1
+    into the graph (squeeze, broadcasts); 2 keeps the batch axis general. The exported
+    graph keeps every dim free, so the example fixes nothing the buckets see."""
+    if BATCH not in plan.dims:
+        return plan.buckets[0]
+    for bucket in plan.buckets:
+        if bucket[BATCH] >= 2:
+            return bucket
+    return Bucket({**plan.buckets[0].as_dict(), BATCH: 2})
+
+
+class Builder:
+    """Builds and holds the artifacts of one plan on one backend (see the module doc)."""
+
+    def __init__(
+        self,
+        model: Any,
+        spec: ModelSpec,
+        plan: Plan,
+        backend: Backend,
+        *,
+        router: Router,
+        cache: ArtifactCache | None = None,
+        warmup_runs: int = 1,
+    ) -> None:
+        self._model = model
+        self.spec = spec
+        self.plan = plan
+        self.backend = backend
+        self.router = router
+        self.cache = cache
+        self.warmup_runs = warmup_runs
+        self.report = CompileReport(backend.name, str(cache.root) if cache else None)
+        self.compile_seconds: dict[Bucket, float] = {}
+        self._artifacts: dict[Bucket, Artifact] = {}
+        self.built: frozenset[Bucket] = frozenset()
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._source_lock = threading.Lock()
+        self._fingerprint: str | None = None
+        self._source: Any = None
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._background: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._corrupt: set[str] = set()  # cache keys found corrupt on this start
+        # Model load and export seconds recorded by the runs that filled the entries loaded
+        # on this start (the largest of each), read from the entries' meta as they load.
+        self._recorded_prep = {"model_load_seconds": 0.0, "export_seconds": 0.0}
+        if isinstance(model, LazyModel):
+            self.model_name = model.name or "model"
+        elif isinstance(model, (str, Path)):
+            self.model_name = Path(model).name
+        else:
+            self.model_name = type(model).__name__
+
+    # -- the model and its export ---------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        """The model itself; a :class:`LazyModel` is loaded on first use (timed)."""
+        with self._model_lock:
+            if isinstance(self._model, LazyModel):
+                start = time.perf_counter()
+                self._model = self._model.load()
+                self.report.model_load_seconds += time.perf_counter() - start
+            return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return not isinstance(self._model, LazyModel)
+
+    def fingerprint(self) -> str:
+        """The model's cache identity (weights, graph and spec); computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self._model, self.spec)
+        return self._fingerprint
+
+    @property
+    def cacheable(self) -> bool:
+        return self.cache is not None and isinstance(self.backend, CacheableBackend)
+
+    def source(self) -> Any:
+        """What the backend compiles from: the model, or the backend's one export of it
+        (an entry of its own in the artifact cache, so a new bucket needs neither the
+        export nor the model)."""
+        with self._source_lock:
+            if self._source is None:
+                self._source = self._prepare_source()
+            return self._source
+
+    def _prepare_source(self) -> Any:
+        if self.backend.export_format is None:
+            return self.model
+        example = export_example(self.plan)
+        is_file = isinstance(self._model, (str, Path))
+        if self.cache is None or is_file:  # an existing file is cheap to (re)name: no cache entry
+            if self._workdir is None:
+                self._workdir = tempfile.TemporaryDirectory(prefix="bucketwise-export-")
+            start = time.perf_counter()
+            path = self.backend.export(self.model, self.spec, example, Path(self._workdir.name))
+            self.report.export_seconds += time.perf_counter() - start
+            return path
+        cache = self.cache
+        ident = cache.identity(
+            model=self.fingerprint(),
+            backend={"name": f"{self.backend.export_format}-export", "version": EXPORT_FORMAT_VERSION,
+                     "options": self.backend.export_key()},
+            bucket=None,
+            kind="export",
+        )
+        key = cache.key(ident)
+        with cache.lock(key):
+            entry = cache.get(key)
+            if entry is None:
+                model = self.model
+                entry, _ = cache.put(
+                    ident,
+                    lambda folder: self.backend.export(model, self.spec, example, folder),
+                    info={"model_name": self.model_name, "model_load_seconds": self.report.model_load_seconds},
+                )
+                self.report.export_seconds += entry.compile_seconds or 0.0
+        return str(entry.path(f"model.{self.backend.export_format}"))
+
+    # -- building -----------------------------------------------------------------------
+
+    def build(
+        self,
+        *,
+        progress: bool = True,
+        workers: int | None = None,
+        lazy: bool = False,
+        memory_budget: float | None = None,
+    ) -> None:
+        """Build every bucket not built yet (see ``BucketedModel.compile``)."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        if workers is None:
+            workers = 1 if memory_budget is not None else min(4, os.cpu_count() or 1)
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if memory_budget is not None:
+            self._check_budget(memory_budget, self._recorded_resident())
+        todo = self._ordered([b for b in self.plan.buckets if b not in self.built])
+        top = set(self.router.maximal())
+        now, later = ([b for b in todo if b in top], [b for b in todo if b not in top]) if lazy else (todo, [])
+        bar = tqdm(total=len(now), desc=f"compile [{self.backend.name}]", unit="bucket", disable=not progress)
+        try:
+            self._build_all(now, workers=workers, bar=bar)
+        finally:
+            bar.close()
+        self._note_skipped_prep()
+        self.report.seconds += time.perf_counter() - start
+        if memory_budget is not None and not later:
+            try:
+                self._check_budget(memory_budget, self.report.resident())
+            except Exception:
+                with self._lock:
+                    self._artifacts.clear()
+                    self.built = frozenset()
+                raise
+        if later:
+            self._background = threading.Thread(
+                target=self._build_background, args=(later,), name="bucketwise-compile", daemon=True
+            )
+            self._background.start()
+
+    def _check_budget(self, budget: float, sizes: Mapping[Bucket, int | None]) -> None:
+        check_memory_budget({b: sizes.get(b) for b in self.plan.buckets}, budget,
+                            backend=self.backend.name, measured=True)
+
+    def _recorded_resident(self) -> dict[Bucket, int | None]:
+        """Resident sizes measured on earlier runs of this model and backend (from the cache)."""
+        if not self.cacheable:
+            return {}
+        assert self.cache is not None
+        found = self.cache.measured(model=self.fingerprint(), backend=self.backend.name)
+        return {b: e.resident_bytes for b, e in found.items()}
+
+    def _ordered(self, buckets: Sequence[Bucket]) -> list[Bucket]:
+        traffic = self.plan.meta.get("traffic") or {}
+        rank = {b: i for i, b in enumerate(self.plan.buckets)}
+        return sorted(buckets, key=lambda b: (-float(traffic.get(b.label(), 0.0)), rank.get(b, 0)))
+
+    def _build_all(self, buckets: list[Bucket], *, workers: int, bar: Any) -> None:
+        # Cache hits first, one at a time so each one's memory is measured on its own.
+        misses = []
+        for bucket in buckets:
+            bar.set_postfix_str(bucket.label())
+            if self.cacheable and self._build(bucket, measure=True, compile_missing=False) is not None:
+                bar.update()
+            else:
+                misses.append(bucket)
+        if not misses:
+            return
+        self.source()  # the model load and export happen once, before any bucket
+        parallel = workers > 1 and len(misses) > 1 and self.backend.parallel_compile
+        first, rest = (misses[:1], misses[1:]) if parallel else (misses, [])
+        for bucket in first:
+            bar.set_postfix_str(bucket.label())
+            self._build(bucket, measure=True)
+            bar.update()
+        if rest:
+            bar.set_postfix_str(f"{len(rest)} in parallel")
+            with ThreadPoolExecutor(workers, thread_name_prefix="bucketwise-compile") as pool:
+                for _ in pool.map(lambda b: self._build(b, measure=False), rest):
+                    bar.update()
+
+    def _build_background(self, buckets: list[Bucket]) -> None:
+        for bucket in buckets:
+            if self._closing.is_set():
+                return
+            try:
+                self._build(bucket, measure=False)
+            except Exception as err:  # keep serving from the larger buckets
+                warnings.warn(f"background compile of bucket {bucket!r} failed: {err}", RuntimeWarning, stacklevel=1)
+
+    def _build(self, bucket: Bucket, *, measure: bool, compile_missing: bool = True) -> BucketBuild | None:
+        """Load ``bucket`` from the cache or compile it, warm it up and install it. Returns
+        ``None`` (doing nothing) for a cache miss when ``compile_missing`` is false."""
+        rss0 = resident_bytes(trim=True) if measure else None
+        if self.cacheable:
+            got = self._from_cache(bucket, compile_missing=compile_missing)
+            if got is None:
+                return None
+            artifact, source, seconds, entry, key = got
+        else:
+            src = self.source()
+            t0 = time.perf_counter()
+            artifact = self.backend.compile(src, self.spec, bucket)
+            seconds, source, entry, key = time.perf_counter() - t0, "uncached", None, None
+        warm = self._warm_up(artifact, bucket)
+        resident = None
+        if rss0 is not None:
+            rss1 = resident_bytes()
+            resident = max(0, rss1 - rss0) if rss1 is not None else None
+        build = BucketBuild(
+            bucket, source, seconds, warm,  # type: ignore[arg-type]
+            compile_seconds=entry.compile_seconds if source == "cache" and entry is not None else seconds,
+            disk_bytes=entry.disk_bytes if entry is not None else None,
+            resident_bytes=resident,
+            key=key,
+        )
+        if key is not None and resident is not None and entry is not None:
+            self._record_resident(key, entry.meta, resident, loaded=source == "cache")
+        with self._lock:
+            self._artifacts[bucket] = artifact
+            self.built = frozenset(self._artifacts)
+            self.compile_seconds[bucket] = seconds + warm
+            self.report.builds[bucket] = build
+        return build
+
+    def _from_cache(
+        self, bucket: Bucket, *, compile_missing: bool
+    ) -> tuple[Artifact, str, float, CacheEntry, str] | None:
+        cache, backend = self.cache, self.backend
+        assert cache is not None and isinstance(backend, CacheableBackend)
+        ident = cache.identity(model=self.fingerprint(), backend=backend.cache_key(), bucket=bucket)
+        key = cache.key(ident)
+        if not compile_missing and not cache.folder(key).is_dir():
+            return None
+        with cache.lock(key):
+            t0 = time.perf_counter()
+            entry = self._load_entry(key, bucket)
+            if entry is not None:
+                return entry[0], "cache", time.perf_counter() - t0, entry[1], key
+            if not compile_missing:
+                return None
+            src = self.source()
+            t0 = time.perf_counter()
+            put, artifact = cache.put(
+                ident,
+                lambda folder: backend.compile_to(src, self.spec, bucket, folder),
+                info={"model_name": self.model_name,
+                      "model_load_seconds": self.report.model_load_seconds,
+                      "export_seconds": self.report.export_seconds},
+            )
+            source = "rebuilt" if key in self._corrupt else "compiled"
+            return artifact, source, time.perf_counter() - t0, put, key
+
+    def _load_entry(self, key: str, bucket: Bucket) -> tuple[Artifact, CacheEntry] | None:
+        cache, backend = self.cache, self.backend
+        assert cache is not None and isinstance(backend, CacheableBackend)
+        entry, problem = cache.lookup(key)
+        if problem:
+            self._corrupt.add(key)
+        if entry is None:
+            return None
+        try:
+            artifact = backend.load(entry.folder, self.spec, bucket)
+        except BackendError as err:
+            warnings.warn(f"cache entry {entry.folder} would not load ({err}); rebuilding", CacheWarning, stacklevel=3)
+            cache.remove(key)
+            self._corrupt.add(key)
+            return None
+        with self._lock:
+            for name in self._recorded_prep:
+                value = float(entry.meta.get(name) or 0.0)
+                self._recorded_prep[name] = max(self._recorded_prep[name], value)
+        return artifact, entry
+
+    def _warm_up(self, artifact: Artifact, bucket: Bucket) -> float:
+        from .. import _arrays
+
+        t1 = time.perf_counter()
+        example = {k: _arrays.convert(v, artifact.array_kind) for k, v in self.spec.example_inputs(bucket).items()}
+        for _ in range(self.warmup_runs):
+            artifact.run(example)
+        return time.perf_counter() - t1
+
+    def _record_resident(self, key: str, meta: Mapping[str, Any], resident: int, *, loaded: bool) -> None:
+        """Keep the best-known resident size of a cache entry.
+
+        A load from the cache measures the artifact alone; a compile also counts one-off
+        work (the export read into memory), so a load's figure replaces a compile's. A
+        process can reuse memory freed earlier, which makes a delta read low, so among
+        loads the largest figure stands: the budget check must not under-count.
+        """
+        assert self.cache is not None
+        old, how = meta.get("resident_bytes"), meta.get("resident_measured_on")
+        if loaded:
+            value = max(resident, int(old)) if how == "load" and old is not None else resident
+        elif old is None:
+            value = resident
+        else:
+            return
+        self.cache.update(key, resident_bytes=value, resident_measured_on="load" if loaded else "compile",
+                          last_used=time.time())
+
+    def _note_skipped_prep(self) -> None:
+        """Model loading and export that the run which filled the cache did, and this one
+        skipped (the model was never loaded, or never exported)."""
+        skipped = 0.0
+        if isinstance(self._model, LazyModel):
+            skipped += self._recorded_prep["model_load_seconds"]
+        if self._source is None:
+            skipped += self._recorded_prep["export_seconds"]
+        self.report.skipped_prep_seconds = skipped
+
+    # -- state ------------------------------------------------------------------------------
+
+    def artifact(self, bucket: Bucket) -> Artifact | None:
+        return self._artifacts.get(bucket)
+
+    @property
+    def ready(self) -> bool:
+        """True when every bucket of the plan is compiled and warm."""
+        return len(self.built) == len(self.plan)
+
+    @property
+    def can_serve(self) -> bool:
+        """True when every shape the plan holds has a built bucket."""
+        built = self.built
+        return bool(built) and self.router.serves_all(built)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._background is not None:
+            self._background.join(timeout)
+        return self.ready
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._background is not None:
+            self._background.join()
+        with self._lock:
+            self._artifacts.clear()
+            self.built = frozenset()
+        self.backend.close()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None

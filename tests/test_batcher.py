@@ -1,0 +1,188 @@
+"""The batcher (asyncio) with a NumPy test double. Pure: no torch, no server."""
+
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bucketwise import Bucket, BucketedModel, InputSpec, ModelSpec, OutputSpec, Plan, QueueFullError, Router
+from bucketwise.runtime.batcher import Batcher
+
+SPEC = ModelSpec(
+    inputs=(InputSpec("input_ids", ("batch", "seq"), "int64", pad_value=0),
+            InputSpec("attention_mask", ("batch", "seq"), "int64", pad_value=0, example=1)),
+    outputs=(OutputSpec("per_token", ("batch", "seq")), OutputSpec("total", ("batch",))),
+)
+
+
+class Recorder:
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, input_ids, attention_mask):
+        self.shapes.append(input_ids.shape)
+        return {"per_token": input_ids * attention_mask, "total": (input_ids * attention_mask).sum(axis=1)}
+
+
+def compiled(plan=None):
+    rec = Recorder()
+    bm = BucketedModel(rec, SPEC, plan or Plan.grid(batch=[1, 4, 8], seq=[8, 16, 32]), warmup_runs=0).compile(progress=False)
+    rec.shapes.clear()
+    return bm, rec
+
+
+def row(n, seed):
+    ids = np.random.default_rng(seed).integers(1, 100, n)
+    return {"input_ids": ids, "attention_mask": np.ones(n, np.int64)}
+
+
+def test_many_concurrent_callers_get_their_own_results():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=0.002)
+        rows = [row(1 + i % 32, i) for i in range(300)]
+
+        async def call(i):
+            await asyncio.sleep((i % 7) * 0.0005)
+            return await b.submit(rows[i])
+
+        outs = await asyncio.gather(*(call(i) for i in range(300)))
+        await b.close()
+        return rows, outs
+
+    rows, outs = asyncio.run(main())
+    assert len(outs) == 300
+    for r, o in zip(rows, outs):
+        assert o["total"] == r["input_ids"].sum()
+        np.testing.assert_array_equal(o["per_token"], r["input_ids"])
+    assert len(rec.shapes) < 300  # requests really were batched
+    assert max(s[0] for s in rec.shapes) == 8
+
+
+def test_short_requests_ride_in_free_pad_rows_of_a_longer_batch():
+    bm, rec = compiled(Plan.grid(batch=[1, 4], seq=[8, 32]))
+
+    async def main():
+        b = Batcher(bm, max_delay=0.05)
+        long_rows = [row(20, i) for i in range(3)]
+        short = row(3, 99)
+        outs = await asyncio.gather(*(b.submit(r) for r in long_rows), b.submit(short))
+        await b.close()
+        return outs, short
+
+    outs, short = asyncio.run(main())
+    assert rec.shapes == [(4, 32)]  # one run: 3 long rows + the short one in the pad row
+    assert outs[3]["total"] == short["input_ids"].sum() and outs[3]["per_token"].shape == (3,)
+
+
+def test_a_full_queue_is_refused_and_close_drains_what_was_accepted():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=10.0, max_queue=2)
+        first = [asyncio.ensure_future(b.submit(row(4, i))) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="limit 2"):
+            b.admit(1)
+        with pytest.raises(QueueFullError, match="limit 2"):
+            await b.submit(row(4, 9))
+        await b.close()  # flushes at once, though max_delay has not passed
+        return await asyncio.gather(*first)
+
+    outs = asyncio.run(main())
+    assert len(outs) == 2 and rec.shapes == [(4, 8)]
+
+
+def test_model_errors_reach_every_caller_of_the_batch():
+    def broken(input_ids, attention_mask):
+        raise RuntimeError("boom")
+
+    bm = BucketedModel(broken, SPEC, Plan.grid(batch=[4], seq=[8]), warmup_runs=0).compile(progress=False)
+
+    async def main():
+        b = Batcher(bm, max_delay=0.001)
+        results = await asyncio.gather(*(b.submit(row(3, i)) for i in range(3)), return_exceptions=True)
+        await b.close()
+        return results
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+def test_a_busy_short_bucket_does_not_starve_a_long_one():
+    bm, rec = compiled(Plan.grid(batch=[1, 2], seq=[8, 32]))
+
+    async def main():
+        b = Batcher(bm, max_delay=0.0)
+        long_one = asyncio.ensure_future(b.submit(row(20, 0)))
+        await asyncio.sleep(0)
+        shorts = [asyncio.ensure_future(b.submit(row(3, i))) for i in range(1, 9)]  # 4 full batches
+        await asyncio.gather(long_one, *shorts)
+        await b.close()
+
+    asyncio.run(main())
+    assert rec.shapes[0] == (1, 32)  # the long request came first: it waited longest
+
+
+
+
+def drain(bm, rows):
+    """Queue every row at once, then close: each queue flushes as the batcher decides."""
+
+    async def main():
+        b = Batcher(bm, max_delay=60.0, max_queue=10_000)
+        tasks = [asyncio.ensure_future(b.submit(r)) for r in rows]
+        await asyncio.sleep(0)
+        await b.close()
+        return await asyncio.gather(*tasks)
+
+    return asyncio.run(main())
+
+
+def runs_flushing_each_queue_alone(plan, lengths):
+    """Runs needed when every length queue is flushed on its own, with no ride-along."""
+    router = Router(plan)
+    edges = router.queue_edges("seq")
+    per_edge = {}
+    for n in lengths:
+        edge = min(e for e in edges if e >= n)
+        per_edge[edge] = per_edge.get(edge, 0) + 1
+    return sum(-(-n // router.max_rows({"batch": 1, "seq": e})) for e, n in per_edge.items())
+
+
+def test_batch_sizes_come_from_the_buckets_that_exist():
+    # Batch sizes picked per dim ([2, 8]) would pad 3 long rows + 5 riders to 8 rows at
+    # length 20, which only the (2, 32) bucket holds: 4 runs. The router picks among the
+    # buckets that exist: 3 runs, as flushing each queue alone.
+    plan = Plan((Bucket(batch=8, seq=8), Bucket(batch=2, seq=32)))
+    bm, rec = compiled(plan)
+    rows = [row(20, i) for i in range(3)] + [row(4, 10 + i) for i in range(5)]
+    outs = drain(bm, rows)
+    assert bm.stats.runs == 3 == runs_flushing_each_queue_alone(plan, [20] * 3 + [4] * 5)
+    assert sorted(rec.shapes) == [(2, 32), (2, 32), (8, 8)]
+    for r, o in zip(rows, outs):
+        np.testing.assert_array_equal(o["per_token"], r["input_ids"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 8), st.integers(1, 48)), min_size=1, max_size=5, unique=True),
+    st.lists(st.integers(1, 48), min_size=1, max_size=40),
+)
+def test_batcher_never_uses_more_runs_than_flushing_each_queue_alone(sizes, lengths):
+    plan = Plan(tuple(Bucket(batch=b, seq=s) for b, s in sizes))
+    limit = plan.max_size("seq")
+    lengths = [min(n, limit) for n in lengths]
+    bm, _ = compiled(plan)
+    rows = [row(n, i) for i, n in enumerate(lengths)]
+    outs = drain(bm, rows)
+    assert bm.stats.runs <= runs_flushing_each_queue_alone(plan, lengths)
+    for r, o in zip(rows, outs):  # and every caller got its own row back, cropped
+        np.testing.assert_array_equal(o["per_token"], r["input_ids"])
+    assert bm.stats.real_volume == sum(lengths)  # padding waste counts each row's own tokens

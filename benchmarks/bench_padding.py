@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 from _common import SHARED_DATA, save, table, time_rounds
+
 from bucketwise import BucketedModel, Plan
 from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
 from bucketwise.data import read_mrpc

@@ -15,8 +15,8 @@ import sys
 import time
 
 import numpy as np
-
 from _common import save, table
+
 from bucketwise.planning import PolynomialCost, plan
 
 
@@ -36,7 +36,7 @@ def main() -> int:
     sizes[:2000] = np.arange(1, 2001)  # every one of the 2,000 sizes occurs
     distinct = len(np.unique(sizes))
     for label, cost in (("volume", None), ("transformer", PolynomialCost.transformer(50.0, 1.0, 0.002))):
-        secs, p = timed(lambda: plan(sizes, k=8, cost=cost))
+        secs, p = timed(lambda cost=cost: plan(sizes, k=8, cost=cost))
         rows.append({"case": f"1-D exact DP, {label} cost", "observations": len(sizes), "distinct": distinct,
                      "k": 8, "seconds": secs, "planner": p.meta["planner"], "target_seconds": 1.0})
     images = np.stack([rng.integers(240, 801, 100_000), rng.integers(240, 801, 100_000)], axis=1)

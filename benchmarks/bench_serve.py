@@ -24,8 +24,8 @@ import time
 
 import httpx
 import numpy as np
-
 from _common import SHARED_DATA, save, table
+
 from bucketwise.data import read_mrpc
 
 CONFIGS = {
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"config": name, "clients": n, **r})
                 print(f"{name:<18} clients={n:<3} {r['throughput']:7.1f} req/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  lost {r['lost']}", flush=True)
             metrics = httpx.get(url + "/metrics").text
-            results[-1]["metrics_excerpt"] = [l for l in metrics.splitlines() if l.startswith(("bucketwise_batch_rows_sum", "bucketwise_batches_total", "bucketwise_padded", "bucketwise_real"))]
+            results[-1]["metrics_excerpt"] = [line for line in metrics.splitlines() if line.startswith(("bucketwise_batch_rows_sum", "bucketwise_batches_total", "bucketwise_padded", "bucketwise_real"))]
         finally:
             proc.terminate()  # graceful: the server finishes what it accepted
             proc.wait(60)

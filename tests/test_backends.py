@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from bucketwise import (
-    ConfigError,
     BackendError,
     Bucket,
     BucketedModel,
+    ConfigError,
     InputSpec,
     MissingDependencyError,
     ModelSpec,

@@ -1,13 +1,9 @@
 """The batcher (asyncio) with a NumPy test double. Pure: no torch, no server."""
 
 import asyncio
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -15,7 +15,7 @@ import pytest
 from cache_double import SPEC, SlowScaleBackend, events, scale_model
 
 from bucketwise import Bucket, BucketedModel, MemoryBudgetError, Plan
-from bucketwise.runtime.cache import ArtifactCache, CacheWarning, LazyModel, fingerprint
+from bucketwise.runtime.cache import ArtifactCache, CacheWarning, fingerprint
 from bucketwise.runtime.memory import check_memory_budget, format_bytes
 
 PLAN = Plan.grid(batch=[1], seq=[8, 16, 32])

@@ -224,3 +224,17 @@ def test_compile_twice_then_inspect_and_plan_within_the_measured_memory(tmp_path
 
     assert main(["inspect", "--cache-dir", cache, "--clear"]) == 0
     assert "removed  3 entries" in capsys.readouterr().out
+
+
+def test_version_and_json_to_stdout(tmp_path, capsys):
+    from bucketwise import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"bucketwise {__version__}"
+    sizes = tmp_path / "s.json"
+    sizes.write_text(json.dumps([5, 9, 9, 30, 31, 64]))
+    assert main(["plan", str(sizes), "--k", "2", "--output", str(tmp_path / "p.json"), "--json", "-"]) == 0
+    out = capsys.readouterr()
+    data = json.loads(out.out)  # stdout holds the JSON alone; the report went to stderr
+    assert len(data["plan"]["buckets"]) == 2 and "observed" in out.err

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bucketwise import Bucket, InputError, Plan, PlanError, TableCost, VolumeCost, route
+from bucketwise import Bucket, InputError, Plan, PlanError, TableCost, route
 from bucketwise.planning import (
     Observations,
     PolynomialCost,

@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 
 from bucketwise import (
-    ConfigError,
-    NotCompiledError,
-    BackendError,
     Bucket,
     BucketedModel,
     BucketOverflowError,
+    ConfigError,
     InputSpec,
     ModelSpec,
+    NotCompiledError,
     OutputSpec,
     Plan,
     SpecError,

@@ -1,6 +1,5 @@
 """The HTTP app on a real uvicorn server with the real model (slow tests)."""
 
-import asyncio
 import socket
 import threading
 import time
@@ -9,7 +8,6 @@ import numpy as np
 import pytest
 
 from bucketwise import BucketedModel, InputSpec, ModelSpec, OutputSpec, Plan
-from bucketwise.runtime.batcher import Batcher, QueueFullError
 
 SPEC = ModelSpec(
     inputs=(InputSpec("input_ids", ("batch", "seq"), "int64", pad_value=0),

@@ -2,12 +2,10 @@
 image planning, and the ready torchvision models (those skip without torchvision)."""
 
 import numpy as np
-
-from bucketwise import route
 import pytest
 from conftest import SHARED_DATA
 
-from bucketwise import Bucket, BucketedModel, BucketOverflowError, InputError, Plan, pad
+from bucketwise import Bucket, BucketedModel, BucketOverflowError, InputError, Plan, pad, route
 from bucketwise.models.vision import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -249,6 +247,8 @@ def test_resnet50_on_onnxruntime_matches_eager_and_reports_the_padding_shift():
 @pytest.mark.slow
 def test_fasterrcnn_detector_keeps_boxes_on_the_real_image():
     pytest.importorskip("torchvision")
+    import torch
+
     from bucketwise.models.vision import fasterrcnn_detector
 
     (image,) = coco_images(1)
@@ -258,5 +258,8 @@ def test_fasterrcnn_detector_keeps_boxes_on_the_real_image():
     dets = ImageModel(bm)(image)["detections"]
     assert dets.shape[1] == 6 and len(dets) > 0
     assert dets[:, [0, 2]].max() <= w and dets[:, [1, 3]].max() <= h and dets[:, :4].min() >= 0
-    raw = bm.artifact(Bucket(height=640, width=640)).run(pad(spec, {"image": to_array(image, mean=None)}, Bucket(height=640, width=640)))
+    artifact = bm.artifact(Bucket(height=640, width=640))
+    assert artifact.array_kind == "torch"  # an artifact takes its own kind of array
+    padded = pad(spec, {"image": torch.from_numpy(to_array(image, mean=None))}, Bucket(height=640, width=640))
+    raw = artifact.run(padded)
     assert len(raw["detections"]) >= len(dets)  # the hook only removes and clips

@@ -29,8 +29,8 @@ from .errors import (
     SpecError,
 )
 from .parity import ParityReport, check_parity
-from .plans import Plan
 from .planning import plan, report
+from .plans import Plan
 from .router import Route, Router, route
 from .runtime.builder import BucketBuild, CompileReport
 from .runtime.cache import ArtifactCache, LazyModel

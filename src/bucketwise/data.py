@@ -1,13 +1,16 @@
-"""Readers for the public data sets the benchmarks and tests use."""
+"""Readers: text files of the user's (one text per line, or JSONL), and the public data sets
+the benchmarks and tests use."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
-__all__ = ["read_mrpc"]
+__all__ = ["read_mrpc", "read_texts"]
 
 
 def read_mrpc(path: str | Path) -> list[tuple[str, str]]:
@@ -25,3 +28,42 @@ def read_mrpc(path: str | Path) -> list[tuple[str, str]]:
     if not rows or len(rows[0]) < 5 or rows[0][3] != "#1 String":
         raise InputError(f"{str(p)!r} is not an MRPC file: expected a header ending '#1 String, #2 String'")
     return [(r[3], r[4]) for r in rows[1:] if len(r) >= 5]
+
+
+def read_texts(path: str | Path) -> list[Any]:
+    """Texts from a file: one per line, or JSONL (``.jsonl``/``.json``) where each line is a
+    string, a ``[first, second]`` pair, or an object with ``text`` (and ``text_pair``)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as err:
+        raise InputError(f"texts file {str(path)!r} cannot be read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"texts file {str(path)!r} is not UTF-8 text: {err}") from err
+    texts: list[Any] = []
+    jsonl = path.suffix in (".jsonl", ".json")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            texts.append(line)
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"texts file {str(path)!r} line {n} is not valid JSON: {err.msg}") from None
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            texts.append((item[0], item[1]))
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            pair = item.get("text_pair")
+            texts.append((item["text"], pair) if isinstance(pair, str) else item["text"])
+        else:
+            raise InputError(
+                f"texts file {str(path)!r} line {n}: expected a string, a [first, second] pair or "
+                f'{{"text": ...}}, got {line[:80]!r}'
+            )
+    if not texts:
+        raise InputError(f"texts file {str(path)!r} holds no texts; give one text per line")
+    return texts

@@ -11,10 +11,11 @@ a bucket covers a shape exactly when it covers its rounded shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
-from ..errors import PlanError
 from ..costs import CostModel
+from ..errors import PlanError
 from ..shapes import Bucket
 from .observe import Observations, unique_rows
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PlanError
 from ..costs import CostModel, TableCost, VolumeCost
+from ..errors import PlanError
 from ..plans import Plan
 from ..router import Router
 from ..shapes import BATCH, Bucket

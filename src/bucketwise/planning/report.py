@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PlanError
 from ..costs import CostModel
+from ..errors import PlanError
 from ..plans import Plan
 from ..router import Router
 from ..shapes import Bucket

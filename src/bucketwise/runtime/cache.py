@@ -356,6 +356,12 @@ class ArtifactCache:
 
     # -- write --------------------------------------------------------------------------------
 
+    def largest_resident(self, *, model: str, backend: str) -> tuple[int | None, int]:
+        """The largest resident size measured for any bucket of ``model`` on ``backend``,
+        and how many buckets were measured: the per-bucket figure a memory budget plans with."""
+        sizes = [e.resident_bytes for e in self.measured(model=model, backend=backend).values() if e.resident_bytes]
+        return (max(sizes) if sizes else None), len(sizes)
+
     def put(
         self,
         identity: Mapping[str, Any],

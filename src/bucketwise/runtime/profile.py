@@ -23,7 +23,7 @@ from .builder import export_example
 
 __all__ = ["measure_cost", "profile_ladder"]
 
-PROFILE_LADDER = (16, 32, 64, 128, 256, 384, 512)
+PROFILE_LADDER = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def profile_ladder(limit: int, *, dim: str = "seq", batch: bool = True) -> list[Bucket]:

@@ -1,0 +1,94 @@
+"""What the commands share: option groups, the plan and cache they name, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import backend_names
+from ..errors import ConfigError
+from ..plans import Plan
+from ..router import OVERFLOW_POLICIES
+
+
+def sizes(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 16,32,64, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return out
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    from ..models.text import default_text_plan
+
+    if args.plan:
+        if args.batch_sizes or args.seq_sizes:
+            raise ConfigError("--plan and --batch-sizes/--seq-sizes exclude each other; give one")
+        return Plan.load(args.plan)
+    if args.batch_sizes or args.seq_sizes:
+        default = default_text_plan()
+        return Plan.grid(batch=args.batch_sizes or default.sizes("batch"), seq=args.seq_sizes or default.sizes("seq"))
+    return default_text_plan()
+
+
+def cache_from_args(args: argparse.Namespace) -> Any:
+    """The artifact cache the command reads and fills, or None with --no-cache."""
+    from ..runtime.cache import ArtifactCache
+
+    if getattr(args, "no_cache", False):
+        return None
+    return ArtifactCache(args.cache_dir)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True) -> None:
+    """The options that pick the model, the backend, the buckets and the cache; ``serving``
+    adds those of commands that run the model (--overflow, --no-cache)."""
+    parser.add_argument("--model", metavar="DIR", help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)")
+    parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
+    parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
+    parser.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets (default 1,8)")
+    parser.add_argument("--seq-sizes", type=sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
+    if serving:
+        parser.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
+                            help="texts longer than the largest bucket: error (default), truncate, fallback")
+    add_cache_options(parser, optional=serving)
+
+
+def add_cache_options(parser: argparse.ArgumentParser, *, optional: bool) -> None:
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="artifact cache (default: $BUCKETWISE_CACHE, else ~/.cache/bucketwise)")
+    if optional:
+        parser.add_argument("--no-cache", action="store_true", help="compile every bucket in memory; read and write no cache")
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON; '-' writes it to stdout "
+                                                       "(and the text to stderr)")
+
+
+def printer(args: argparse.Namespace) -> Callable[..., None]:
+    """``print`` for the human-readable text: to stderr when JSON goes to stdout, nowhere
+    with --quiet."""
+    if getattr(args, "quiet", False):
+        return lambda *a, **k: None
+    if getattr(args, "json", None) == "-":
+        return lambda *a, **k: print(*a, file=sys.stderr, **k)
+    return print
+
+
+def write_json(target: str | None, data: Any) -> None:
+    if not target:
+        return
+    text = json.dumps(data, indent=2) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        Path(target).write_text(text)

@@ -1,0 +1,129 @@
+"""``bucketwise plan``: choose buckets from observed shapes and report on them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..backends.base import backend_names
+from ..errors import ConfigError, InputError
+from ._common import add_json_option, printer, sizes, write_json
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="choose buckets from observed shapes and compare them with the usual ladders",
+        description=(
+            "Choose at most K buckets that minimise the expected cost of the observed shapes "
+            "(exact in 1-D), print a report beside pad-to-max, powers of two and quantiles, and "
+            "write a plan JSON that `bucketwise embed --plan` uses. INPUT is texts (.txt/.jsonl, "
+            "tokenized with the default tokenizer; the default is the built-in corpus), shapes "
+            "(.csv/.json/.npy) or a folder of images."
+        ),
+    )
+    plan.add_argument("input", nargs="?", metavar="INPUT", help="texts, shapes file or image folder (default: built-in corpus)")
+    plan.add_argument("--k", type=int, default=4, help="most buckets per batch size (default 4)")
+    plan.add_argument("--dims", metavar="seq", help="dim names of the shapes' columns, comma-separated")
+    plan.add_argument("--cost", choices=("volume", "measured"), default="volume",
+                      help="volume: padding volume (default); measured: profile the default model on --backend and fit a+bL+cL^2")
+    plan.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="backend profiled by --cost measured")
+    plan.add_argument("--cap", type=int, help="upper bound (1-D): the top bucket; the share of inputs above it is reported")
+    plan.add_argument("--grid", type=int, help="bucket sizes are multiples of this (e.g. 8, 16, 64)")
+    plan.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,8)")
+    plan.add_argument("--memory-budget", metavar="BYTES",
+                      help="total artifact memory, e.g. 2GB; per bucket: --bytes-per-bucket, else the largest size measured in the cache by `bucketwise compile`")
+    plan.add_argument("--bytes-per-bucket", metavar="BYTES", help="memory of one artifact, e.g. 87MB")
+    plan.add_argument("--cache-dir", metavar="DIR", help="cache that holds measured sizes (default: $BUCKETWISE_CACHE, else ~/.cache/bucketwise)")
+    plan.add_argument("--compile-budget", type=float, metavar="SECONDS", help="total compile time (needs --seconds-per-bucket)")
+    plan.add_argument("--seconds-per-bucket", type=float, metavar="SECONDS", help="compile time of one artifact")
+    plan.add_argument("--neuron-weights", type=int, metavar="N", help="cap k by the AWS Neuron rule of thumb, round(1e9 / N weights)")
+    plan.add_argument("--compare", type=sizes, metavar="32,64,128", help="also report these buckets")
+    plan.add_argument("--output", default="plan.json", metavar="PLAN.json", help="where to write the plan (default plan.json)")
+    plan.add_argument("--plot", metavar="FILE.png", help="draw the histogram/scatter with bucket edges (needs matplotlib)")
+    add_json_option(plan, "the plan and report")
+    plan.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    plan.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..planning import Observations, fit_cost, neuron_bucket_count, plan, report
+    from ..planning.io import parse_bytes, plot_plan, read_shapes
+
+    say = printer(args)
+    dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
+    is_text = args.input is None or Path(args.input).suffix in TEXT_SUFFIXES
+    if is_text:
+        from ..corpus import stdlib_docstrings
+        from ..data import read_texts
+        from ..models.text import DEFAULT_BATCH_SIZES, load_default_tokenizer
+
+        texts = read_texts(Path(args.input)) if args.input else stdlib_docstrings()
+        obs = Observations.from_texts(texts, load_default_tokenizer())
+        source = args.input or "built-in corpus"
+        batch_sizes = args.batch_sizes or list(DEFAULT_BATCH_SIZES)
+    else:
+        obs = read_shapes(args.input, dims=dims)
+        source = args.input
+        batch_sizes = args.batch_sizes
+    say(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
+
+    cost = None
+    if args.cost == "measured":
+        if not is_text:
+            raise ConfigError("--cost measured profiles the default text model; give texts (.txt/.jsonl) or no input")
+        from ..models.text import load_default_encoder
+        from ..runtime.profile import measure_cost, profile_ladder
+
+        module, _, spec = load_default_encoder()
+        candidates = profile_ladder(obs.max("seq") if args.cap is None else args.cap)
+        table = measure_cost(module, spec, candidates, backend=args.backend, progress=not args.no_progress)
+        cost = fit_cost(list(table.costs), list(table.costs.values()), form="transformer")
+        terms = ", ".join(f"{c * 1e3:.4g}" for _, c in cost.terms)
+        say(f"cost     fitted on {args.backend}: per row ms = {terms} (1, L, L^2 coefficients)")
+    bytes_per_bucket = parse_bytes(args.bytes_per_bucket) if args.bytes_per_bucket else None
+    if args.memory_budget and bytes_per_bucket is None:
+        bytes_per_bucket = _measured_bytes_per_bucket(args, is_text, say)
+    k = args.k
+    if args.neuron_weights:
+        k = min(k, neuron_bucket_count(args.neuron_weights))
+    p = plan(
+        obs, k=k, cost=cost, cap=args.cap, grid=args.grid, batch_sizes=batch_sizes,
+        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        bytes_per_bucket=bytes_per_bucket,
+        compile_budget=args.compile_budget, seconds_per_bucket=args.seconds_per_bucket,
+    )
+    rep = report(p, obs, user=args.compare)
+    say(rep)
+    p.save(args.output)
+    say(f"wrote    {args.output} ({len(p)} buckets: {p}); use it with: bucketwise embed --plan {args.output}")
+    if args.plot:
+        from ..planning.report import alternatives
+
+        alts = alternatives(obs, p, k)
+        shown = {"planned": p, **{n: alts[n] for n in ("powers-of-two", "pad-to-max") if n in alts}}
+        say(f"wrote    {plot_plan(obs, shown, args.plot)}")
+    write_json(args.json, {"plan": p.to_json(), "report": rep.as_dict()})
+    return 0
+
+
+def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: object) -> float:
+    """The largest resident size measured in the cache for the default model on --backend."""
+    from ..models.text import lazy_default_encoder
+    from ..runtime.cache import ArtifactCache, fingerprint
+    from ..runtime.memory import format_bytes
+
+    if not is_text:
+        raise ConfigError("--memory-budget needs the memory of one bucket: give --bytes-per-bucket")
+    lazy, _, spec = lazy_default_encoder()
+    cache = ArtifactCache(args.cache_dir)
+    largest, count = cache.largest_resident(model=fingerprint(lazy, spec), backend=args.backend)
+    if largest is None:
+        raise InputError(f"--memory-budget needs the memory of one bucket, and {cache.root} holds no "
+                         f"measured {args.backend} buckets of the default model: give --bytes-per-bucket, or "
+                         f"first run `bucketwise compile --backend {args.backend}` so the cache holds measured sizes")
+    say(f"memory   {format_bytes(largest)} per bucket: the largest resident size of {count} "  # type: ignore[operator]
+        f"{args.backend} buckets measured in {cache.root}")
+    return float(largest)

@@ -72,3 +72,19 @@ def time_rounds(runners: dict[str, Any], samples: list[Any], rounds: int, *, des
             bar.update()
     bar.close()
     return best
+
+
+_WORKDIRS: list[Any] = []
+
+
+def exact_session(backend: Any, module: Any, spec: Any, plan: Any) -> Any:
+    """An ONNX Runtime session with every dim free: the exact-shape (no padding) path.
+    Exports the module once, traced at the plan's export example, into a temporary folder
+    kept for the life of the process."""
+    import tempfile
+
+    from bucketwise.runtime.builder import export_example
+
+    workdir = tempfile.TemporaryDirectory(prefix="bucketwise-bench-")
+    _WORKDIRS.append(workdir)
+    return backend.session(backend.export(module, spec, export_example(plan), Path(workdir.name)))

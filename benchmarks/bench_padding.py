@@ -19,7 +19,7 @@ import argparse
 import sys
 
 import numpy as np
-from _common import SHARED_DATA, save, table, time_rounds
+from _common import SHARED_DATA, exact_session, save, table, time_rounds
 
 from bucketwise import BucketedModel, Plan
 from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         bm = BucketedModel(module, spec, plan, backend=backend, warmup_runs=3).compile(progress=True)
         configs[name] = (str(plan), bm)
-    exact = backend.session(module, spec, None)
+    exact = exact_session(backend, module, spec, default_text_plan())
     names = list(spec.output_names)
     for s in samples[:5]:
         exact.run(names, s)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, save, table, time_rounds  # noqa: E402
+from _common import SHARED_DATA, exact_session, save, table, time_rounds  # noqa: E402
 
 from bucketwise import Bucket, BucketedModel, Plan  # noqa: E402
 from bucketwise.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
         "planned from the folder, k=4 (grid 32)": plan(coco_obs, k=4, grid=32),
     }
     models2 = {name: compiled(p) for name, p in plans2.items()}
-    exact = backend.session(module, spec, None)
+    exact = exact_session(backend, module, spec, seed_plan())
     runners = {n: (lambda s, m=m: m.run(s)) for n, m in models2.items()}
     runners["exact shapes (no padding)"] = lambda s: exact.run(["logits"], s)
     samples2 = [{"image": a} for a in arrays]
@@ -157,7 +157,7 @@ def padding_shift(n: int) -> None:
         module, spec = resnet50_classifier(**options)
         backend = OnnxRuntimeBackend()
         model = BucketedModel(module, spec, buckets, backend=backend).compile(progress=False)
-        exact = backend.session(module, spec, None)
+        exact = exact_session(backend, module, spec, seed_plan())
         rel, top1 = [], []
         for f in files:
             a = to_array(Image.open(f).convert("RGB"), mean=spec.meta["mean"], std=spec.meta["std"])[None]

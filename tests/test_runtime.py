@@ -89,15 +89,6 @@ def test_single_row_goes_to_batch_one():
     assert rec.shapes == [(1, 16)]
 
 
-def test_torch_in_torch_out():
-    torch = pytest.importorskip("torch")
-    bm, _ = make()
-    x = {k: torch.from_numpy(v) for k, v in batch(2, 3).items()}
-    out = bm(**x)
-    assert isinstance(out["total"], torch.Tensor)
-    assert torch.equal(out["total"], x["ids"].sum(dim=1))
-
-
 def test_overflow_error_is_the_default_and_names_the_fix():
     bm, _ = make()
     with pytest.raises(BucketOverflowError, match=r"seq=17 > largest 16.*overflow='truncate'"):

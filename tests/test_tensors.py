@@ -87,3 +87,11 @@ def test_pad_rows_writes_each_row_once_into_the_bucket_buffer_and_crop_row_cuts_
     # Torch rows pad into a torch buffer.
     trows = [{k: torch.from_numpy(v) for k, v in r.items()} for r in rows]
     assert isinstance(pad_rows(SPEC, trows, bucket)["input_ids"], torch.Tensor)
+
+
+def test_torch_in_torch_out_through_a_numpy_function():
+    spec = ModelSpec(inputs=(InputSpec("ids", ("batch", "seq"), "int64"),), outputs=(OutputSpec("total", ("batch",)),))
+    bm = BucketedModel(lambda ids: ids.sum(axis=1), spec, Plan.grid(batch=[4], seq=[8])).compile(progress=False)
+    x = torch.arange(6).reshape(2, 3)
+    out = bm(ids=x)
+    assert isinstance(out["total"], torch.Tensor) and torch.equal(out["total"], x.sum(dim=1))

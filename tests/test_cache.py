@@ -215,7 +215,8 @@ def test_compile_order_follows_expected_traffic(tmp_path):
 def test_parallel_compile_builds_every_bucket_once(tmp_path, cached):
     log = tmp_path / "log"
     plan = Plan.grid(batch=[1], seq=[8, 16, 32, 64, 128])
-    bm = build(ArtifactCache(tmp_path / "c") if cached else None, log, plan=plan, delay=0.2, workers=4)
+    bm = build(ArtifactCache(tmp_path / "c") if cached else None, log, plan=plan, delay=0.2, workers=4,
+               measure_memory=True)
     assert bm.ready and sorted(b for _, b in events(log)) == sorted(b.label() for b in plan.buckets)
     # The first miss is compiled alone (and measured); the rest ran at once.
     assert sum(r.resident_bytes is None for r in bm.compile_report.builds.values()) == 4

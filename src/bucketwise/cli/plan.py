@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..backends.base import backend_names
 from ..errors import ConfigError, InputError
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         from ..planning.report import alternatives
 
         alts = alternatives(obs, p, k)
-        shown = {"planned": p, **{n: alts[n] for n in ("powers-of-two", "pad-to-max") if n in alts}}
+        shown: dict[str, Any] = {"planned": p, **{n: alts[n] for n in ("powers-of-two", "pad-to-max") if n in alts}}
         say(f"wrote    {plot_plan(obs, shown, args.plot)}")
     write_json(args.json, {"plan": p.to_json(), "report": rep.as_dict()})
     return 0

@@ -81,7 +81,7 @@ def mean_pooled_encoder(encoder: Any, *, normalize: bool = True) -> Any:
     """Wrap a Hugging Face encoder so it returns (last_hidden_state, sentence_embedding)."""
     torch = require("torch", "text")
 
-    class MeanPooledEncoder(torch.nn.Module):
+    class MeanPooledEncoder(torch.nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.encoder = encoder

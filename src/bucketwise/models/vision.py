@@ -229,7 +229,7 @@ def resnet50_classifier(
     F = torch.nn.functional
     net = tv.models.resnet50(weights=None, num_classes=num_classes).eval()
 
-    class ResNet50(torch.nn.Module):
+    class ResNet50(torch.nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.net = net
@@ -268,7 +268,7 @@ def fasterrcnn_detector(*, score_threshold: float = 0.05, pad: PadMode = "mean",
     # A static-shape compiler needs the bucket's shape as is: no resizing inside.
     det.transform.resize = lambda image, target=None: (image, target)
 
-    class Detector(torch.nn.Module):
+    class Detector(torch.nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.det = det
@@ -283,7 +283,7 @@ def fasterrcnn_detector(*, score_threshold: float = 0.05, pad: PadMode = "mean",
 def seed_plan(*, batch: Sequence[int] | None = (1,)) -> Plan:
     """The seed's buckets for images from 400x400 to 800x800: squares of 500, 600, 700, 800."""
     sides = (500, 600, 700, 800)
-    buckets = [Bucket({"height": s, "width": s, **({"batch": b} if b else {})}) for s in sides for b in (batch or [None])]
+    buckets = [Bucket({"height": s, "width": s, **({"batch": b} if b else {})}) for s in sides for b in (list(batch) if batch else [None])]
     return Plan(tuple(buckets))
 
 

@@ -34,7 +34,7 @@ class Solution1D:
     total_cost: float  # Σ count × cost of the bucket each observation routes to
 
 
-def drop_dominated(candidates: Sequence[int], costs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def drop_dominated(candidates: Sequence[int] | np.ndarray, costs: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keep the candidates that are strictly cheaper than every larger candidate.
 
     Candidates must be sorted ascending and distinct. The largest is always kept.
@@ -99,8 +99,12 @@ def optimal_1d(
                 hull_m.pop(), hull_b.pop(), hull_p.pop()
             else:
                 while len(hull_m) - head >= 2 and _bad(hull_m[-2], hull_b[-2], hull_m[-1], hull_b[-1], slope, icpt):
-                    hull_m.pop(), hull_b.pop(), hull_p.pop()
-                hull_m.append(slope), hull_b.append(icpt), hull_p.append(i - 1)
+                    hull_m.pop()
+                    hull_b.pop()
+                    hull_p.pop()
+                hull_m.append(slope)
+                hull_b.append(icpt)
+                hull_p.append(i - 1)
             x = w[i]
             while len(hull_m) - head >= 2 and hull_m[head + 1] * x + hull_b[head + 1] <= hull_m[head] * x + hull_b[head]:
                 head += 1

@@ -146,7 +146,7 @@ def plan(
     else:
         shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grid, exact=exact, batch_sizes=batch_sizes)
 
-    buckets = [Bucket({**s, "batch": b}) if batch_sizes else Bucket(s) for s in shapes for b in (batch_sizes or [None])]
+    buckets = [Bucket({**s, "batch": b}) if b is not None else Bucket(s) for s in shapes for b in _batches(batch_sizes)]
     share = _traffic(kept, shapes, cost, batched=bool(batch_sizes))
     meta = {
         "planner": planner,
@@ -201,3 +201,7 @@ def _caps(obs: Observations, cap: int | dict[str, int] | None, grid: int | None 
 def _cost_of(cost: CostModel, shape: dict[str, int], batch_sizes: Sequence[int] | None) -> float:
     # With batch buckets, a length bucket's cost is that of a single row (batch 1).
     return cost.cost(Bucket({**shape, "batch": 1}) if batch_sizes else Bucket(shape))
+
+
+def _batches(batch_sizes: Sequence[int] | None) -> list[int | None]:
+    return list(batch_sizes) if batch_sizes else [None]

@@ -130,7 +130,8 @@ def report(
     rows = []
     evaluated = {}
     for label, p in plans.items():
-        total, padded, traffic = 0.0, 0.0, {}
+        total, padded = 0.0, 0.0
+        traffic: dict[str, float] = {}
         dims = list(obs.dims) + list(extra)
         shapes = np.hstack([capped, np.ones((len(capped), len(extra)), dtype=capped.dtype)])
         chosen = Router(p).route_many(shapes, dims)
@@ -145,10 +146,10 @@ def report(
         evaluated[label] = (total / obs.total, 1 - real / padded, traffic, p)
     max_cost = evaluated["pad-to-max"][0] if "pad-to-max" in evaluated else max(v[0] for v in evaluated.values())
     for label, (per, waste, traffic, p) in evaluated.items():
-        shapes = sorted({tuple(kv for kv in b.sizes if kv[0] != "batch") for b in p.buckets})
+        lengths = sorted({tuple(kv for kv in b.sizes if kv[0] != "batch") for b in p.buckets})
         rows.append(StrategyReport(
             name=label,
-            buckets=["x".join(str(v) for _, v in shape) for shape in shapes],
+            buckets=["x".join(str(v) for _, v in shape) for shape in lengths],
             batch_sizes=p.sizes("batch") if "batch" in p.dims else [],
             expected_cost=per,
             padding_waste=waste,

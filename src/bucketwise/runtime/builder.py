@@ -163,6 +163,7 @@ class Builder:
         self._background: threading.Thread | None = None
         self._closing = threading.Event()
         self._corrupt: set[str] = set()  # cache keys found corrupt on this start
+        self._measure = True
         # Model load and export seconds recorded by the runs that filled the entries loaded
         # on this start (the largest of each), read from the entries' meta as they load.
         self._recorded_prep = {"model_load_seconds": 0.0, "export_seconds": 0.0}
@@ -250,6 +251,7 @@ class Builder:
         workers: int | None = None,
         lazy: bool = False,
         memory_budget: float | None = None,
+        measure_memory: bool | None = None,
     ) -> None:
         """Build every bucket not built yet (see ``BucketedModel.compile``)."""
         from tqdm.auto import tqdm
@@ -259,6 +261,9 @@ class Builder:
             workers = 1 if memory_budget is not None else min(4, os.cpu_count() or 1)
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
+        # Measuring trims the heap before each bucket (malloc_trim), which costs time in a
+        # big process: by default only where the figure is kept (cache) or needed (budget).
+        self._measure = (self.cache is not None or memory_budget is not None) if measure_memory is None else measure_memory
         if memory_budget is not None:
             self._check_budget(memory_budget, self._recorded_resident())
         todo = self._ordered([b for b in self.plan.buckets if b not in self.built])
@@ -338,7 +343,7 @@ class Builder:
     def _build(self, bucket: Bucket, *, measure: bool, compile_missing: bool = True) -> BucketBuild | None:
         """Load ``bucket`` from the cache or compile it, warm it up and install it. Returns
         ``None`` (doing nothing) for a cache miss when ``compile_missing`` is false."""
-        rss0 = resident_bytes(trim=True) if measure else None
+        rss0 = resident_bytes(trim=True) if measure and self._measure else None
         if self.cacheable:
             got = self._from_cache(bucket, compile_missing=compile_missing)
             if got is None:

@@ -332,7 +332,7 @@ class ArtifactCache:
 
     def entries(self) -> list[CacheEntry]:
         """Every entry whose meta.json reads, without checking file hashes (fast)."""
-        out = []
+        out: list[CacheEntry] = []
         root = self._entries_dir()
         if not root.is_dir():
             return out

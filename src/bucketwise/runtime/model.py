@@ -124,6 +124,7 @@ class BucketedModel:
         workers: int | None = None,
         lazy: bool = False,
         memory_budget: float | None = None,
+        measure_memory: bool | None = None,
     ) -> BucketedModel:
         """Compile (or load from the cache) and warm up one artifact per bucket. Returns self.
 
@@ -143,8 +144,11 @@ class BucketedModel:
                 runs (in the cache) are checked before building, and measured sizes after;
                 either way an over-budget plan raises :class:`MemoryBudgetError` naming the
                 largest buckets.
+            measure_memory: measure each bucket's resident memory (serial builds only).
+                Default: with a cache (where it is recorded) or a memory budget.
         """
-        self.builder.build(progress=progress, workers=workers, lazy=lazy, memory_budget=memory_budget)
+        self.builder.build(progress=progress, workers=workers, lazy=lazy, memory_budget=memory_budget,
+                           measure_memory=measure_memory)
         return self
 
     @property

@@ -83,7 +83,7 @@ def exact_session(backend: Any, module: Any, spec: Any, plan: Any) -> Any:
     kept for the life of the process."""
     import tempfile
 
-    from bucketwise.runtime.builder import export_example
+    from bucketwise.runtime.export import export_example
 
     workdir = tempfile.TemporaryDirectory(prefix="bucketwise-bench-")
     _WORKDIRS.append(workdir)

@@ -29,8 +29,8 @@ from _common import save, table
 
 from bucketwise import Bucket, BucketedModel, Plan, Router
 from bucketwise.models.text import load_default_encoder
+from bucketwise.padding import pad
 from bucketwise.runtime import Runner
-from bucketwise.spec import pad
 
 BUCKET = Bucket(batch=1, seq=16)
 

@@ -168,6 +168,13 @@ def test_register_a_custom_backend():
         assert "counting" in backend_names()
         BucketedModel(TinyEncoder(), TEXT_SPEC, Plan.grid(batch=[1], seq=[4, 8]), backend="counting").compile(progress=False)
         assert Counting.compiled == 2
+        # A name is never replaced by accident, a built-in one least of all.
+        with pytest.raises(ConfigError, match="already registered.*replace=True"):
+            base.register_backend("counting", EagerBackend)
+        with pytest.raises(ConfigError, match="'onnxruntime' is already registered"):
+            base.register_backend("onnxruntime", Counting)
+        base.register_backend("counting", EagerBackend, replace=True)
+        assert type(base.get_backend("counting")) is EagerBackend
     finally:
         base._REGISTRY.pop("counting")
 

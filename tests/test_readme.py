@@ -28,8 +28,9 @@ def test_readme_has_both_commands_and_ci_runs_the_test_one():
 def test_cli_options_in_the_readme_exist():
     from bucketwise.cli import build_parser
 
-    commands = build_parser()._subparsers._group_actions[0].choices
-    helptext = "".join(c.format_help() for c in commands.values())
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    helptext = parser.format_help() + "".join(c.format_help() for c in commands.values())
     for flag in set(re.findall(r"`(--[a-z-]+)", README)):
         assert flag in helptext, f"README mentions {flag}, which no bucketwise command has"
     for name in re.findall(r"`bucketwise ([a-z]+)", README):

@@ -132,7 +132,7 @@ def test_spec_errors(make, needle):
 
 
 def test_stack_rows_pads_each_input_on_its_side():
-    from bucketwise.spec import stack_rows
+    from bucketwise.padding import stack_rows
 
     spec = ModelSpec(
         (InputSpec("ids", ("batch", "seq"), "int64", pad_value=7),
@@ -148,7 +148,7 @@ def test_stack_rows_pads_each_input_on_its_side():
 
 
 def test_crop_matches_unpad_and_leaves_hook_outputs_alone():
-    from bucketwise.spec import crop
+    from bucketwise.padding import crop
 
     spec = ModelSpec(
         (InputSpec("img", ("batch", 1, "height", "width")),),

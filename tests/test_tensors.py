@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bucketwise import Bucket, BucketedModel, InputSpec, ModelSpec, OutputSpec, Plan
-from bucketwise.spec import crop_row, pad_rows
+from bucketwise.padding import crop_row, pad_rows
 
 torch = pytest.importorskip("torch")
 

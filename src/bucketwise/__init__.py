@@ -28,16 +28,17 @@ from .errors import (
     QueueFullError,
     SpecError,
 )
+from .padding import pad, unpad
 from .parity import ParityReport, check_parity
 from .planning import plan, report
 from .plans import Plan
 from .router import Route, Router, route
-from .runtime.builder import BucketBuild, CompileReport
 from .runtime.cache import ArtifactCache, LazyModel
 from .runtime.model import BucketedModel
+from .runtime.reports import BucketBuild, CompileReport
 from .runtime.stats import BucketStats
 from .shapes import Bucket, covers
-from .spec import InputSpec, ModelSpec, OutputSpec, pad, unpad
+from .spec import InputSpec, ModelSpec, OutputSpec
 
 __all__ = [
     # plan the buckets

@@ -1,17 +1,15 @@
 """What a model's inputs and outputs look like, and the pure pad/unpad functions.
 
-This is the padding layer: it knows shapes, not plans or routing. An :class:`InputSpec` says which axes of an input are which dims (its ``shape`` mixes dim
+An :class:`InputSpec` says which axes of an input are which dims (its ``shape`` mixes dim
 names and fixed sizes, e.g. ``("batch", "seq")`` or ``("batch", 3, "height", "width")``),
 the value padding uses, and the side it goes on. An :class:`OutputSpec` says which axes of
 an output to crop back to the input's size (with a stride for downsampled outputs), or
-names a hook for outputs that need more. :func:`pad`, :func:`pad_rows`, :func:`unpad` and
-:func:`crop` are pure, and keep the data's kind: NumPy stays NumPy, a torch tensor stays a
-tensor on its device.
+names a hook for outputs that need more. :meth:`ModelSpec.validate` checks a call's inputs
+against it; ``bucketwise.padding`` pads and crops by it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -20,12 +18,9 @@ import numpy as np
 
 from . import _arrays
 from .errors import InputError, SpecError
-from .shapes import BATCH, Bucket, Shape
+from .shapes import BATCH, Bucket
 
-__all__ = [
-    "InputSpec", "OutputSpec", "ModelSpec", "pad", "pad_rows", "unpad", "crop", "crop_row",
-    "stack_rows", "OutputHook", "BATCH",
-]
+__all__ = ["InputSpec", "OutputSpec", "ModelSpec", "OutputHook", "BATCH"]
 
 PadValue = Union[int, float, Sequence[float]]
 OutputHook = Callable[..., Any]
@@ -242,19 +237,7 @@ class ModelSpec:
 
         Raises :class:`InputError` naming the input, the value, what is allowed and the fix.
         """
-        expected = self.input_names
-        missing = [n for n in expected if n not in inputs]
-        unknown = [n for n in inputs if n not in expected]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing}")
-            if unknown:
-                parts.append(f"unknown {unknown}")
-            raise InputError(
-                f"model inputs: {'; '.join(parts)}. The model takes exactly {list(expected)}; "
-                "pass each by that name"
-            )
+        _check_names(self.input_names, inputs)
         arrays: dict[str, Any] = {}
         shape: dict[str, int] = {}
         first_seen: dict[str, str] = {}
@@ -270,41 +253,66 @@ class ModelSpec:
                     "batch axis with x[None]"
                 )
             arr = _cast(arr, s)
-            for axis, entry in enumerate(s.shape):
-                size = int(arr.shape[axis])
-                if isinstance(entry, int):
-                    if size != entry:
-                        raise InputError(
-                            f"input {s.name!r}: axis {axis} has size {size} but must be {entry} "
-                            f"(spec shape {s.shape})"
-                        )
-                    continue
-                if size == 0:
-                    raise InputError(
-                        f"input {s.name!r} is empty along {entry!r} (axis {axis}, shape "
-                        f"{tuple(arr.shape)}); every input needs at least 1 position. Drop empty "
-                        "items (e.g. empty texts) before the call"
-                    )
-                if entry in shape and shape[entry] != size:
-                    raise InputError(
-                        f"input {s.name!r} has {entry}={size} but input {first_seen[entry]!r} has "
-                        f"{entry}={shape[entry]}; inputs that share a dim must agree on its size"
-                    )
-                shape[entry] = size
-                first_seen.setdefault(entry, s.name)
-            if s.bounds is not None and arr.size:
-                lo, hi = s.bounds
-                amin, amax = arr.min().item(), arr.max().item()
-                if amin < lo or amax > hi:
-                    bad = amin if amin < lo else amax
-                    where = tuple(int(i) for i in np.argwhere(_arrays.convert(arr, "numpy") == bad)[0])
-                    raise InputError(
-                        f"input {s.name!r} holds {bad!r} at index {where}; allowed values are "
-                        f"{lo!r}..{hi!r}. Check that it was produced by the model's own tokenizer "
-                        "or preprocessing"
-                    )
+            _check_sizes(s, arr, shape, first_seen)
+            if s.bounds is not None:
+                _check_bounds(s, arr)
             arrays[s.name] = arr
         return arrays, shape
+
+
+def _check_names(expected: tuple[str, ...], inputs: Mapping[str, Any]) -> None:
+    missing = [n for n in expected if n not in inputs]
+    unknown = [n for n in inputs if n not in expected]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unknown:
+            parts.append(f"unknown {unknown}")
+        raise InputError(
+            f"model inputs: {'; '.join(parts)}. The model takes exactly {list(expected)}; "
+            "pass each by that name"
+        )
+
+
+def _check_sizes(s: InputSpec, arr: Any, shape: dict[str, int], first_seen: dict[str, str]) -> None:
+    """Fixed axes must match; dim axes must be non-empty and agree across inputs (recorded
+    into ``shape``)."""
+    for axis, entry in enumerate(s.shape):
+        size = int(arr.shape[axis])
+        if isinstance(entry, int):
+            if size != entry:
+                raise InputError(
+                    f"input {s.name!r}: axis {axis} has size {size} but must be {entry} "
+                    f"(spec shape {s.shape})"
+                )
+            continue
+        if size == 0:
+            raise InputError(
+                f"input {s.name!r} is empty along {entry!r} (axis {axis}, shape "
+                f"{tuple(arr.shape)}); every input needs at least 1 position. Drop empty "
+                "items (e.g. empty texts) before the call"
+            )
+        if entry in shape and shape[entry] != size:
+            raise InputError(
+                f"input {s.name!r} has {entry}={size} but input {first_seen[entry]!r} has "
+                f"{entry}={shape[entry]}; inputs that share a dim must agree on its size"
+            )
+        shape[entry] = size
+        first_seen.setdefault(entry, s.name)
+
+
+def _check_bounds(s: InputSpec, arr: Any) -> None:
+    lo, hi = s.bounds  # type: ignore[misc]
+    amin, amax = arr.min().item(), arr.max().item()
+    if amin < lo or amax > hi:
+        bad = amin if amin < lo else amax
+        where = tuple(int(i) for i in np.argwhere(_arrays.convert(arr, "numpy") == bad)[0])
+        raise InputError(
+            f"input {s.name!r} holds {bad!r} at index {where}; allowed values are "
+            f"{lo!r}..{hi!r}. Check that it was produced by the model's own tokenizer "
+            "or preprocessing"
+        )
 
 
 def _as_array(value: Any, name: str) -> Any:
@@ -345,147 +353,3 @@ def _cast(arr: Any, s: InputSpec) -> Any:
     elif target.kind == "b" and kind != "b":
         raise InputError(f"input {s.name!r} has dtype {arr.dtype} but must be bool")
     return _arrays.cast(arr, s.dtype)
-
-
-def pad(spec: ModelSpec, inputs: Mapping[str, Any], bucket: Bucket) -> dict[str, Any]:
-    """Pad each input up to ``bucket`` with its pad value, on its side. Pure.
-
-    Each input is written once into a new buffer of the bucket's shape, of its own kind and
-    device. Inputs already at the bucket's shape are returned as they are (no copy).
-    """
-    out: dict[str, Any] = {}
-    for s in spec.inputs:
-        arr = inputs[s.name]
-        target = s.padded_shape(bucket)
-        if arr.shape == target:
-            out[s.name] = arr
-            continue
-        for axis, (have, want) in enumerate(zip(arr.shape, target)):
-            if have > want:
-                raise InputError(
-                    f"input {s.name!r} has size {have} on axis {axis} ({s.shape[axis]!r}) but "
-                    f"bucket {bucket!r} holds only {want}"
-                )
-        full = s._fill_array(s.pad_value, target, like=arr)
-        full[_region(arr.shape, target, s.side, s.shape)] = arr
-        out[s.name] = full
-    return out
-
-
-def pad_rows(spec: ModelSpec, rows: Sequence[Mapping[str, Any]], bucket: Bucket) -> dict[str, Any]:
-    """Write single rows (each input without its leading batch axis) straight into buffers
-    of the bucket's shape: each row is written once, the rest is padding. Pure.
-
-    Rows may differ in length; each fits the bucket (the router chose it).
-    """
-    if not rows:
-        raise InputError("pad_rows: give at least one row")
-    out: dict[str, Any] = {}
-    for s in spec.inputs:
-        if s.shape[0] != BATCH:
-            raise SpecError(f"input spec {s.name!r}: batching rows needs 'batch' as the first axis, got {s.shape}")
-        target = s.padded_shape(bucket)
-        first = rows[0][s.name]
-        full = s._fill_array(s.pad_value, target, like=first if _arrays.kind_of(first) == "torch" else None)
-        for i, r in enumerate(rows):
-            a = r[s.name]
-            full[(i,) + _region(a.shape, target[1:], s.side, s.shape[1:])] = a
-        out[s.name] = full
-    return out
-
-
-def _region(
-    real: Sequence[int], padded: Sequence[int], side: str, axes: Sequence[Any]
-) -> tuple[slice, ...]:
-    # Pad rows of the batch always go at the end, whatever side the other dims pad on.
-    return tuple(
-        slice(0, r) if side == "end" or a == BATCH else slice(p - r, p)
-        for r, p, a in zip(real, padded, axes)
-    )
-
-
-def unpad(
-    spec: ModelSpec, outputs: Mapping[str, Any], shape: Shape, bucket: Bucket
-) -> dict[str, Any]:
-    """Strip the padding from each output: crop dim axes to the real size, or call the hook.
-
-    ``shape`` is the real shape of the call, ``bucket`` the bucket it ran in. Pure.
-    """
-    result = crop(spec, outputs, shape)
-    for o in spec.outputs:
-        if o.hook is not None:
-            result[o.name] = o.hook(outputs[o.name], shape=shape, bucket=bucket)
-    return result
-
-
-def crop(spec: ModelSpec, outputs: Mapping[str, Any], shape: Shape) -> dict[str, Any]:
-    """Crop each output's dim axes to ``shape`` (with stride and side). Pure.
-
-    Outputs with a hook are returned as they are: the hook is :func:`unpad`'s to call.
-    """
-    result: dict[str, Any] = {}
-    for o in spec.outputs:
-        value = outputs[o.name]
-        if o.hook is not None:
-            result[o.name] = value
-            continue
-        arr = value if isinstance(value, np.ndarray) or _arrays.kind_of(value) == "torch" else np.asarray(value)
-        if not o.dims:
-            result[o.name] = arr
-            continue
-        if arr.ndim != len(o.shape):
-            raise InputError(
-                f"output {o.name!r} has rank {arr.ndim} (shape {arr.shape}) but its spec "
-                f"names {len(o.shape)} axes {o.shape}; fix the OutputSpec"
-            )
-        result[o.name] = arr[_crop_index(spec, o, arr.shape, shape)]
-    return result
-
-
-def _crop_index(spec: ModelSpec, o: OutputSpec, size: Sequence[int], shape: Shape, row: int | None = None) -> tuple:
-    index: list[Any] = [slice(None)] * len(size)
-    for axis, dim in o.dims.items():
-        if dim == BATCH and row is not None:
-            index[axis] = row
-            continue
-        keep = min(math.ceil(shape[dim] / o.stride_of(dim)), size[axis])
-        at_end = dim == BATCH or (o.side or spec.side_of(dim)) == "end"
-        index[axis] = slice(0, keep) if at_end else slice(size[axis] - keep, size[axis])
-    return tuple(index)
-
-
-def crop_row(spec: ModelSpec, outputs: Mapping[str, Any], row: int, shape: Shape, bucket: Bucket) -> dict[str, Any]:
-    """Outputs of row ``row`` of a batched run, without the batch axis, each cropped once to
-    the row's own ``shape`` (its sizes, batch excluded). Hooks get the row as a batch of 1."""
-    result: dict[str, Any] = {}
-    for o in spec.outputs:
-        value = outputs[o.name]
-        if o.hook is not None:
-            one = {**shape, BATCH: 1}
-            result[o.name] = o.hook(value[row : row + 1], shape=one, bucket=bucket)[0]
-            continue
-        if BATCH not in o.dims.values():
-            raise SpecError(f"output spec {o.name!r} has no 'batch' axis; batched rows need one")
-        result[o.name] = value[_crop_index(spec, o, value.shape, shape, row)]
-    return result
-
-
-def stack_rows(spec: ModelSpec, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Stack single rows (each input without its leading batch axis) into one batch.
-
-    Rows may differ in length along their dims; each input is padded to the longest row
-    with its pad value, on its side, as :func:`pad` would. Pure.
-    """
-    if not rows:
-        raise InputError("stack_rows: give at least one row")
-    out: dict[str, np.ndarray] = {}
-    for s in spec.inputs:
-        if s.shape[0] != BATCH:
-            raise SpecError(f"input spec {s.name!r}: stacking rows needs 'batch' as the first axis, got {s.shape}")
-        arrays = [np.asarray(r[s.name]) for r in rows]
-        inner = tuple(max(a.shape[i] for a in arrays) for i in range(s.rank - 1))
-        full = s._fill_array(s.pad_value, (len(arrays),) + inner)
-        for i, a in enumerate(arrays):
-            full[(i,) + _region(a.shape, inner, s.side, s.shape[1:])] = a
-        out[s.name] = full
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ._common import add_json_option, add_model_options, cache_from_args, plan_from_args, printer, write_json
@@ -32,11 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..corpus import stdlib_docstrings
     from ..data import read_texts
     from ..models.text import DEFAULT_MODEL_NAME, SentenceEmbedder
-    from ..runtime.tables import hits_table
-    from ..shapes import BATCH
 
     if args.output and Path(args.output).suffix != ".npy":
         raise InputError(f"--output {args.output!r} must end in .npy (embeddings are saved with numpy.save)")
@@ -50,20 +48,8 @@ def run(args: argparse.Namespace) -> int:
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
                                         model=args.model, cache=cache_from_args(args))
     compile_s = time.perf_counter() - start
-    built = embedder.model.compile_report
 
-    if args.input:
-        source = args.input
-        encoded = embedder.tokenize(texts)
-        skipped = 0
-    else:
-        # The built-in corpus is a demo: keep the texts some bucket holds.
-        corpus = stdlib_docstrings()
-        kept = [(t, e) for t, e in zip(corpus, embedder.tokenize(corpus))
-                if embedder.router.fits({BATCH: 1, "seq": len(e[0])})]
-        texts, encoded = [t for t, _ in kept], [e for _, e in kept]
-        skipped = len(corpus) - len(texts)
-        source = "built-in corpus: Python standard library docstrings"
+    texts, encoded, source, skipped = _texts(args, embedder, texts)
     if args.limit:
         texts, encoded = texts[: args.limit], encoded[: args.limit]
 
@@ -79,6 +65,44 @@ def run(args: argparse.Namespace) -> int:
 
         np.save(args.output, embeddings)
 
+    _say_report(say, args, plan, embedder, texts, source, skipped, compile_s, seconds, tokens, embeddings)
+    write_json(args.json, {
+        "model": args.model or DEFAULT_MODEL_NAME,
+        "backend": args.backend,
+        "plan": plan.to_json(),
+        "texts": len(texts),
+        "seconds": seconds,
+        "compile_seconds": compile_s,
+        "texts_per_second": len(texts) / seconds,
+        "tokens": tokens,
+        "padding_waste": stats.padding_waste,
+        "stats": stats.as_dict(),
+    })
+    embedder.model.close()
+    return 0
+
+
+def _texts(args: argparse.Namespace, embedder: Any, texts: list[Any]) -> tuple[list[Any], list[Any], str, int]:
+    """The texts to embed, tokenized: the --input file's, or the built-in corpus's that
+    some bucket holds (the corpus is a demo). Returns texts, tokens, source, skipped."""
+    from ..corpus import stdlib_docstrings
+    from ..shapes import BATCH
+
+    if args.input:
+        return texts, embedder.tokenize(texts), args.input, 0
+    corpus = stdlib_docstrings()
+    kept = [(t, e) for t, e in zip(corpus, embedder.tokenize(corpus))
+            if embedder.router.fits({BATCH: 1, "seq": len(e[0])})]
+    return ([t for t, _ in kept], [e for _, e in kept], "built-in corpus: Python standard library docstrings",
+            len(corpus) - len(kept))
+
+
+def _say_report(say: Any, args: argparse.Namespace, plan: Any, embedder: Any, texts: list[Any], source: str,
+                skipped: int, compile_s: float, seconds: float, tokens: int, embeddings: Any) -> None:
+    from ..models.text import DEFAULT_MODEL_NAME
+    from ..runtime.tables import hits_table
+
+    stats, built = embedder.model.stats, embedder.model.compile_report
     say(f"model    {args.model or DEFAULT_MODEL_NAME} ({embeddings.shape[1]}-dim sentence embeddings)")
     say(f"input    {len(texts)} texts from {source}"
         + (f" ({skipped} longer than {embedder.router.limits['seq']} tokens left out)" if skipped else ""))
@@ -94,17 +118,3 @@ def run(args: argparse.Namespace) -> int:
         say(line)
     if args.output:
         say(f"wrote    {args.output} ({embeddings.shape[0]} x {embeddings.shape[1]} float32)")
-    write_json(args.json, {
-        "model": args.model or DEFAULT_MODEL_NAME,
-        "backend": args.backend,
-        "plan": plan.to_json(),
-        "texts": len(texts),
-        "seconds": seconds,
-        "compile_seconds": compile_s,
-        "texts_per_second": len(texts) / seconds,
-        "tokens": tokens,
-        "padding_waste": stats.padding_waste,
-        "stats": stats.as_dict(),
-    })
-    embedder.model.close()
-    return 0

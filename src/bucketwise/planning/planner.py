@@ -119,29 +119,7 @@ def plan(
     kept = Observations(obs.dims, obs.shapes[inside], obs.counts[inside])
 
     if len(obs.dims) == 1:
-        (dim,) = obs.dims
-        sizes = kept.column(dim)
-        top = caps[dim]
-        if isinstance(cost, TableCost):
-            # Measured costs: plan over the measured shapes only (others would be guesses);
-            # the top bucket is the smallest measured one that holds the upper bound.
-            cands = np.array(sorted({b[dim] for b in cost.costs if dim in b.dims}), dtype=np.int64)
-            if cap is None:
-                if not len(cands) or cands.max() < top:
-                    raise PlanError(
-                        f"measured costs cover {dim} up to {int(cands.max()) if len(cands) else 0}, but "
-                        f"inputs reach {top}; measure a bucket of at least {top} or give a cap"
-                    )
-                top = int(cands[cands >= top].min())
-                caps[dim] = top
-        elif grid is None:
-            cands = np.unique(sizes)
-        else:
-            cands = np.unique(-(-sizes // grid) * grid)
-        cands = np.unique(np.append(cands[cands <= top], top))
-        w = [_cost_of(cost, {dim: int(t)}, batch_sizes) for t in cands]
-        sol = optimal_1d(sizes, kept.counts, cands, w, budget)
-        shapes = [{dim: s} for s in sol.sizes]
+        shapes = _plan_1d(kept, cost, budget, caps=caps, cap_given=cap is not None, grid=grid, batch_sizes=batch_sizes)
         planner = "exact-1d"
     else:
         shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grid, exact=exact, batch_sizes=batch_sizes)
@@ -160,6 +138,44 @@ def plan(
         "traffic": {b.label(): share[i // n_batch] for i, b in enumerate(buckets)},
     }
     return Plan(tuple(buckets), cost, meta)
+
+
+def _plan_1d(
+    kept: Observations,
+    cost: CostModel,
+    budget: int,
+    *,
+    caps: dict[str, int],
+    cap_given: bool,
+    grid: int | None,
+    batch_sizes: Sequence[int] | None,
+) -> list[dict[str, int]]:
+    """The exact 1-D plan over the candidate sizes (dynamic programming). With measured
+    costs, only measured sizes are candidates; ``caps`` may be raised to the smallest
+    measured size that holds the top."""
+    (dim,) = kept.dims
+    sizes = kept.column(dim)
+    top = caps[dim]
+    if isinstance(cost, TableCost):
+        # Measured costs: plan over the measured shapes only (others would be guesses);
+        # the top bucket is the smallest measured one that holds the upper bound.
+        cands = np.array(sorted({b[dim] for b in cost.costs if dim in b.dims}), dtype=np.int64)
+        if not cap_given:
+            if not len(cands) or cands.max() < top:
+                raise PlanError(
+                    f"measured costs cover {dim} up to {int(cands.max()) if len(cands) else 0}, but "
+                    f"inputs reach {top}; measure a bucket of at least {top} or give a cap"
+                )
+            top = int(cands[cands >= top].min())
+            caps[dim] = top
+    elif grid is None:
+        cands = np.unique(sizes)
+    else:
+        cands = np.unique(-(-sizes // grid) * grid)
+    cands = np.unique(np.append(cands[cands <= top], top))
+    w = [_cost_of(cost, {dim: int(t)}, batch_sizes) for t in cands]
+    sol = optimal_1d(sizes, kept.counts, cands, w, budget)
+    return [{dim: int(s)} for s in sol.sizes]
 
 
 def _traffic(obs: Observations, shapes: Sequence[dict[str, int]], cost: CostModel, *, batched: bool) -> list[float]:

@@ -2,11 +2,12 @@
 (route → pad → run → unpad), the bucketed model that joins them, the batcher, the artifact
 cache, memory accounting and profiling."""
 
-from .builder import BucketBuild, Builder, CompileReport
+from .builder import Builder
 from .cache import ArtifactCache, CacheEntry, LazyModel, default_cache_dir, fingerprint
 from .memory import check_memory_budget, format_bytes
 from .model import OVERFLOW_POLICIES, BucketedModel
 from .profile import measure_cost, profile_ladder
+from .reports import BucketBuild, CompileReport
 from .runner import Runner
 from .stats import BucketStats
 

@@ -17,116 +17,22 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..backends.base import Artifact, Backend, CacheableBackend
 from ..errors import BackendError, CacheWarning, ConfigError
 from ..plans import Plan
 from ..router import Router
-from ..shapes import BATCH, Bucket
+from ..shapes import Bucket
 from ..spec import ModelSpec
 from .cache import ArtifactCache, CacheEntry, LazyModel, fingerprint, resident_bytes
+from .export import export_source
 from .memory import check_memory_budget
+from .reports import BucketBuild, CompileReport
 
-__all__ = ["Builder", "BucketBuild", "CompileReport", "export_example"]
+__all__ = ["Builder", "BucketBuild", "CompileReport"]
 
-EXPORT_FORMAT_VERSION = 2  # bump when what an export entry holds changes
-
-
-@dataclass
-class BucketBuild:
-    """How one bucket's artifact came to be on this start.
-
-    ``source`` is ``"compiled"`` (a cache miss, now cached), ``"cache"`` (loaded from the
-    cache), ``"rebuilt"`` (its cache entry was corrupt, so it was compiled again) or
-    ``"uncached"`` (no cache, or a backend whose artifacts cannot be saved). ``seconds`` is
-    the compile or load time of this start, warm-up not included; ``compile_seconds`` what
-    compiling it cost, now or when its cache entry was written. ``resident_bytes`` is the
-    growth of the process's resident memory while building and warming it up (``None``
-    where it could not be told apart: parallel or background builds).
-    """
-
-    bucket: Bucket
-    source: Literal["compiled", "cache", "rebuilt", "uncached"]
-    seconds: float
-    warmup_seconds: float = 0.0
-    compile_seconds: float | None = None
-    disk_bytes: int | None = None
-    resident_bytes: int | None = None
-    key: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "bucket": self.bucket.label(),
-            "source": self.source,
-            "seconds": self.seconds,
-            "warmup_seconds": self.warmup_seconds,
-            "compile_seconds": self.compile_seconds,
-            "disk_bytes": self.disk_bytes,
-            "resident_bytes": self.resident_bytes,
-            "key": self.key,
-        }
-
-
-@dataclass
-class CompileReport:
-    """What a build did: per bucket, and the model-level steps.
-
-    ``saved_seconds`` is what the cache spared this start: for each bucket loaded from the
-    cache, its recorded compile time less its load time, plus the model loading and export
-    recorded by the run that filled the cache, where this start skipped them.
-    """
-
-    backend: str
-    cache: str | None = None
-    builds: dict[Bucket, BucketBuild] = field(default_factory=dict)
-    model_load_seconds: float = 0.0
-    export_seconds: float = 0.0
-    skipped_prep_seconds: float = 0.0
-    seconds: float = 0.0
-
-    @property
-    def hits(self) -> int:
-        return sum(1 for b in self.builds.values() if b.source == "cache")
-
-    @property
-    def saved_seconds(self) -> float:
-        saved = self.skipped_prep_seconds
-        for b in self.builds.values():
-            if b.source == "cache" and b.compile_seconds is not None:
-                saved += b.compile_seconds - b.seconds
-        return saved
-
-    def resident(self) -> dict[Bucket, int | None]:
-        return {b: r.resident_bytes for b, r in self.builds.items()}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "cache": self.cache,
-            "seconds": self.seconds,
-            "model_load_seconds": self.model_load_seconds,
-            "export_seconds": self.export_seconds,
-            "skipped_prep_seconds": self.skipped_prep_seconds,
-            "saved_seconds": self.saved_seconds,
-            "hits": self.hits,
-            "buckets": [b.as_dict() for b in self.builds.values()],
-        }
-
-
-def export_example(plan: Plan) -> Bucket:
-    """The shape an export is traced at: the plan's cheapest bucket with at least 2 rows,
-    else its cheapest bucket with the batch raised to 2. A tracer can bake a batch of 1
-    into the graph (squeeze, broadcasts); 2 keeps the batch axis general. The exported
-    graph keeps every dim free, so the example fixes nothing the buckets see."""
-    if BATCH not in plan.dims:
-        return plan.buckets[0]
-    for bucket in plan.buckets:
-        if bucket[BATCH] >= 2:
-            return bucket
-    return Bucket({**plan.buckets[0].as_dict(), BATCH: 2})
 
 
 class Builder:
@@ -212,35 +118,13 @@ class Builder:
     def _prepare_source(self) -> Any:
         if self.backend.export_format is None:
             return self.model
-        example = export_example(self.plan)
-        is_file = isinstance(self._model, (str, Path))
-        if self.cache is None or is_file:  # an existing file is cheap to (re)name: no cache entry
+        if self.cache is None or isinstance(self._model, (str, Path)):  # an existing file is cheap to (re)name
             if self._workdir is None:
                 self._workdir = tempfile.TemporaryDirectory(prefix="bucketwise-export-")
-            start = time.perf_counter()
-            path = self.backend.export(self.model, self.spec, example, Path(self._workdir.name))
-            self.report.export_seconds += time.perf_counter() - start
-            return path
-        cache = self.cache
-        ident = cache.identity(
-            model=self.fingerprint(),
-            backend={"name": f"{self.backend.export_format}-export", "version": EXPORT_FORMAT_VERSION,
-                     "options": self.backend.export_key()},
-            bucket=None,
-            kind="export",
-        )
-        key = cache.key(ident)
-        with cache.lock(key):
-            entry = cache.get(key)
-            if entry is None:
-                model = self.model
-                entry, _ = cache.put(
-                    ident,
-                    lambda folder: self.backend.export(model, self.spec, example, folder),
-                    info={"model_name": self.model_name, "model_load_seconds": self.report.model_load_seconds},
-                )
-                self.report.export_seconds += entry.compile_seconds or 0.0
-        return str(entry.path(f"model.{self.backend.export_format}"))
+            folder: Path | None = Path(self._workdir.name)
+        else:
+            folder = None  # an entry of its own in the artifact cache
+        return export_source(self, folder)
 
     # -- building -----------------------------------------------------------------------
 

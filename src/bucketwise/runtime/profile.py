@@ -19,7 +19,7 @@ from ..backends.base import get_backend
 from ..costs import TableCost
 from ..plans import Plan
 from ..shapes import Bucket
-from .builder import export_example
+from .export import export_example
 
 __all__ = ["measure_cost", "profile_ladder"]
 

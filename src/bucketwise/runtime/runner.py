@@ -18,9 +18,10 @@ from .. import _arrays
 from ..backends.base import Artifact
 from ..backends.eager import model_kind, run_eager
 from ..errors import ConfigError, NotCompiledError
+from ..padding import crop_row, pad, pad_rows, unpad
 from ..router import COUNTED_OVERFLOWS, Router
 from ..shapes import BATCH, Bucket, Shape
-from ..spec import ModelSpec, crop_row, pad, pad_rows, unpad
+from ..spec import ModelSpec
 from .stats import BucketStats
 
 __all__ = ["Runner", "ArtifactSource"]

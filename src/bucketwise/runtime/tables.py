@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..plans import Plan
-from .builder import CompileReport
 from .cache import CacheEntry
 from .memory import format_bytes
+from .reports import CompileReport
 from .stats import BucketStats
 
 __all__ = ["hits_table", "compile_table", "cache_table", "cache_rows", "age"]

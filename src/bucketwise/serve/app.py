@@ -14,6 +14,8 @@ and ``Request`` is imported lazily, inside :func:`create_app`.)
 import asyncio
 import json
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,125 +40,171 @@ class ServeConfig:
     retry_after: int = 1  # seconds, on 503
 
 
+class _Reject(Exception):
+    """A request answered with an error status; the server keeps serving."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers, self.reason = status, message, kind, headers, reason
+
+
+_REJECTION_REASONS = {401: "auth", 413: "too_large", 429: "rate", 503: "queue_full"}
+
+
+def parse_texts(body: bytes, config: ServeConfig) -> tuple[dict[str, Any], list[str]]:
+    """The payload and its texts, or :class:`_Reject` (400/413) saying what is wrong. Pure."""
+    if len(body) > config.max_body_bytes:
+        raise _Reject(413, f"request body is {len(body)} bytes; the limit is {config.max_body_bytes}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _Reject(400, f"request body is not valid JSON: {err}") from None
+    if not isinstance(payload, dict) or "input" not in payload:
+        raise _Reject(400, 'request body must be a JSON object with "input": a string or a list of strings')
+    texts = payload["input"]
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise _Reject(400, '"input" must be a string or a list of strings (token arrays are not accepted)')
+    if not texts:
+        raise _Reject(400, '"input" is empty; send at least one string')
+    if len(texts) > config.max_texts:
+        raise _Reject(413, f'"input" holds {len(texts)} texts; the limit is {config.max_texts} per request')
+    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+    if empty is not None:
+        raise _Reject(400, f'"input"[{empty}] is empty; every text needs at least one non-space character')
+    fmt = payload.get("encoding_format", "float")
+    if fmt != "float":
+        raise _Reject(400, f'encoding_format {fmt!r} is not supported; use "float"')
+    return payload, texts
+
+
+class _Service:
+    """The endpoints' logic over one embedder, its batcher and its metrics."""
+
+    def __init__(self, embedder: Any, config: ServeConfig, json_response: Any) -> None:
+        self.embedder, self.config, self.json_response = embedder, config, json_response
+        self.model = embedder.model
+        self.metrics = Metrics()
+        self.state: dict[str, Any] = {}
+
+    def on_batch(self, ev: BatchEvent) -> None:
+        m = self.metrics
+        m.batches.inc()
+        m.batch_rows.observe(ev.rows)
+        for q in ev.queue_seconds:
+            m.queue_seconds.observe(q)
+        m.inference_seconds.observe(ev.inference_seconds)
+        m.sync_model(self.model.stats)
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        batcher = Batcher(self.model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
+                          on_batch=self.on_batch)
+        batcher.start()
+        self.state["batcher"] = batcher
+        yield
+        await batcher.close()  # graceful: every accepted request is finished first
+
+    def error(self, reject: _Reject, endpoint: str = "embeddings") -> Any:
+        self.metrics.requests.labels(endpoint=endpoint, status=str(reject.status)).inc()
+        reason = reject.reason or _REJECTION_REASONS.get(reject.status)
+        if reason:
+            self.metrics.rejections.labels(reason=reason).inc()
+        return self.json_response({"error": {"message": reject.message, "type": reject.kind}},
+                                  status_code=reject.status, headers=reject.headers)
+
+    def healthz(self) -> Any:
+        self.metrics.requests.labels(endpoint="healthz", status="200").inc()
+        return {"status": "ok"}
+
+    def readyz(self) -> Any:
+        # Ready once every input has a built bucket; a lazy start builds the rest later.
+        model = self.model
+        ready = model.can_serve and "batcher" in self.state
+        status = 200 if ready else 503
+        self.metrics.requests.labels(endpoint="readyz", status=str(status)).inc()
+        compiled = sum(1 for b in model.plan.buckets if b in model.compile_report.builds)
+        return self.json_response({"ready": ready, "buckets": len(model.plan), "compiled": compiled}, status_code=status)
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.metrics.queued.set(self.state["batcher"].queued if "batcher" in self.state else 0)
+        self.metrics.sync_model(self.model.stats)
+        return self.metrics.render()
+
+    async def embeddings(self, request: Any) -> Any:
+        try:
+            self._check_auth(request.headers.get("authorization", ""))
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+                raise _Reject(413, f"request body is {length} bytes; the limit is {self.config.max_body_bytes}")
+            payload, texts = parse_texts(await request.body(), self.config)
+            encoded, outs = await self._embed(texts)
+        except _Reject as reject:
+            return self.error(reject)
+        self.metrics.texts.inc(len(texts))
+        tokens = sum(len(ids) for ids, _ in encoded)
+        self.metrics.requests.labels(endpoint="embeddings", status="200").inc()
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": o["sentence_embedding"].astype(float).tolist()}
+                     for i, o in enumerate(outs)],
+            "model": payload.get("model") or self.config.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _check_auth(self, auth: str) -> None:
+        key = self.config.api_key
+        if key is not None and not (auth.startswith("Bearer ") and secrets.compare_digest(auth[7:], key)):
+            raise _Reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
+
+    async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
+        embedder, batcher = self.embedder, self.state["batcher"]
+        try:
+            encoded = embedder.tokenize(texts)
+            embedder.admit(encoded)  # the router refuses what no bucket holds, up front
+        except BucketOverflowError as err:
+            raise _Reject(400, f'"input": {err}', reason="too_long") from None
+        except InputError as err:
+            raise _Reject(400, str(err)) from None
+        rows = embedder.rows(encoded)
+        try:
+            batcher.admit(len(rows))  # all or nothing: a refused request queues no row
+            outs = await asyncio.gather(*(batcher.submit(r, validated=True) for r in rows))
+        except QueueFullError as err:
+            raise _Reject(503, str(err), "server_busy", headers={"Retry-After": str(self.config.retry_after)}) from None
+        except BucketOverflowError as err:
+            raise _Reject(400, str(err)) from None
+        return encoded, list(outs)
+
+
 def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
     """A FastAPI app serving ``embedder`` (a compiled :class:`SentenceEmbedder`)."""
     fastapi = require("fastapi", "serve", purpose="the server")
     from fastapi import Request
     from fastapi.responses import JSONResponse, Response
 
-    metrics = Metrics()
-    model = embedder.model
-    state: dict[str, Any] = {}
-
-    def on_batch(ev: BatchEvent) -> None:
-        metrics.batches.inc()
-        metrics.batch_rows.observe(ev.rows)
-        for q in ev.queue_seconds:
-            metrics.queue_seconds.observe(q)
-        metrics.inference_seconds.observe(ev.inference_seconds)
-        metrics.sync_model(model.stats)
-
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def lifespan(app: Any):
-        batcher = Batcher(model, max_delay=config.max_delay, max_queue=config.max_queue, on_batch=on_batch)
-        batcher.start()
-        state["batcher"] = batcher
-        yield
-        await batcher.close()  # graceful: every accepted request is finished first
-
-    app = fastapi.FastAPI(title="bucketwise", lifespan=lifespan)
-
-    def error(status: int, message: str, kind: str = "invalid_request_error", endpoint: str = "embeddings", headers: dict | None = None) -> Any:
-        metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        if status in (401, 413, 429, 503):
-            metrics.rejections.labels(reason={401: "auth", 413: "too_large", 429: "rate", 503: "queue_full"}[status]).inc()
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+    service = _Service(embedder, config, JSONResponse)
+    app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan)
 
     @app.get("/healthz")
     async def healthz() -> Any:
-        metrics.requests.labels(endpoint="healthz", status="200").inc()
-        return {"status": "ok"}
+        return service.healthz()
 
     @app.get("/readyz")
     async def readyz() -> Any:
-        # Ready once every input has a built bucket; a lazy start builds the rest later.
-        ready = model.can_serve and "batcher" in state
-        status = 200 if ready else 503
-        metrics.requests.labels(endpoint="readyz", status=str(status)).inc()
-        compiled = sum(1 for b in model.plan.buckets if b in model.compile_report.builds)
-        return JSONResponse({"ready": ready, "buckets": len(model.plan), "compiled": compiled}, status_code=status)
+        return service.readyz()
 
     @app.get("/metrics")
     async def prom_metrics() -> Any:
-        metrics.queued.set(state["batcher"].queued if "batcher" in state else 0)
-        metrics.sync_model(model.stats)
-        body, ctype = metrics.render()
+        body, ctype = service.render_metrics()
         return Response(body, media_type=ctype)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
-        if config.api_key is not None:
-            auth = request.headers.get("authorization", "")
-            if not (auth.startswith("Bearer ") and secrets.compare_digest(auth[7:], config.api_key)):
-                return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return error(413, f"request body is {length} bytes; the limit is {config.max_body_bytes}")
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            return error(413, f"request body is {len(body)} bytes; the limit is {config.max_body_bytes}")
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            return error(400, f"request body is not valid JSON: {err}")
-        if not isinstance(payload, dict) or "input" not in payload:
-            return error(400, 'request body must be a JSON object with "input": a string or a list of strings')
-        texts = payload["input"]
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            return error(400, '"input" must be a string or a list of strings (token arrays are not accepted)')
-        if not texts:
-            return error(400, '"input" is empty; send at least one string')
-        if len(texts) > config.max_texts:
-            return error(413, f'"input" holds {len(texts)} texts; the limit is {config.max_texts} per request')
-        if any(not t.strip() for t in texts):
-            i = next(i for i, t in enumerate(texts) if not t.strip())
-            return error(400, f'"input"[{i}] is empty; every text needs at least one non-space character')
-        fmt = payload.get("encoding_format", "float")
-        if fmt != "float":
-            return error(400, f'encoding_format {fmt!r} is not supported; use "float"')
-        batcher: Batcher = state["batcher"]
-        try:
-            encoded = embedder.tokenize(texts)
-        except InputError as err:
-            return error(400, str(err))
-        try:
-            embedder.admit(encoded)  # the router refuses what no bucket holds, up front
-        except BucketOverflowError as err:
-            metrics.rejections.labels(reason="too_long").inc()
-            return error(400, f'"input": {err}')
-        rows = embedder.rows(encoded)
-        try:
-            batcher.admit(len(rows))  # all or nothing: a refused request queues no row
-            outs = await asyncio.gather(*(batcher.submit(r, validated=True) for r in rows))
-        except QueueFullError as err:
-            return error(503, str(err), "server_busy", headers={"Retry-After": str(config.retry_after)})
-        except BucketOverflowError as err:
-            return error(400, str(err))
-        metrics.texts.inc(len(texts))
-        tokens = sum(len(ids) for ids, _ in encoded)
-        metrics.requests.labels(endpoint="embeddings", status="200").inc()
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": o["sentence_embedding"].astype(float).tolist()}
-                     for i, o in enumerate(outs)],
-            "model": payload.get("model") or config.model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return await service.embeddings(request)
 
-    app.state.metrics = metrics
-    app.state.bucketwise = state
+    app.state.metrics = service.metrics
+    app.state.bucketwise = service.state
     return app

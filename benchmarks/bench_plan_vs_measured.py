@@ -25,7 +25,8 @@ from bucketwise import Bucket, BucketedModel, Plan
 from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
 from bucketwise.data import read_mrpc
 from bucketwise.models.text import load_default_encoder
-from bucketwise.planning import Observations, fit_cost, measure_cost, plan, report
+from bucketwise.planning import Observations, fit_cost, plan, report
+from bucketwise.runtime import measure_cost
 
 PROFILE = (8, 16, 32, 48, 64, 96, 128)
 

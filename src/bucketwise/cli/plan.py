@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     plan.add_argument("input", nargs="?", metavar="INPUT", help="texts, shapes file or image folder (default: built-in corpus)")
+    plan.add_argument("--model", metavar="DIR", help="texts are tokenized (and --cost measured profiles) with this local "
+                      "Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)")
     plan.add_argument("--k", type=int, default=4, help="most buckets per batch size (default 4)")
     plan.add_argument("--dims", metavar="seq", help="dim names of the shapes' columns, comma-separated")
     plan.add_argument("--cost", choices=("volume", "measured"), default="volume",
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from ..models.text import DEFAULT_BATCH_SIZES, load_default_tokenizer
 
         texts = read_texts(Path(args.input)) if args.input else stdlib_docstrings()
-        obs = Observations.from_texts(texts, load_default_tokenizer())
+        obs = Observations.from_texts(texts, load_default_tokenizer(args.model))
         source = args.input or "built-in corpus"
         batch_sizes = args.batch_sizes or list(DEFAULT_BATCH_SIZES)
     else:
@@ -74,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
     cost = None
     if args.cost == "measured":
         if not is_text:
-            raise ConfigError("--cost measured profiles the default text model; give texts (.txt/.jsonl) or no input")
+            raise ConfigError("--cost measured profiles a text model (--model, default all-MiniLM-L6-v2); give texts (.txt/.jsonl) or no input")
         from ..models.text import load_default_encoder
         from ..runtime.profile import measure_cost, profile_ladder
 
-        module, _, spec = load_default_encoder()
+        module, _, spec = load_default_encoder(args.model)
         candidates = profile_ladder(obs.max("seq") if args.cap is None else args.cap)
         table = measure_cost(module, spec, candidates, backend=args.backend, progress=not args.no_progress)
         cost = fit_cost(list(table.costs), list(table.costs.values()), form="transformer")
@@ -99,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     rep = report(p, obs, user=args.compare)
     say(rep)
     p.save(args.output)
-    say(f"wrote    {args.output} ({len(p)} buckets: {p}); use it with: bucketwise embed --plan {args.output}")
+    if is_text:
+        model = f" --model {args.model}" if args.model else ""
+        step = f"use it with: bucketwise embed{model} --plan {args.output}"
+    else:
+        step = f"use it from Python: Plan.load({args.output!r}) with BucketedModel (README: Images)"
+    say(f"wrote    {args.output} ({len(p)} buckets: {p}); {step}")
     if args.plot:
         from ..planning.report import alternatives
 
@@ -118,12 +125,12 @@ def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: obj
 
     if not is_text:
         raise ConfigError("--memory-budget needs the memory of one bucket: give --bytes-per-bucket")
-    lazy, _, spec = lazy_default_encoder()
+    lazy, _, spec = lazy_default_encoder(args.model)
     cache = ArtifactCache(args.cache_dir)
     largest, count = cache.largest_resident(model=fingerprint(lazy, spec), backend=args.backend)
     if largest is None:
         raise InputError(f"--memory-budget needs the memory of one bucket, and {cache.root} holds no "
-                         f"measured {args.backend} buckets of the default model: give --bytes-per-bucket, or "
+                         f"measured {args.backend} buckets of this model: give --bytes-per-bucket, or "
                          f"first run `bucketwise compile --backend {args.backend}` so the cache holds measured sizes")
     say(f"memory   {format_bytes(largest)} per bucket: the largest resident size of {count} "  # type: ignore[operator]
         f"{args.backend} buckets measured in {cache.root}")

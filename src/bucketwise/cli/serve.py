@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve OpenAI-compatible embeddings over HTTP with bucketed dynamic batching",
         description=(
-            "Serve all-MiniLM-L6-v2 at POST /v1/embeddings (OpenAI-compatible), with /healthz, "
+            "Serve all-MiniLM-L6-v2 (or --model DIR) at POST /v1/embeddings (OpenAI-compatible), with /healthz, "
             "/readyz and Prometheus /metrics. Concurrent requests are batched into (batch x length) "
             "buckets. Binds 127.0.0.1 unless --host says otherwise."
         ),

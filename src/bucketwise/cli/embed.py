@@ -49,11 +49,8 @@ def run(args: argparse.Namespace) -> int:
                                         model=args.model, cache=cache_from_args(args))
     compile_s = time.perf_counter() - start
 
+    # Truncations counted while tokenizing stay in the stats, and so in the report.
     texts, encoded, source, skipped = _texts(args, embedder, texts)
-    if args.limit:
-        texts, encoded = texts[: args.limit], encoded[: args.limit]
-
-    embedder.model.reset_stats()
     start = time.perf_counter()
     embeddings = embedder.embed_tokenized(encoded, progress=progress)
     seconds = time.perf_counter() - start
@@ -89,8 +86,9 @@ def _texts(args: argparse.Namespace, embedder: Any, texts: list[Any]) -> tuple[l
     from ..shapes import BATCH
 
     if args.input:
+        texts = texts[: args.limit] if args.limit else texts
         return texts, embedder.tokenize(texts), args.input, 0
-    corpus = stdlib_docstrings()
+    corpus = stdlib_docstrings()[: args.limit] if args.limit else stdlib_docstrings()
     kept = [(t, e) for t, e in zip(corpus, embedder.tokenize(corpus))
             if embedder.router.fits({BATCH: 1, "seq": len(e[0])})]
     return ([t for t, _ in kept], [e for _, e in kept], "built-in corpus: Python standard library docstrings",

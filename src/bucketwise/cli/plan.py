@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--cost", choices=("volume", "measured"), default="volume",
                       help="volume: padding volume (default); measured: profile the default model on --backend and fit a+bL+cL^2")
     plan.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="backend profiled by --cost measured")
-    plan.add_argument("--cap", type=int, help="upper bound (1-D): the top bucket; the share of inputs above it is reported")
-    plan.add_argument("--grid", type=int, help="bucket sizes are multiples of this (e.g. 8, 16, 64)")
+    plan.add_argument("--cap", type=int, help="upper bound (1-D): the top bucket; the share of inputs above it is reported "
+                      "(texts default: the longest input the model takes)")
+    plan.add_argument("--headroom", type=float, metavar="FRACTION",
+                      help="the top bucket holds this much more than the largest input seen, e.g. 0.25 (default 0; "
+                           "for texts, given instead of the model's longest input)")
+    plan.add_argument("--grid", type=_grid, default="auto",
+                      help="bucket sizes are multiples of this (e.g. 8, 16, 64); 1: any size; default auto: "
+                           "8 for sequences, 32 for image sides")
     plan.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,8)")
     plan.add_argument("--memory-budget", metavar="BYTES",
                       help="total artifact memory, e.g. 2GB; per bucket: --bytes-per-bucket, else the largest size measured in the cache by `bucketwise compile`")
@@ -51,6 +58,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan.set_defaults(func=run)
 
 
+def _grid(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from ..planning import Observations, fit_cost, neuron_bucket_count, plan, report
     from ..planning.io import parse_bytes, plot_plan, read_shapes
@@ -61,10 +80,16 @@ def run(args: argparse.Namespace) -> int:
     if is_text:
         from ..corpus import stdlib_docstrings
         from ..data import read_texts
+        from ..models.encoders import encoder_info
         from ..models.text import DEFAULT_BATCH_SIZES, load_default_tokenizer
 
         texts = read_texts(Path(args.input)) if args.input else stdlib_docstrings()
-        obs = Observations.from_texts(texts, load_default_tokenizer(args.model))
+        tokenizer = load_default_tokenizer(args.model)
+        obs = Observations.from_texts(texts, tokenizer)
+        # The top bucket covers every input the model takes, unless told otherwise.
+        longest = encoder_info(args.model, tokenizer).max_length
+        if args.cap is None:
+            args.cap = longest if args.headroom is None else min(longest, math.ceil(obs.max("seq") * (1 + args.headroom)))
         source = args.input or "built-in corpus"
         batch_sizes = args.batch_sizes or list(DEFAULT_BATCH_SIZES)
     else:
@@ -93,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.neuron_weights:
         k = min(k, neuron_bucket_count(args.neuron_weights))
     p = plan(
-        obs, k=k, cost=cost, cap=args.cap, grid=args.grid, batch_sizes=batch_sizes,
+        obs, k=k, cost=cost, cap=args.cap, grid=args.grid, headroom=args.headroom or 0.0, batch_sizes=batch_sizes,
         memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
         bytes_per_bucket=bytes_per_bucket,
         compile_budget=args.compile_budget, seconds_per_bucket=args.seconds_per_bucket,

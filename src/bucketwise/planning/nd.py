@@ -10,7 +10,7 @@ a bucket covers a shape exactly when it covers its rounded shape.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -25,9 +25,10 @@ MAX_VALUES_PER_DIM = 48
 EXACT_LIMIT = 6_000  # covering (shape, candidate) pairs up to which the MILP runs by default
 
 
-def candidates_nd(obs: Observations, caps: dict[str, int], grid: int | None) -> list[np.ndarray]:
+def candidates_nd(obs: Observations, caps: dict[str, int], grids: Mapping[str, int | None] | int | None) -> list[np.ndarray]:
     values = []
     for d in obs.dims:
+        grid = grids.get(d) if isinstance(grids, Mapping) else grids
         col = obs.column(d)
         v = col if grid is None else -(-col // grid) * grid
         v = np.unique(v[v <= caps[d]])
@@ -125,7 +126,7 @@ def optimal_nd(
     k: int,
     *,
     caps: dict[str, int],
-    grid: int | None,
+    grid: Mapping[str, int | None] | int | None,
     exact: bool | None,
     batch_sizes: Sequence[int] | None,
 ) -> tuple[list[dict[str, int]], str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,8 @@ def plan(
     dims: Sequence[str] | None = None,
     cost: CostModel | None = None,
     cap: int | dict[str, int] | None = None,
-    grid: int | None = None,
+    grid: int | str | Mapping[str, int] | None = None,
+    headroom: float = 0.0,
     batch_sizes: Sequence[int] | None = None,
     memory_budget: float | None = None,
     bytes_per_bucket: float | None = None,
@@ -92,8 +93,13 @@ def plan(
             candidate slower than a larger one is never chosen.
         cap: upper bound per dim (an int for 1-D); the top bucket sits at the cap and the
             share of inputs above it is reported in ``plan.meta``. Default: the largest
-            observed size.
-        grid: restrict bucket sizes to multiples of this (8, 16, 64 ...).
+            observed size, plus ``headroom``, rounded up onto the grid.
+        grid: restrict bucket sizes to multiples of this: an int for every dim (8, 16,
+            64 ...), a mapping per dim, or ``"auto"`` for what compilers like: multiples of
+            8 for ``seq``, of 32 for ``height`` and ``width``. ``None``: any size.
+        headroom: without a cap, the top bucket holds this much more than the largest
+            observed size (0.25: 25% more), so slightly longer inputs in production still
+            fit.
         batch_sizes: also bucket the batch: the plan is every batch size × every planned
             length bucket (one artifact each, which the budgets count).
         exact: N-D only: solve exactly with a MILP (small instances) instead of greedy +
@@ -109,9 +115,10 @@ def plan(
         k=k, memory_budget=memory_budget, bytes_per_bucket=bytes_per_bucket,
         compile_budget=compile_budget, seconds_per_bucket=seconds_per_bucket, batch_sizes=n_batch,
     )
-    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
-        raise PlanError(f"grid must be a positive integer (e.g. 8, 16, 64), got {grid!r}")
-    caps = _caps(obs, cap, grid)
+    grids = _grids(obs.dims, grid)
+    if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0 <= headroom <= 10:
+        raise PlanError(f"headroom must be a fraction from 0 to 10 (0.25 = 25% above the largest input), got {headroom!r}")
+    caps = _caps(obs, cap, grids, headroom)
     inside = np.all(obs.shapes <= np.array([caps[d] for d in obs.dims]), axis=1)
     above_share = float(obs.counts[~inside].sum() / obs.total)
     if not inside.any():
@@ -119,10 +126,11 @@ def plan(
     kept = Observations(obs.dims, obs.shapes[inside], obs.counts[inside])
 
     if len(obs.dims) == 1:
-        shapes = _plan_1d(kept, cost, budget, caps=caps, cap_given=cap is not None, grid=grid, batch_sizes=batch_sizes)
+        shapes = _plan_1d(kept, cost, budget, caps=caps, cap_given=cap is not None, grid=grids[obs.dims[0]],
+                          batch_sizes=batch_sizes)
         planner = "exact-1d"
     else:
-        shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grid, exact=exact, batch_sizes=batch_sizes)
+        shapes, planner = optimal_nd(kept, cost, budget, caps=caps, grid=grids, exact=exact, batch_sizes=batch_sizes)
 
     buckets = [Bucket({**s, "batch": b}) if b is not None else Bucket(s) for s in shapes for b in _batches(batch_sizes)]
     share = _traffic(kept, shapes, cost, batched=bool(batch_sizes))
@@ -132,10 +140,11 @@ def plan(
         "observations": obs.total,
         "cap": caps,
         "above_cap_share": above_share,
-        "grid": grid,
-        # Expected share of inputs per bucket (each batch size of a length bucket gets the
-        # length bucket's share): compile order follows it.
-        "traffic": {b.label(): share[i // n_batch] for i, b in enumerate(buckets)},
+        "grid": {d: g for d, g in grids.items() if g},
+        "headroom": headroom,
+        # Expected share of inputs per bucket (the batch sizes of a length bucket split its
+        # share evenly, so the shares sum to 1): compile order follows it.
+        "traffic": {b.label(): share[i // n_batch] / n_batch for i, b in enumerate(buckets)},
     }
     return Plan(tuple(buckets), cost, meta)
 
@@ -193,9 +202,38 @@ def _traffic(obs: Observations, shapes: Sequence[dict[str, int]], cost: CostMode
     return share
 
 
-def _caps(obs: Observations, cap: int | dict[str, int] | None, grid: int | None = None) -> dict[str, int]:
-    # Without a cap the top bucket holds the largest input, rounded up onto the grid.
-    caps = {d: obs.max(d) if grid is None else -(-obs.max(d) // grid) * grid for d in obs.dims}
+AUTO_GRID = {"seq": 8, "height": 32, "width": 32}
+
+
+def _grids(dims: Sequence[str], grid: int | str | Mapping[str, int] | None) -> dict[str, int | None]:
+    """The grid of each dim: ``None`` (any size) or a positive multiple."""
+    if grid is None:
+        return {d: None for d in dims}
+    if grid == "auto":
+        return {d: AUTO_GRID.get(d) for d in dims}
+    given = dict(grid) if isinstance(grid, Mapping) else {d: grid for d in dims}
+    unknown = set(given) - set(dims)
+    if unknown:
+        raise PlanError(f"grid names dims {sorted(unknown)} that the observations lack ({list(dims)})")
+    for d, g in given.items():
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1):
+            raise PlanError(f"grid must be a positive integer (e.g. 8, 16, 64), 'auto' or one per dim, got {g!r} for {d!r}")
+    out: dict[str, int | None] = {}
+    for d in dims:
+        size = given.get(d)
+        out[d] = int(size) if isinstance(size, (int, np.integer)) and size > 1 else None
+    return out
+
+
+def _caps(obs: Observations, cap: int | dict[str, int] | None, grids: Mapping[str, int | None],
+          headroom: float = 0.0) -> dict[str, int]:
+    # Without a cap the top bucket holds the largest input plus the headroom, rounded up
+    # onto the grid.
+    caps = {}
+    for d in obs.dims:
+        top = math.ceil(obs.max(d) * (1 + headroom))
+        g = grids.get(d)
+        caps[d] = top if not g else -(-top // g) * g
     if cap is None:
         return caps
     if isinstance(cap, dict):

@@ -31,6 +31,7 @@ class StrategyReport:
     speedup_vs_exact: float  # exact-shape cost (the lower bound) / this one, <= 1
     traffic: dict[str, float] = field(default_factory=dict)  # share of inputs per bucket
     batch_sizes: list[int] = field(default_factory=list)  # each bucket also exists at these
+    left_out: float = 0.0  # share of inputs larger than its top bucket (truncated, or refused)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -44,12 +45,12 @@ class PlanReport:
     observations: float
 
     def __str__(self) -> str:
-        head = f"{'strategy':<18}{'k':>4}{'cost/input':>14}{'padding':>9}{'vs max':>9}{'vs exact':>10}  buckets"
+        head = f"{'strategy':<18}{'k':>4}{'cost/input':>14}{'padding':>9}{'vs max':>9}{'vs exact':>10}{'left out':>10}  buckets"
         lines = [head, "-" * len(head)]
         for s in self.strategies:
             lines.append(
                 f"{s.name:<18}{len(s.buckets):>4}{s.expected_cost:>14.4g}{s.padding_waste:>9.1%}"
-                f"{s.speedup_vs_max:>8.2f}x{s.speedup_vs_exact:>9.2f}x  {', '.join(s.buckets)}"
+                f"{s.speedup_vs_max:>8.2f}x{s.speedup_vs_exact:>9.2f}x{s.left_out:>10.2%}  {', '.join(s.buckets)}"
             )
         batches = self.strategies[0].batch_sizes if self.strategies else []
         if batches:
@@ -143,9 +144,11 @@ def report(
             total += c * cost.cost(b)
             padded += c * b.volume
             traffic[b.label()] = traffic.get(b.label(), 0.0) + c / obs.total
-        evaluated[label] = (total / obs.total, 1 - real / padded, traffic, p)
+        tops = np.array([p.max_size(d) for d in obs.dims])
+        left = float(obs.counts[np.any(obs.shapes > tops, axis=1)].sum() / obs.total)
+        evaluated[label] = (total / obs.total, 1 - real / padded, traffic, p, left)
     max_cost = evaluated["pad-to-max"][0] if "pad-to-max" in evaluated else max(v[0] for v in evaluated.values())
-    for label, (per, waste, traffic, p) in evaluated.items():
+    for label, (per, waste, traffic, p, left) in evaluated.items():
         lengths = sorted({tuple(kv for kv in b.sizes if kv[0] != "batch") for b in p.buckets})
         rows.append(StrategyReport(
             name=label,
@@ -156,5 +159,6 @@ def report(
             speedup_vs_max=max_cost / per,
             speedup_vs_exact=exact / per,
             traffic=dict(sorted(traffic.items())),
+            left_out=left,
         ))
     return PlanReport(rows, exact, above, obs.total)

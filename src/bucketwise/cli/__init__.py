@@ -39,9 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except BucketwiseError as err:
-        print(f"bucketwise: error: {err}", file=sys.stderr)
-        # Bad input or settings: exit 2 (fix the call); anything else (a backend): 1.
-        return 2 if isinstance(err, ValueError) else 1
+        # Every error bucketwise raises on purpose names the value and the fix: one line,
+        # exit 2. Anything else is a bug, and keeps its traceback.
+        print(f"bucketwise: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

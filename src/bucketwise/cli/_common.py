@@ -38,13 +38,24 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return default_text_plan()
 
 
-def cache_from_args(args: argparse.Namespace) -> Any:
-    """The artifact cache the command reads and fills, or None with --no-cache."""
+def cache_from_args(args: argparse.Namespace, *, required: bool = False) -> Any:
+    """The artifact cache the command reads and fills, or None with --no-cache. A cache
+    that cannot be written is an error when named (--cache-dir) or ``required``; the
+    default location falls back to no cache, with a warning."""
     from ..runtime.cache import ArtifactCache
 
     if getattr(args, "no_cache", False):
         return None
-    return ArtifactCache(args.cache_dir)
+    cache = ArtifactCache(args.cache_dir)
+    try:
+        cache.check_writable()
+    except ConfigError as err:
+        if args.cache_dir or required:  # asked for by name, or the command's purpose: stop
+            raise
+        # The default location is not writable (a read-only home, a sandbox): run without.
+        print(f"bucketwise: warning: {err}; running without a cache", file=sys.stderr)
+        return None
+    return cache
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True) -> None:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     say = printer(args)
     plan = plan_from_args(args)
     budget = parse_bytes(args.memory_budget) if args.memory_budget else None
-    cache = cache_from_args(args)
+    cache = cache_from_args(args, required=True)
     start = time.perf_counter()
     lazy, _, spec = lazy_default_encoder(args.model)
     model = BucketedModel(lazy, spec, plan, backend=args.backend, cache=cache)

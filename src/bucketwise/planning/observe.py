@@ -130,10 +130,12 @@ class Observations:
 
     @classmethod
     def from_images(cls, folder: str | Path) -> Observations:
-        """(height, width) of every image in ``folder`` (header reads; needs Pillow)."""
+        """(height, width) of every image in ``folder`` and below (header reads; needs
+        Pillow). Files without an image suffix are skipped; an image file that cannot be
+        read raises :class:`InputError` naming it."""
         from .._optional import require
 
-        Image = require("PIL.Image", "vision", purpose="reading image sizes")
+        Image = require("PIL.Image", "images", purpose="reading image sizes")
         root = Path(folder)
         if not root.is_dir():
             raise InputError(f"image folder {str(root)!r} does not exist or is not a folder")
@@ -142,8 +144,14 @@ class Observations:
             raise InputError(f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         rows = []
         for p in files:
-            with Image.open(p) as im:
-                w, h = im.size
+            try:
+                with Image.open(p) as im:
+                    w, h = im.size
+            except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+                raise InputError(
+                    f"{str(p)!r} in image folder {str(root)!r} is not a readable image ({err.__class__.__name__}: "
+                    f"{err}); remove it or move it out of the folder (files without an image suffix are skipped)"
+                ) from None
             rows.append((h, w))
         return cls(("height", "width"), np.array(rows), np.ones(len(rows)))
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import BackendError, CacheWarning
+from ..errors import BackendError, CacheWarning, ConfigError
 from ..shapes import Bucket
 from .fingerprint import LazyModel, cpu_name, digest, fingerprint, fingerprint_files, host_id, sha256_file
 
@@ -131,6 +131,20 @@ class ArtifactCache:
 
     def __repr__(self) -> str:
         return f"ArtifactCache({str(self.root)!r})"
+
+    def check_writable(self) -> None:
+        """Raise :class:`ConfigError` unless entries can be written under the root (it is
+        created if missing): a read-only or misplaced cache fails here, not mid-compile."""
+        probe = self.root / "tmp" / f"probe-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(
+                f"the artifact cache {str(self.root)!r} cannot be written ({err.strerror or err}); give a "
+                "writable --cache-dir (or BUCKETWISE_CACHE), or run without a cache (--no-cache)"
+            ) from None
 
     # -- keys -----------------------------------------------------------------------------
 

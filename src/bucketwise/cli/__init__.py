@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..data import read_texts
 from ..errors import BucketwiseError
-from . import backends, compile, embed, inspect, plan, serve
+from . import backends, compile, embed, inspect, plan, predict, serve
 
 __all__ = ["main", "build_parser", "read_texts"]
 
-COMMANDS = (embed, plan, serve, compile, inspect, backends)
+COMMANDS = (embed, plan, compile, predict, serve, inspect, backends)
 
 
 def build_parser() -> argparse.ArgumentParser:

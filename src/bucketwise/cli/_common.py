@@ -103,3 +103,20 @@ def write_json(target: str | None, data: Any) -> None:
         sys.stdout.flush()
     else:
         Path(target).write_text(text)
+
+
+def image_plan(path: str | None, spec: Any) -> Plan:
+    """An image plan from ``path`` (``bucketwise plan photos/`` writes one), fitted to the
+    spec: a spec with a batch axis gets batch 1 added to buckets that lack it."""
+    from ..shapes import BATCH, Bucket
+
+    if not path:
+        raise ConfigError("image models need --plan PLAN.json: plan one from your images with "
+                          "`bucketwise plan photos/ --k 4` first")
+    plan = Plan.load(path)
+    if BATCH in spec.dims and BATCH not in plan.dims:
+        plan = Plan(tuple(Bucket({**b.as_dict(), BATCH: 1}) for b in plan.buckets), plan.cost_model, plan.meta)
+    if BATCH in plan.dims and BATCH not in spec.dims:
+        raise ConfigError(f"plan {path!r} buckets the batch, but this model takes one image at a time; "
+                          "plan without --batch-sizes")
+    return plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import add_json_option, add_model_options, cache_from_args, plan_from_args, printer, write_json
+from ._common import add_json_option, add_model_options, cache_from_args, image_plan, plan_from_args, printer, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compile",
         help="compile every bucket of a plan into the artifact cache, and report time and memory",
         description=(
-            "Compile the default model (or --model) once per bucket of --plan on --backend and save "
+            "Compile the default model (or --model: a text encoder folder, or an image model such as resnet50, "
+            "fasterrcnn, a torchvision name or file.py:function) once per bucket of --plan on --backend and save "
             "the artifacts in the cache; a second run loads them instead and reports the time saved. "
             "Prints each bucket's compile time, size on disk and resident memory."
         ),
@@ -30,17 +31,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.text import DEFAULT_MODEL_NAME, lazy_default_encoder
+    from ..models.zoo import is_image_model_name, load_image_model
     from ..planning.io import parse_bytes
     from ..runtime.model import BucketedModel
     from ..runtime.tables import compile_table
 
     say = printer(args)
-    plan = plan_from_args(args)
     budget = parse_bytes(args.memory_budget) if args.memory_budget else None
     cache = cache_from_args(args, required=True)
     start = time.perf_counter()
-    lazy, _, spec = lazy_default_encoder(args.model)
-    model = BucketedModel(lazy, spec, plan, backend=args.backend, cache=cache)
+    if is_image_model_name(args.model):
+        module, spec, _ = load_image_model(args.model)
+        plan = image_plan(args.plan, spec)
+    else:
+        plan = plan_from_args(args)
+        module, _, spec = lazy_default_encoder(args.model)
+    model = BucketedModel(module, spec, plan, backend=args.backend, cache=cache)
     try:
         model.compile(progress=not args.no_progress, workers=args.workers, memory_budget=budget)
     finally:

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         model = f" --model {args.model}" if args.model else ""
         step = f"use it with: bucketwise embed{model} --plan {args.output}"
     else:
-        step = f"use it from Python: Plan.load({args.output!r}) with BucketedModel (README: Images)"
+        step = f"use it with: bucketwise predict {args.input} --plan {args.output} --model resnet50"
     say(f"wrote    {args.output} ({len(p)} buckets: {p}); {step}")
     if args.plot:
         from ..planning.report import alternatives

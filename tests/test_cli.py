@@ -90,6 +90,12 @@ def test_embed_reports_overflow_as_an_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "seq=52 > largest 16" in err and "truncate" in err
+    # With --overflow truncate the same text runs, and the truncation is in the report.
+    report = tmp_path / "r.json"
+    code = main(["embed", "--input", str(texts), "--backend", "eager", "--batch-sizes", "1", "--seq-sizes", "16",
+                 "--overflow", "truncate", "--no-progress", "--json", str(report)])
+    assert code == 0 and "overflow {'truncate': 1}" in capsys.readouterr().out
+    assert json.loads(report.read_text())["stats"]["overflow"] == {"truncate": 1}
 
 
 # -- bucketwise plan -----------------------------------------------------------------------

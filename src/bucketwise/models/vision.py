@@ -35,6 +35,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageModel",
     "classifier_spec",
+    "detector_module",
     "detector_spec",
     "filter_detections",
     "fasterrcnn_detector",
@@ -275,11 +276,19 @@ def fasterrcnn_detector(*, score_threshold: float = 0.05, pad: PadMode = "mean",
     its spec. The detector's own resize is turned off, so it runs at the bucket's shape
     (it still normalises); boxes come back in the padded image's pixels and the spec's
     hook drops those that lie mostly in the padding."""
-    torch = require("torch", "vision", purpose="the Faster R-CNN detector")
     tv = _torchvision("the Faster R-CNN detector")
     det = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
         weights=None, weights_backbone=None, box_score_thresh=score_threshold
     ).eval()
+    return detector_module(det), detector_spec(pad=pad, min_inside=min_inside)
+
+
+def detector_module(det: Any) -> Any:
+    """A torchvision detector (Faster R-CNN, RetinaNet, FCOS ...) as a module taking one
+    ``image`` and returning ``(n, 6)`` detections: x1, y1, x2, y2, score, label. Its own
+    resize is turned off, so it runs at the bucket's shape (it still normalises) and boxes
+    come back in the padded image's pixels."""
+    torch = require("torch", "vision", purpose="the detector")
     # A static-shape compiler needs the bucket's shape as is: no resizing inside.
     det.transform.resize = lambda image, target=None: (image, target)
 
@@ -292,7 +301,7 @@ def fasterrcnn_detector(*, score_threshold: float = 0.05, pad: PadMode = "mean",
             out = self.det([image])[0]
             return torch.cat([out["boxes"], out["scores"][:, None], out["labels"][:, None].to(out["boxes"].dtype)], 1)
 
-    return Detector().eval(), detector_spec(pad=pad, min_inside=min_inside)
+    return Detector().eval()
 
 
 def seed_plan(*, batch: Sequence[int] | None = (1,)) -> Plan:

@@ -30,6 +30,7 @@ from .vision import (
     PadMode,
     _torchvision,
     classifier_spec,
+    detector_module,
     detector_spec,
     fasterrcnn_detector,
     pad_values,
@@ -128,21 +129,7 @@ class _Wrap:
 
 
 def _detector(tv: Any, name: str, options: dict[str, Any]) -> Any:
-    import torch
-
-    det = tv.models.get_model(name, weights=None, weights_backbone=None, **options).eval()
-    det.transform.resize = lambda image, target=None: (image, target)  # run at the bucket's shape
-
-    class Detector(torch.nn.Module):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.det = det
-
-        def forward(self, image):  # type: ignore[no-untyped-def]
-            out = self.det([image])[0]
-            return torch.cat([out["boxes"], out["scores"][:, None], out["labels"][:, None].to(out["boxes"].dtype)], 1)
-
-    return Detector().eval()
+    return detector_module(tv.models.get_model(name, weights=None, weights_backbone=None, **options).eval())
 
 
 def _from_file(ref: str) -> tuple[Any, ModelSpec, str]:

@@ -71,7 +71,7 @@ def post(body, **kwargs):
 def test_embeddings_answer_in_input_order_with_usage():
     emb = make_embedder()
     texts = ["one two three", "a", "four five six seven eight nine ten eleven twelve"]
-    (r,) = call(create_app(emb, ServeConfig()), [post({"input": texts, "model": "m"})])
+    (r,) = call(create_app(emb, ServeConfig(model_name="m")), [post({"input": texts, "model": "m"})])
     assert r.status_code == 200, r.text
     body = r.json()
     assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["model"] == "m"
@@ -89,7 +89,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving():
         (b'{"input": ["ok", "  "]}', 400, '"input"[1] is empty'),
         (b'{"input": ["a", "b", "c", "d", "e", "f"]}', 413, "limit is 5"),
         (b'{"input": "' + b"word " * 20 + b'"}', 400, "largest bucket holds 16"),
-        (b'{"input": "x", "encoding_format": "base64"}', 400, "not supported"),
+        (b'{"input": "x", "encoding_format": "int8"}', 400, "not supported"),
         (b'{"input": "' + b"x" * 2000 + b'"}', 413, "limit is 1000"),
     ]
     app = create_app(make_embedder(), ServeConfig(max_texts=5, max_body_bytes=1000))
@@ -138,3 +138,59 @@ def test_health_readiness_and_padding_metrics_from_one_definition():
     assert f"bucketwise_real_tokens_total {float(stats.real_volume)}" in metrics.text
     assert f"bucketwise_padded_tokens_total {float(stats.padded_volume)}" in metrics.text
     assert stats.real_volume == 4 + 7  # each text's own tokens
+
+
+def test_inputs_that_used_to_crash_the_server_get_400s_or_401():
+    deep = b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    app = create_app(make_embedder(), ServeConfig(api_key="s3cret", max_body_bytes=100_000))
+    auth = {"Authorization": "Bearer s3cret"}
+    surrogate, nested, huge, cafe, ok = call(app, [
+        post(b'{"input": "a\\ud800b"}', headers={**auth, "content-type": "application/json"}),
+        post(deep, headers={**auth, "content-type": "application/json"}),
+        post(b'{"input": "x", "n": ' + b"9" * 5000 + b"}", headers={**auth, "content-type": "application/json"}),
+        post({"input": "x"}, headers={"Authorization": "Bearer caf\u00e9".encode()}),
+        post({"input": "x"}, headers=auth),
+    ])
+    assert surrogate.status_code == 400 and "surrogate" in surrogate.json()["error"]["message"]
+    assert nested.status_code == 400 and huge.status_code == 400
+    assert cafe.status_code == 401 and ok.status_code == 200
+
+
+openai = pytest.importorskip("openai")
+
+
+def test_the_official_openai_client_works_unchanged():
+    import base64
+
+    emb = make_embedder()
+    texts = ["one two three", "a", "four five six"]
+    want = emb.embed(texts)
+    app = create_app(emb, ServeConfig(api_key="k"))
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test/v1")
+            client = openai.AsyncOpenAI(api_key="k", base_url="http://test/v1", http_client=http, max_retries=0)
+            default = await client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # base64 on the wire
+            floats = await client.embeddings.create(model="all-MiniLM-L6-v2", input=texts[1], encoding_format="float")
+            raw = await http.post("/embeddings", json={"input": texts[0], "encoding_format": "base64"},
+                                  headers={"Authorization": "Bearer k"})
+            models = await client.models.list()
+            errors = []
+            for kwargs, key in (({"model": "gpt-4", "input": "x"}, "k"), ({"model": "all-MiniLM-L6-v2", "input": ""}, "k"),
+                                ({"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 2}, "k"),
+                                ({"model": "all-MiniLM-L6-v2", "input": "x"}, "wrong")):
+                other = openai.AsyncOpenAI(api_key=key, base_url="http://test/v1", http_client=http, max_retries=0)
+                try:
+                    await other.embeddings.create(**kwargs)
+                except openai.APIStatusError as err:
+                    errors.append(type(err))
+            return default, floats, raw.json(), models, errors
+
+    default, floats, raw, models, errors = asyncio.run(main())
+    np.testing.assert_allclose([d.embedding for d in default.data], want, rtol=1e-6)
+    np.testing.assert_allclose(floats.data[0].embedding, want[1], rtol=1e-6)
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(decoded, want[0], rtol=1e-6)  # little-endian float32, as OpenAI sends it
+    assert [m.id for m in models.data] == ["all-MiniLM-L6-v2"]
+    assert errors == [openai.NotFoundError, openai.BadRequestError, openai.BadRequestError, openai.AuthenticationError]

@@ -63,10 +63,10 @@ def test_embeddings_endpoint_errors_readiness_and_metrics(embedder):
     with Server(app) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").status_code == 200
-        r = client.post("/v1/embeddings", json={"input": texts, "model": "m"})
+        r = client.post("/v1/embeddings", json={"input": texts, "model": "all-MiniLM-L6-v2"})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["model"] == "m"
+        assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["model"] == "all-MiniLM-L6-v2"
         got = np.array([d["embedding"] for d in body["data"]])
         np.testing.assert_allclose(got, want, atol=1e-5)
         assert body["usage"]["prompt_tokens"] > 0

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key,
-                         model_name=Path(args.model).name if args.model else ServeConfig.model_name)
+                         model_name=Path(args.model).name if args.model else ServeConfig.model_name,
+                         model_aliases=() if args.model else ServeConfig.model_aliases)
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan_from_args(args), overflow=args.overflow,
                                         progress=not args.no_progress, model=args.model,
                                         cache=cache_from_args(args), lazy=args.lazy)

@@ -37,6 +37,7 @@ class ServeConfig:
     max_queue: int = 1024  # rows waiting at once before 503
     api_key: str | None = None  # bearer token; None: no auth
     model_name: str = "all-MiniLM-L6-v2"
+    model_aliases: tuple[str, ...] = ("sentence-transformers/all-MiniLM-L6-v2",)  # also accepted as "model"
     retry_after: int = 1  # seconds, on 503
 
 
@@ -44,9 +45,11 @@ class _Reject(Exception):
     """A request answered with an error status; the server keeps serving."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None, reason: str | None = None) -> None:
+                 headers: dict[str, str] | None = None, reason: str | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.headers, self.reason = status, message, kind, headers, reason
+        self.param, self.code = param, code
 
 
 _REJECTION_REASONS = {401: "auth", 413: "too_large", 429: "rate", 503: "queue_full"}
@@ -58,8 +61,8 @@ def parse_texts(body: bytes, config: ServeConfig) -> tuple[dict[str, Any], list[
         raise _Reject(413, f"request body is {len(body)} bytes; the limit is {config.max_body_bytes}")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _Reject(400, f"request body is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # bad JSON, bad UTF-8, 5,000-digit ints, deep nesting
+        raise _Reject(400, f"request body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
     if not isinstance(payload, dict) or "input" not in payload:
         raise _Reject(400, 'request body must be a JSON object with "input": a string or a list of strings')
     texts = payload["input"]
@@ -74,10 +77,35 @@ def parse_texts(body: bytes, config: ServeConfig) -> tuple[dict[str, Any], list[
     empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
     if empty is not None:
         raise _Reject(400, f'"input"[{empty}] is empty; every text needs at least one non-space character')
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" survives json.loads
+            raise _Reject(400, f'"input"[{i}] is not valid Unicode (a lone surrogate); send UTF-8 text', param="input") from None
     fmt = payload.get("encoding_format", "float")
-    if fmt != "float":
-        raise _Reject(400, f'encoding_format {fmt!r} is not supported; use "float"')
+    if fmt not in ("float", "base64"):
+        raise _Reject(400, f'encoding_format {fmt!r} is not supported; use "float" or "base64"', param="encoding_format")
+    model = payload.get("model")
+    served = (config.model_name, *config.model_aliases)
+    if model is not None and model not in served:
+        raise _Reject(404, f"The model {model!r} does not exist: this server serves {config.model_name!r}"
+                      + (f" (also accepted: {', '.join(map(repr, config.model_aliases))})" if config.model_aliases else ""),
+                      param="model", code="model_not_found")
+    dims = payload.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+        raise _Reject(400, f'"dimensions" must be a positive integer, got {dims!r}', param="dimensions")
     return payload, texts
+
+
+def encode_embedding(vector: Any, fmt: str) -> Any:
+    """One embedding as OpenAI sends it: a list of floats, or base64 of little-endian float32."""
+    import base64
+
+    import numpy as np
+
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return np.asarray(vector, dtype=np.float32).astype(float).tolist()
 
 
 class _Service:
@@ -112,8 +140,13 @@ class _Service:
         reason = reject.reason or _REJECTION_REASONS.get(reject.status)
         if reason:
             self.metrics.rejections.labels(reason=reason).inc()
-        return self.json_response({"error": {"message": reject.message, "type": reject.kind}},
-                                  status_code=reject.status, headers=reject.headers)
+        body = {"message": reject.message, "type": reject.kind, "param": reject.param, "code": reject.code}
+        return self.json_response({"error": body}, status_code=reject.status, headers=reject.headers)
+
+    def models(self) -> Any:
+        self.metrics.requests.labels(endpoint="models", status="200").inc()
+        return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": 0,
+                                            "owned_by": "bucketwise"}]}
 
     def healthz(self) -> Any:
         self.metrics.requests.labels(endpoint="healthz", status="200").inc()
@@ -141,22 +174,36 @@ class _Service:
                 raise _Reject(413, f"request body is {length} bytes; the limit is {self.config.max_body_bytes}")
             payload, texts = parse_texts(await request.body(), self.config)
             encoded, outs = await self._embed(texts)
+            vectors = [o["sentence_embedding"] for o in outs]
+            self._check_dimensions(payload.get("dimensions"), len(vectors[0]))
         except _Reject as reject:
             return self.error(reject)
+        fmt = payload.get("encoding_format", "float")
         self.metrics.texts.inc(len(texts))
         tokens = sum(len(ids) for ids, _ in encoded)
         self.metrics.requests.labels(endpoint="embeddings", status="200").inc()
         return {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": o["sentence_embedding"].astype(float).tolist()}
-                     for i, o in enumerate(outs)],
-            "model": payload.get("model") or self.config.model_name,
+            "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, fmt)}
+                     for i, v in enumerate(vectors)],
+            "model": self.config.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
+    @staticmethod
+    def _check_dimensions(dims: int | None, size: int) -> None:
+        # Truncating an embedding is only meaningful for models trained for it (Matryoshka);
+        # none served here declares that, so only the full size is accepted.
+        if dims is not None and dims != size:
+            raise _Reject(400, f'"dimensions" {dims} is not supported by this model: its embeddings have {size} '
+                          f"dimensions and it is not trained to be truncated; omit it, or send {size}",
+                          param="dimensions")
+
     def _check_auth(self, auth: str) -> None:
         key = self.config.api_key
-        if key is not None and not (auth.startswith("Bearer ") and secrets.compare_digest(auth[7:], key)):
+        # Compared as bytes: compare_digest refuses non-ASCII str (a 500 otherwise).
+        if key is not None and not (auth.startswith("Bearer ")
+                                    and secrets.compare_digest(auth[7:].encode("utf-8", "surrogatepass"), key.encode())):
             raise _Reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
 
     async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -200,6 +247,10 @@ def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
     async def prom_metrics() -> Any:
         body, ctype = service.render_metrics()
         return Response(body, media_type=ctype)
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return service.models()
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:

@@ -182,3 +182,21 @@ def test_batcher_never_uses_more_runs_than_flushing_each_queue_alone(sizes, leng
     for r, o in zip(rows, outs):  # and every caller got its own row back, cropped
         np.testing.assert_array_equal(o["per_token"], r["input_ids"])
     assert bm.stats.real_volume == sum(lengths)  # padding waste counts each row's own tokens
+
+
+def test_a_request_is_queued_whole_or_not_at_all():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=10.0, max_queue=5)
+        first = asyncio.ensure_future(b.submit_many([row(4, i) for i in range(3)]))
+        await asyncio.sleep(0)
+        assert b.queued == 3
+        with pytest.raises(QueueFullError):
+            await b.submit_many([row(4, 10 + i) for i in range(3)])  # 3 more do not fit: none queued
+        assert b.queued == 3
+        await b.close()
+        return await first
+
+    outs = asyncio.run(main())
+    assert len(outs) == 3 and sum(s[0] for s in rec.shapes) >= 3

@@ -194,3 +194,21 @@ def test_the_official_openai_client_works_unchanged():
     np.testing.assert_allclose(decoded, want[0], rtol=1e-6)  # little-endian float32, as OpenAI sends it
     assert [m.id for m in models.data] == ["all-MiniLM-L6-v2"]
     assert errors == [openai.NotFoundError, openai.BadRequestError, openai.BadRequestError, openai.AuthenticationError]
+
+
+def test_cross_site_content_types_and_unannounced_large_bodies_are_refused():
+    app = create_app(make_embedder(), ServeConfig(max_body_bytes=1000))
+
+    async def chunks():
+        for _ in range(50):
+            yield b'{"input": "' + b"x" * 100 if _ == 0 else b"x" * 100
+
+    plain, form, chunked, metrics = call(app, [
+        ("POST", "/v1/embeddings", {"content": b'{"input": "x"}', "headers": {"content-type": "text/plain"}}),
+        ("POST", "/v1/embeddings", {"data": {"input": "x"}}),
+        ("POST", "/v1/embeddings", {"content": chunks(), "headers": {"content-type": "application/json"}}),
+        ("GET", "/metrics", {}),
+    ])
+    assert plain.status_code == 415 and form.status_code == 415
+    assert chunked.status_code == 413 and "over 1000 bytes" in chunked.json()["error"]["message"]
+    assert 'bucketwise_rejections_total{reason="content_type"} 2.0' in metrics.text

@@ -23,7 +23,7 @@ import asyncio
 import bisect
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +126,17 @@ class Batcher:
         caller built it from the spec itself (e.g. ``SentenceEmbedder.rows``).
         """
         self.admit(1)
+        return await self._enqueue(row, validated)
+
+    async def submit_many(self, rows: Sequence[Mapping[str, Any]], *, validated: bool = False) -> list[dict[str, Any]]:
+        """Queue a whole request's rows at once, or none of them: raises
+        :class:`QueueFullError` before queueing anything when they do not all fit, and no
+        other request can take the room between the check and the queueing."""
+        self.admit(len(rows))
+        waits = [self._enqueue(row, validated) for row in rows]  # no await in between
+        return list(await asyncio.gather(*waits))
+
+    def _enqueue(self, row: Mapping[str, Any], validated: bool) -> Awaitable[dict[str, Any]]:
         if validated:
             arrays = {s.name: row[s.name] for s in self.model.spec.inputs}
         else:
@@ -133,15 +144,15 @@ class Batcher:
             arrays = {k: v[0] for k, v in batch.items()}
         length = int(next(iter(arrays.values())).shape[0])
         edge_i = bisect.bisect_left(self.edges, length)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
         if edge_i == len(self.edges):
             # Longer than every bucket: the router's overflow policy decides, alone.
-            return await self._run_alone(arrays)
+            return self._run_alone(arrays)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queues[self.edges[edge_i]].append(_Pending(arrays, length, future))
         self._queued += 1
         self._wake.set()
         self.start()
-        return await future
+        return future
 
     async def close(self) -> None:
         """Stop taking requests, finish every queued one, then stop the worker."""

@@ -14,6 +14,7 @@ and ``Request`` is imported lazily, inside :func:`create_app`.)
 import asyncio
 import json
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class _Reject(Exception):
         self.param, self.code = param, code
 
 
-_REJECTION_REASONS = {401: "auth", 413: "too_large", 429: "rate", 503: "queue_full"}
+_REJECTION_REASONS = {401: "auth", 413: "too_large", 415: "content_type", 429: "rate", 503: "queue_full"}
 
 
 def parse_texts(body: bytes, config: ServeConfig) -> tuple[dict[str, Any], list[str]]:
@@ -116,6 +117,7 @@ class _Service:
         self.model = embedder.model
         self.metrics = Metrics()
         self.state: dict[str, Any] = {}
+        self._tokenizer_lock = threading.Lock()
 
     def on_batch(self, ev: BatchEvent) -> None:
         m = self.metrics
@@ -169,10 +171,11 @@ class _Service:
     async def embeddings(self, request: Any) -> Any:
         try:
             self._check_auth(request.headers.get("authorization", ""))
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
-                raise _Reject(413, f"request body is {length} bytes; the limit is {self.config.max_body_bytes}")
-            payload, texts = parse_texts(await request.body(), self.config)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                # Browsers send text/plain and form bodies cross-site without asking: refuse them.
+                raise _Reject(415, f"content-type must be application/json, got {ctype or 'none'!r}")
+            payload, texts = parse_texts(await self._read_body(request), self.config)
             encoded, outs = await self._embed(texts)
             vectors = [o["sentence_embedding"] for o in outs]
             self._check_dimensions(payload.get("dimensions"), len(vectors[0]))
@@ -189,6 +192,27 @@ class _Service:
             "model": self.config.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def _read_body(self, request: Any) -> bytes:
+        """The body, read in chunks and refused (413) as soon as it passes the limit,
+        whether or not a Content-Length announced it."""
+        limit = self.config.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise _Reject(413, f"request body is {length} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Reject(413, f"request body is over {limit} bytes, the limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        # One at a time: a fast tokenizer changes its truncation state per call, and two
+        # threads in it at once fail ("Already borrowed").
+        with self._tokenizer_lock:
+            return self.embedder.tokenize(texts)
 
     @staticmethod
     def _check_dimensions(dims: int | None, size: int) -> None:
@@ -209,7 +233,8 @@ class _Service:
     async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
         embedder, batcher = self.embedder, self.state["batcher"]
         try:
-            encoded = embedder.tokenize(texts)
+            # Tokenizing a long text takes a while: off the event loop, so /healthz still answers.
+            encoded = await asyncio.to_thread(self._tokenize, texts)
             embedder.admit(encoded)  # the router refuses what no bucket holds, up front
         except BucketOverflowError as err:
             raise _Reject(400, f'"input": {err}', reason="too_long") from None
@@ -217,8 +242,7 @@ class _Service:
             raise _Reject(400, str(err)) from None
         rows = embedder.rows(encoded)
         try:
-            batcher.admit(len(rows))  # all or nothing: a refused request queues no row
-            outs = await asyncio.gather(*(batcher.submit(r, validated=True) for r in rows))
+            outs = await batcher.submit_many(rows, validated=True)  # all or nothing
         except QueueFullError as err:
             raise _Reject(503, str(err), "server_busy", headers={"Retry-After": str(self.config.retry_after)}) from None
         except BucketOverflowError as err:

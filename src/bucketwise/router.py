@@ -125,19 +125,21 @@ class Router:
         """
         self._check_dims(shape)
         policy: Literal["bucket", "truncate", "fallback"] = "bucket"
-        if not self.fits(shape):
+        step = self.max_rows(shape)
+        if step == 0:
             if self.overflow == "fallback":
                 return Route("fallback", dict(shape), ())
             if self.overflow == "truncate":
                 cut = self.truncated(shape)
-                if not self.fits(cut):  # N-D: no one bucket is largest in every dim
+                step = self.max_rows(cut)
+                if step == 0:  # N-D: no one bucket is largest in every dim
                     raise BucketOverflowError(self.overflow_message(cut))
                 shape, policy = cut, "truncate"
             else:
                 raise BucketOverflowError(self.overflow_message(self._one_row(shape)))
         if not self.batched:
             return Route(policy, dict(shape), ((0, 1, self.route(shape)),))
-        rows, step = shape[BATCH], self.max_rows(shape)
+        rows = shape[BATCH]
         chunks = []
         for start in range(0, rows, step):
             stop = min(start + step, rows)
@@ -171,6 +173,13 @@ class Router:
         one queue is covered by exactly the same buckets, so a queue routes as its edge.
         """
         return self.plan.sizes(dim)
+
+    def queue_edge(self, dim: str, size: int) -> int | None:
+        """The queue a row of ``size`` along ``dim`` waits in: the smallest edge that holds
+        it, or ``None`` when it is longer than every bucket (the overflow policy's)."""
+        edges = self.plan.sizes(dim)
+        i = bisect.bisect_left(edges, size)
+        return edges[i] if i < len(edges) else None
 
     def take(self, rows: int, **sizes: int) -> tuple[Bucket, int]:
         """For ``rows`` waiting rows at ``sizes`` (a queue's edge): the bucket to run and

@@ -6,7 +6,6 @@ its names are re-exported here.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -235,11 +234,9 @@ class SentenceEmbedder:
         bar = tqdm(total=len(encoded), desc="embed", unit="text", disable=not progress)
         rows = self.rows(encoded)
         lengths = [len(ids) for ids, _ in encoded]
-        edges = self.router.queue_edges("seq")
         groups: dict[int | None, list[int]] = {}
         for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-            j = bisect.bisect_left(edges, lengths[i])
-            groups.setdefault(edges[j] if j < len(edges) else None, []).append(i)
+            groups.setdefault(self.router.queue_edge("seq", lengths[i]), []).append(i)
         result: np.ndarray | None = None
 
         def put(idx: list[int], embeddings: list[np.ndarray]) -> None:

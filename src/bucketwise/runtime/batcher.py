@@ -20,7 +20,6 @@ keeps the cores for the runtime's own threads.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -143,12 +142,12 @@ class Batcher:
             batch, _ = self.model.spec.validate({k: np.asarray(v)[None] for k, v in row.items()})
             arrays = {k: v[0] for k, v in batch.items()}
         length = int(next(iter(arrays.values())).shape[0])
-        edge_i = bisect.bisect_left(self.edges, length)
-        if edge_i == len(self.edges):
+        edge = self.router.queue_edge(self.dim, length)
+        if edge is None:
             # Longer than every bucket: the router's overflow policy decides, alone.
             return self._run_alone(arrays)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queues[self.edges[edge_i]].append(_Pending(arrays, length, future))
+        self._queues[edge].append(_Pending(arrays, length, future))
         self._queued += 1
         self._wake.set()
         self.start()

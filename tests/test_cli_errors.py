@@ -32,6 +32,8 @@ CASES = [
      lambda t: ["plan", str(_images(t, bad=True)), "--output", str(t / "p.json")], "broken.jpg"),
     ("image folder that does not exist",
      lambda t: ["plan", str(t / "nowhere"), "--output", str(t / "p.json")], "nowhere"),
+    ("predict on a folder without images",
+     lambda t: ["predict", str((t / "none").mkdir() or t / "none"), "--plan", str(t / "p.json")], "holds no images"),
     ("image folder without images",
      lambda t: ["plan", str((t / "empty").mkdir() or t / "empty"), "--dims", "height,width"], "holds no images"),
     ("empty texts file",

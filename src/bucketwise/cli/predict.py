@@ -50,15 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from .._optional import require
     from ..models.vision import ImageModel
     from ..models.zoo import load_image_model
-    from ..planning.observe import IMAGE_SUFFIXES
+    from ..planning.observe import image_files, unreadable_image
     from ..runtime.model import BucketedModel
 
     say = printer(args)
     Image = require("PIL.Image", "images", purpose="reading images")
     folder = Path(args.folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not files:
-        raise ConfigError(f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    files = image_files(folder)
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     module, spec, kind = load_image_model(args.model, score_threshold=args.score_threshold)
@@ -74,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{str(path)!r} is not a readable image ({err}); remove it from the folder") from None
+        except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+            raise unreadable_image(path, folder, err) from None
         results.append((path.relative_to(folder).as_posix(), image.height, image.width, images(image)))
     seconds = time.perf_counter() - start
     output = Path(args.output or ("predictions.json" if kind == "detector" else "predictions.jsonl"))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Observations", "observe", "IMAGE_SUFFIXES"]
+__all__ = ["Observations", "observe", "IMAGE_SUFFIXES", "image_files", "unreadable_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -136,24 +136,35 @@ class Observations:
         from .._optional import require
 
         Image = require("PIL.Image", "images", purpose="reading image sizes")
-        root = Path(folder)
-        if not root.is_dir():
-            raise InputError(f"image folder {str(root)!r} does not exist or is not a folder")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise InputError(f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         rows = []
-        for p in files:
+        for p in image_files(folder):
             try:
                 with Image.open(p) as im:
                     w, h = im.size
             except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
-                raise InputError(
-                    f"{str(p)!r} in image folder {str(root)!r} is not a readable image ({err.__class__.__name__}: "
-                    f"{err}); remove it or move it out of the folder (files without an image suffix are skipped)"
-                ) from None
+                raise unreadable_image(p, folder, err) from None
             rows.append((h, w))
         return cls(("height", "width"), np.array(rows), np.ones(len(rows)))
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files in ``folder`` and below, sorted; files without an image suffix are
+    skipped. Raises :class:`InputError` for a missing folder or one without images."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"image folder {str(root)!r} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def unreadable_image(path: Path, folder: str | Path, err: Exception) -> InputError:
+    """The error for an image file of ``folder`` that Pillow cannot read."""
+    return InputError(
+        f"{str(path)!r} in image folder {str(folder)!r} is not a readable image ({err.__class__.__name__}: "
+        f"{err}); remove it or move it out of the folder (files without an image suffix are skipped)"
+    )
 
 
 def observe(observed: Any, *, dims: Sequence[str] | None = None) -> Observations:

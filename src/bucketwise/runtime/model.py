@@ -7,14 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..backends.base import Artifact, Backend, get_backend
-from ..errors import ConfigError, InputError, NotCompiledError, SpecError
+from ..errors import ConfigError, InputError, SpecError
 from ..plans import Plan
 from ..router import OVERFLOW_POLICIES, OverflowPolicy, Router
 from ..shapes import BATCH, Bucket, Shape
 from ..spec import ModelSpec
 from .builder import Builder, CompileReport
 from .cache import ArtifactCache, LazyModel
-from .runner import Runner
+from .runner import Runner, not_compiled
 from .stats import BucketStats
 
 __all__ = ["BucketedModel", "OVERFLOW_POLICIES"]
@@ -169,10 +169,7 @@ class BucketedModel:
     def artifact(self, bucket: Bucket) -> Artifact:
         artifact = self.builder.artifact(bucket)
         if artifact is None:
-            raise NotCompiledError(
-                f"bucket {bucket!r} is not compiled; call .compile() before the first call "
-                "(nothing compiles on the request path)"
-            )
+            raise not_compiled(bucket)
         return artifact
 
     def close(self) -> None:
@@ -208,15 +205,11 @@ class BucketedModel:
         """The model run eagerly at the inputs' exact shape: no buckets, no padding.
         Outputs are NumPy arrays."""
         from .. import _arrays
-        from ..backends.eager import model_kind, run_eager
 
-        model = self.model
-        if not callable(model):
+        if not callable(self.model):
             raise InputError("the reference path needs a callable model (a torch.nn.Module)")
         arrays, _ = self.spec.validate(inputs)
-        kind = model_kind(model)
-        out = run_eager(model, self.spec, {k: _arrays.convert(v, kind) for k, v in arrays.items()})
-        return {k: _arrays.convert(v, "numpy") for k, v in out.items()}
+        return {k: _arrays.convert(v, "numpy") for k, v in self.runner.run_eager(arrays).items()}
 
     def __repr__(self) -> str:
         built = len(self.builder.built)

@@ -24,7 +24,7 @@ from ..shapes import BATCH, Bucket, Shape
 from ..spec import ModelSpec
 from .stats import BucketStats
 
-__all__ = ["Runner", "ArtifactSource"]
+__all__ = ["Runner", "ArtifactSource", "not_compiled"]
 
 
 class ArtifactSource(Protocol):
@@ -72,9 +72,7 @@ class Runner:
         rows = shape.get(BATCH, 1)
         if decision.policy == "fallback":
             self._count(overflow="fallback", calls=1, rows=rows)
-            model = self._eager()
-            kind = model_kind(model)
-            return run_eager(model, self.spec, {k: _arrays.convert(v, kind) for k, v in arrays.items()})
+            return self.run_eager(arrays)
         if decision.policy == "truncate":
             arrays, shape = self._truncate(arrays, decision.shape), decision.shape
             self._count(overflow="truncate")
@@ -93,6 +91,13 @@ class Runner:
         raw = artifact.run(pad(self.spec, {k: _arrays.convert(v, kind) for k, v in arrays.items()}, bucket))
         self._count_run(bucket, math.prod(shape.values()))
         return unpad(self.spec, raw, shape, bucket)
+
+    def run_eager(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
+        """The model itself at the inputs' exact shape (no buckets, no padding): the
+        fallback policy and the parity reference. Outputs are of the model's kind."""
+        model = self._eager()
+        kind = model_kind(model)
+        return run_eager(model, self.spec, {k: _arrays.convert(v, kind) for k, v in arrays.items()})
 
     # -- rows (the batcher and the text embedder) ---------------------------------------
 
@@ -121,10 +126,7 @@ class Runner:
             return artifact, bucket
         built = self.source.built
         if not built:
-            raise NotCompiledError(
-                f"bucket {bucket!r} is not compiled; call .compile() before the first call "
-                "(nothing compiles on the request path)"
-            )
+            raise not_compiled(bucket)
         # Lazy start: run on the cheapest built bucket that covers the shape.
         used = self.router.route(shape, among=built)
         with self._lock:
@@ -170,6 +172,13 @@ class Runner:
             self.stats.hits[bucket] += 1
             self.stats.real_volume += real
             self.stats.padded_volume += bucket.volume
+
+
+def not_compiled(bucket: Bucket) -> NotCompiledError:
+    return NotCompiledError(
+        f"bucket {bucket!r} is not compiled; call .compile() before the first call "
+        "(nothing compiles on the request path)"
+    )
 
 
 def _take_rows(arr: Any, axes: Sequence[Any], start: int, stop: int) -> Any:

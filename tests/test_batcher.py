@@ -200,3 +200,95 @@ def test_a_request_is_queued_whole_or_not_at_all():
 
     outs = asyncio.run(main())
     assert len(outs) == 3 and sum(s[0] for s in rec.shapes) >= 3
+
+
+IMAGE_SPEC = ModelSpec(
+    inputs=(InputSpec("image", ("batch", 3, "height", "width"), "float32"),),
+    outputs=(OutputSpec("mean", ("batch", None)), OutputSpec("map", ("batch", None, "height", "width"))),
+)
+
+
+class ImageRecorder:
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, image):
+        self.shapes.append(image.shape)
+        return {"mean": image.sum(axis=(2, 3)), "map": image * 2}
+
+
+def test_images_batch_over_height_and_width_queues():
+    rec = ImageRecorder()
+    plan = Plan.grid(batch=[1, 4], height=[16, 32], width=[16, 32])
+    bm = BucketedModel(rec, IMAGE_SPEC, plan, warmup_runs=0).compile(progress=False)
+    rec.shapes.clear()
+    rng = np.random.default_rng(0)
+    sizes = [(10, 12), (30, 9), (16, 16), (7, 31), (20, 28), (3, 3), (32, 32), (15, 17)] * 3
+    images = [rng.random((3, h, w), dtype=np.float32) for h, w in sizes]
+
+    async def main():
+        b = Batcher(bm, max_delay=0.01)
+        outs = await asyncio.gather(*(b.submit(im) for im in [{"image": i} for i in images]))
+        await b.close()
+        return outs
+
+    outs = asyncio.run(main())
+    for im, out in zip(images, outs):  # each caller gets its own image's outputs, cropped
+        np.testing.assert_allclose(out["mean"], im.sum(axis=(1, 2)), rtol=1e-5)
+        np.testing.assert_array_equal(out["map"], im * 2)
+    assert all(s[2] in (16, 32) and s[3] in (16, 32) for s in rec.shapes)
+    assert len(rec.shapes) < len(images)  # batched: fewer runs than images
+    assert bm.stats.real_volume == sum(h * w for h, w in sizes)
+
+
+def test_rows_of_callers_that_gave_up_are_not_computed():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=0.05)
+        gone = asyncio.ensure_future(b.submit_many([row(20, i) for i in range(3)]))
+        kept = asyncio.ensure_future(b.submit(row(5, 99)))
+        await asyncio.sleep(0)
+        assert b.queued == 4
+        gone.cancel()  # the client went away before its batch ran
+        out = await kept
+        await b.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out["total"] == row(5, 99)["input_ids"].sum()
+    assert sum(s[0] for s in rec.shapes) <= 1 and bm.stats.real_volume == 5  # only the live row ran
+
+
+def test_drain_fails_rows_not_started_by_the_deadline_with_a_retryable_error():
+    bm, rec = compiled()
+
+    async def main():
+        b = Batcher(bm, max_delay=0.0)
+        started = asyncio.Event()
+        release = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        real_run = bm.run_rows
+
+        def slow_run(*args):  # the first batch holds the worker until the test releases it
+            loop.call_soon_threadsafe(started.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+            return real_run(*args)
+
+        bm.run_rows = slow_run
+        first = asyncio.ensure_future(b.submit(row(30, 0)))
+        await started.wait()
+        waiting = [asyncio.ensure_future(b.submit(row(30, i))) for i in range(1, 4)]
+        await asyncio.sleep(0)
+        b.drain(0.05)
+        with pytest.raises(QueueFullError, match="shutting down"):
+            await b.submit(row(3, 7))  # no new rows once draining
+        await asyncio.sleep(0.1)  # the deadline passes while the first batch still runs
+        release.set()
+        await b.close()
+        return await first, await asyncio.gather(*waiting, return_exceptions=True)
+
+    first, waiting = asyncio.run(main())
+    assert first["total"] == row(30, 0)["input_ids"].sum()  # the started batch finished
+    assert all(isinstance(w, QueueFullError) and "drain deadline" in str(w) for w in waiting)
+    assert bm.stats.real_volume == 30  # the expired rows were never computed

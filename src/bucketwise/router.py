@@ -181,6 +181,20 @@ class Router:
         i = bisect.bisect_left(edges, size)
         return edges[i] if i < len(edges) else None
 
+    def queue_key(self, sizes: Shape) -> tuple[int, ...] | None:
+        """The queue a row of ``sizes`` (every non-batch dim) waits in: per dim, in plan
+        order, the smallest edge that holds it. Rows with the same key are covered by
+        exactly the same buckets. ``None`` when some dim is larger than every bucket."""
+        key = []
+        for d in self.dims:
+            if d == BATCH:
+                continue
+            edge = self.queue_edge(d, sizes[d])
+            if edge is None:
+                return None
+            key.append(edge)
+        return tuple(key)
+
     def take(self, rows: int, **sizes: int) -> tuple[Bucket, int]:
         """For ``rows`` waiting rows at ``sizes`` (a queue's edge): the bucket to run and
         how many rows it takes. Chooses among the buckets that exist: as many rows as the

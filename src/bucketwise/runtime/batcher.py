@@ -1,17 +1,24 @@
-"""Dynamic batching over (batch × length) buckets, on asyncio.
+"""Dynamic batching over bucket shapes (batch × length, batch × height × width, ...), on asyncio.
 
-Each request (one row: a dict of 1-D arrays, e.g. the token ids of one text) waits in the
-queue of its length edge (:meth:`Router.queue_edges`: every row of a queue is covered by
-the same buckets). A queue flushes when it holds as many rows as the largest batch bucket
-covering it, or when its oldest request has waited ``max_delay`` seconds. The router picks
-the bucket among the buckets that exist (:meth:`Router.take`), each row is written once
-into that bucket's buffer, and each row's outputs, cropped once, go back to its caller.
+Each request (one row: a dict of arrays without the batch axis, e.g. the token ids of one
+text, or one CHW image) waits in the queue of its key (:meth:`Router.queue_key`: per dim,
+the smallest bucket edge that holds it; every row of one queue is covered by the same
+buckets). A queue flushes when it holds as many rows as the largest batch bucket covering
+it, or when its oldest request has waited ``max_delay`` seconds. The router picks the
+bucket among the buckets that exist (:meth:`Router.take`), each row is written once into
+that bucket's buffer, and each row's outputs, cropped once, go back to its caller.
 
 Placement policy (cost-aware, and free): the spare batch rows of the chosen bucket are
-computed anyway. They are filled with the oldest waiting requests from *shorter* length
-queues, which then cost nothing extra and leave sooner. A request is never put into a
-longer batch at the price of an extra run, and a longer request never waits on a shorter
-queue; so the batcher never makes more runs than flushing each queue alone would.
+computed anyway. They are filled with the oldest waiting requests from *smaller* queues
+(every dim within the bucket), which then cost nothing extra and leave sooner. A request
+is never put into a larger batch at the price of an extra run, and a larger request never
+waits on a smaller queue; so the batcher never makes more runs than flushing each queue
+alone would.
+
+Rows whose caller has gone (its future cancelled: a client that disconnected, a request
+that timed out) are dropped when their queue flushes, not computed. :meth:`Batcher.drain`
+stops admission and, at a deadline, fails the rows that have not started with
+:class:`QueueFullError` (a 503 to retry elsewhere) instead of computing them.
 
 Inference runs in a single worker thread, off the event loop; one model run at a time
 keeps the cores for the runtime's own threads.
@@ -20,6 +27,7 @@ keeps the cores for the runtime's own threads.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,11 +43,13 @@ from .model import BucketedModel
 
 __all__ = ["Batcher", "QueueFullError", "BatchEvent"]
 
+Key = tuple[int, ...]
+
 
 @dataclass
 class _Pending:
-    row: dict[str, Any]  # 1-D arrays (the dim axis only)
-    length: int
+    row: dict[str, Any]  # arrays without the batch axis
+    sizes: dict[str, int]  # the row's own size along each non-batch dim
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -59,8 +69,9 @@ class Batcher:
     """Groups concurrent single-row requests into bucketed batches.
 
     Args:
-        model: a compiled :class:`BucketedModel` whose spec has ``batch`` and one more dim
-            (``seq``) on every input; requests carry the other axes without the batch.
+        model: a compiled :class:`BucketedModel` whose plan has a ``batch`` dim and at
+            least one more, with the batch on the first axis of every input; requests
+            carry the other axes.
         max_delay: seconds the oldest request of a queue may wait before it flushes.
         max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
         on_batch: called after each batch with a :class:`BatchEvent`.
@@ -74,28 +85,32 @@ class Batcher:
         max_queue: int = 1024,
         on_batch: Callable[[BatchEvent], None] | None = None,
     ) -> None:
-        dims = [d for d in model.spec.dims if d != BATCH]
-        if BATCH not in model.plan.dims or len(dims) != 1:
-            raise ConfigError(f"the batcher needs a plan over batch and one length dim, got {model.plan.dims}")
+        dims = tuple(d for d in model.plan.dims if d != BATCH)
+        if BATCH not in model.plan.dims or not dims:
+            raise ConfigError(f"the batcher needs a plan over batch and at least one more dim, got {model.plan.dims}")
+        for s in model.spec.inputs:
+            if s.shape[0] != BATCH:
+                raise ConfigError(f"the batcher needs the batch on the first axis of every input; "
+                                  f"input {s.name!r} has axes {s.shape}")
         if max_delay < 0 or max_queue < 1:
             raise ConfigError(f"max_delay must be >= 0 and max_queue >= 1, got {max_delay}, {max_queue}")
         self.model = model
         self.router = model.router
-        self.dim = dims[0]
+        self.dims = dims
         self.max_delay = max_delay
         self.max_queue = max_queue
         self.on_batch = on_batch
-        self.edges = self.router.queue_edges(self.dim)
-        # A queue is full when it holds as many rows as one run can take at its edge.
-        self._full = {e: self.router.max_rows({self.dim: e, BATCH: 1}) for e in self.edges}
-        self._queues: dict[int, deque[_Pending]] = {e: deque() for e in self.edges}
+        # One queue per key, made when first used (a 2-D plan has up to |heights|×|widths|).
+        self._queues: dict[Key, deque[_Pending]] = {}
+        self._full: dict[Key, int] = {}  # rows one run can take at a key
         self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketwise-infer")
         self._task: asyncio.Task | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
-    # -- public ---------------------------------------------------------------------------
+# -- public ---------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
@@ -138,20 +153,53 @@ class Batcher:
     def _enqueue(self, row: Mapping[str, Any], validated: bool) -> Awaitable[dict[str, Any]]:
         if validated:
             arrays = {s.name: row[s.name] for s in self.model.spec.inputs}
+            sizes = self._sizes(arrays)
         else:
-            batch, _ = self.model.spec.validate({k: np.asarray(v)[None] for k, v in row.items()})
+            batch, shape = self.model.spec.validate({k: np.asarray(v)[None] for k, v in row.items()})
             arrays = {k: v[0] for k, v in batch.items()}
-        length = int(next(iter(arrays.values())).shape[0])
-        edge = self.router.queue_edge(self.dim, length)
-        if edge is None:
-            # Longer than every bucket: the router's overflow policy decides, alone.
+            sizes = {d: shape[d] for d in self.dims}
+        key = self.router.queue_key(sizes)
+        if key is None:
+            # Larger than every bucket: the router's overflow policy decides, alone.
             return self._run_alone(arrays)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queues[edge].append(_Pending(arrays, length, future))
+        if key not in self._queues:
+            self._queues[key] = deque()
+            self._full[key] = self.router.max_rows({**dict(zip(self.dims, key)), BATCH: 1})
+        self._queues[key].append(_Pending(arrays, sizes, future))
         self._queued += 1
         self._wake.set()
         self.start()
         return future
+
+    def _sizes(self, arrays: Mapping[str, Any]) -> dict[str, int]:
+        """A row's size along each non-batch dim, read from its axes as the spec names them."""
+        sizes: dict[str, int] = {}
+        for s in self.model.spec.inputs:
+            for axis, entry in enumerate(s.shape[1:]):
+                if isinstance(entry, str):
+                    sizes[entry] = int(arrays[s.name].shape[axis])
+        return sizes
+
+    def drain(self, timeout: float) -> None:
+        """Stop admitting rows; the queued ones keep running. Those that have not started
+        ``timeout`` seconds from now fail with :class:`QueueFullError` (retry elsewhere),
+        never computed. Await :meth:`close` to finish."""
+        self._closing = True
+        self._wake.set()
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().call_later(max(0.0, timeout), self._expire)
+
+    def _expire(self) -> None:
+        err = QueueFullError("the server is shutting down and this request had not started by its drain "
+                             "deadline; retry it on another replica")
+        for q in self._queues.values():
+            while q:
+                p = q.popleft()
+                if not p.future.done():
+                    p.future.set_exception(err)
+        self._queued = 0
+        self._wake.set()
 
     async def close(self) -> None:
         """Stop taking requests, finish every queued one, then stop the worker."""
@@ -159,6 +207,8 @@ class Batcher:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._expiry is not None:
+            self._expiry.cancel()
         self._executor.shutdown(wait=True)
 
     # -- internals ------------------------------------------------------------------------
@@ -169,33 +219,42 @@ class Batcher:
         out = await loop.run_in_executor(self._executor, self.model.run, batch)
         return {k: v[0] for k, v in out.items()}
 
-    def _due(self, now: float) -> tuple[int | None, float]:
+    def _due(self, now: float) -> tuple[Key | None, float]:
         """The queue to flush now, and how long until the next one is due.
 
         A queue is due when it holds a full batch or its oldest request has waited
         ``max_delay``. Among due queues the one whose oldest request has waited longest
-        goes first, so a busy short bucket cannot starve a long one.
+        goes first, so a busy small bucket cannot starve a large one.
         """
-        due_edge, due_time = None, float("inf")
+        due_key, due_time = None, float("inf")
         next_deadline = float("inf")
-        for edge, q in self._queues.items():
+        for key, q in self._queues.items():
+            self._drop_gone(q)
             if not q:
                 continue
             head = q[0].enqueued
-            if len(q) >= self._full[edge] or self._closing or now - head >= self.max_delay:
+            if len(q) >= self._full[key] or self._closing or now - head >= self.max_delay:
                 if head < due_time:
-                    due_edge, due_time = edge, head
+                    due_key, due_time = key, head
             else:
                 next_deadline = min(next_deadline, head + self.max_delay - now)
-        if due_edge is not None:
-            return due_edge, 0.0
+        if due_key is not None:
+            return due_key, 0.0
         return None, next_deadline
+
+    def _drop_gone(self, q: deque[_Pending]) -> None:
+        """Forget rows whose caller is gone (future cancelled or already answered)."""
+        if any(p.future.done() for p in q):
+            live = [p for p in q if not p.future.done()]
+            self._queued -= len(q) - len(live)
+            q.clear()
+            q.extend(live)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            edge, wait = self._due(time.perf_counter())
-            if edge is None:
+            key, wait = self._due(time.perf_counter())
+            if key is None:
                 if self._closing and self._queued == 0:
                     return
                 self._wake.clear()
@@ -204,7 +263,7 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            batch, bucket = self._take(edge)
+            batch, bucket = self._take(key)
             try:
                 await self._run_batch(batch, bucket, loop)
             except Exception as err:  # never lose a request: each caller gets the error
@@ -212,15 +271,19 @@ class Batcher:
                     if not p.future.done():
                         p.future.set_exception(err)
 
-    def _take(self, edge: int) -> tuple[list[_Pending], Bucket]:
-        q = self._queues[edge]
-        bucket, n = self.router.take(len(q), **{self.dim: edge})
+    def _take(self, key: Key) -> tuple[list[_Pending], Bucket]:
+        q = self._queues[key]
+        bucket, n = self.router.take(len(q), **dict(zip(self.dims, key)))
         batch = [q.popleft() for _ in range(n)]
-        # Fill the spare rows of the bucket with shorter requests: they ride for free.
+        # Fill the spare rows of the bucket with smaller requests: they ride for free.
         free = bucket[BATCH] - n
-        shorter = [e for e in self.edges if e < edge]
+        limit = tuple(bucket[d] for d in self.dims)
+        smaller = [qq for k, qq in self._queues.items()
+                   if k != key and all(e <= m for e, m in zip(k, limit))]
         while free > 0:
-            candidates = [self._queues[e] for e in shorter if self._queues[e]]
+            for qq in smaller:
+                self._drop_gone(qq)
+            candidates = [qq for qq in smaller if qq]
             if not candidates:
                 break
             oldest = min(candidates, key=lambda qq: qq[0].enqueued)
@@ -231,7 +294,7 @@ class Batcher:
 
     async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop) -> None:
         rows = [p.row for p in batch]
-        sizes = [{self.dim: p.length} for p in batch]
+        sizes = [p.sizes for p in batch]
         start = time.perf_counter()
         outs = await loop.run_in_executor(self._executor, self.model.run_rows, rows, sizes, bucket)
         took = time.perf_counter() - start
@@ -239,5 +302,5 @@ class Batcher:
             if not p.future.done():  # a caller that gave up is skipped, not an error
                 p.future.set_result(out)
         if self.on_batch is not None:
-            self.on_batch(BatchEvent(len(batch), bucket, sum(p.length for p in batch),
+            self.on_batch(BatchEvent(len(batch), bucket, sum(math.prod(p.sizes.values()) for p in batch),
                                      [start - p.enqueued for p in batch], took))

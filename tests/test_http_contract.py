@@ -53,8 +53,8 @@ def call(app, requests):
     async def main():
         out = []
         async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500 is an answer
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 for method, path, kwargs in requests:
                     out.append(await client.request(method, path, **kwargs))
         return out
@@ -89,7 +89,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving():
         (b'{"input": ["ok", "  "]}', 400, '"input"[1] is empty'),
         (b'{"input": ["a", "b", "c", "d", "e", "f"]}', 413, "limit is 5"),
         (b'{"input": "' + b"word " * 20 + b'"}', 400, "largest bucket holds 16"),
-        (b'{"input": "x", "encoding_format": "int8"}', 400, "not supported"),
+        (b'{"input": "x", "encoding_format": "int8"}', 400, "should be 'float' or 'base64'"),
         (b'{"input": "' + b"x" * 2000 + b'"}', 413, "limit is 1000"),
     ]
     app = create_app(make_embedder(), ServeConfig(max_texts=5, max_body_bytes=1000))
@@ -169,8 +169,8 @@ def test_the_official_openai_client_works_unchanged():
 
     async def main():
         async with app.router.lifespan_context(app):
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test/v1")
-            client = openai.AsyncOpenAI(api_key="k", base_url="http://test/v1", http_client=http, max_retries=0)
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost/v1")
+            client = openai.AsyncOpenAI(api_key="k", base_url="http://localhost/v1", http_client=http, max_retries=0)
             default = await client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # base64 on the wire
             floats = await client.embeddings.create(model="all-MiniLM-L6-v2", input=texts[1], encoding_format="float")
             raw = await http.post("/embeddings", json={"input": texts[0], "encoding_format": "base64"},
@@ -180,7 +180,7 @@ def test_the_official_openai_client_works_unchanged():
             for kwargs, key in (({"model": "gpt-4", "input": "x"}, "k"), ({"model": "all-MiniLM-L6-v2", "input": ""}, "k"),
                                 ({"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 2}, "k"),
                                 ({"model": "all-MiniLM-L6-v2", "input": "x"}, "wrong")):
-                other = openai.AsyncOpenAI(api_key=key, base_url="http://test/v1", http_client=http, max_retries=0)
+                other = openai.AsyncOpenAI(api_key=key, base_url="http://localhost/v1", http_client=http, max_retries=0)
                 try:
                     await other.embeddings.create(**kwargs)
                 except openai.APIStatusError as err:
@@ -212,3 +212,157 @@ def test_cross_site_content_types_and_unannounced_large_bodies_are_refused():
     assert plain.status_code == 415 and form.status_code == 415
     assert chunked.status_code == 413 and "over 1000 bytes" in chunked.json()["error"]["message"]
     assert 'bucketwise_rejections_total{reason="content_type"} 2.0' in metrics.text
+
+
+def test_every_status_is_counted_and_unknown_routes_answer_in_the_error_shape():
+    def broken(input_ids, attention_mask, token_type_ids):
+        if (input_ids == 999).any():  # a 997-letter word
+            raise RuntimeError("the model fell over")
+        return embed(input_ids, attention_mask, token_type_ids)
+
+    model = BucketedModel(broken, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16]), warmup_runs=0).compile(progress=False)
+    app = create_app(SentenceEmbedder(model, WordTokenizer()), ServeConfig())
+    missing, wrong_method, crash, ok, v2_missing, metrics = call(app, [
+        ("GET", "/v1/nothing", {}),
+        ("GET", "/v1/embeddings", {}),
+        post({"input": "x" * 997}),
+        post({"input": "still serving"}),
+        ("GET", "/v2/models/nope", {}),
+        ("GET", "/metrics", {}),
+    ])
+    assert missing.status_code == 404 and "no route /v1/nothing" in missing.json()["error"]["message"]
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+    assert crash.status_code == 500 and crash.json()["error"]["type"] == "server_error"
+    assert ok.status_code == 200
+    assert v2_missing.status_code == 404 and "not served here" in v2_missing.json()["error"]  # v2's own shape
+    for line in ('endpoint="unmatched",status="404"} 1.0', 'endpoint="embeddings",status="405"} 1.0',
+                 'endpoint="embeddings",status="500"} 1.0', 'endpoint="embeddings",status="200"} 1.0',
+                 'endpoint="v2_model",status="404"} 1.0'):
+        assert "bucketwise_requests_total{" + line in metrics.text, line
+
+
+def test_foreign_host_headers_slow_bodies_and_docs_are_refused():
+    app = create_app(make_embedder(), ServeConfig(request_timeout=0.2))
+
+    async def slow():
+        yield b'{"input": '
+        await asyncio.sleep(1.0)
+        yield b'"x"}'
+
+    rebound, slow_body, docs, schema, metrics = call(app, [
+        post({"input": "x"}, headers={"host": "attacker.example"}),
+        ("POST", "/v1/embeddings", {"content": slow(), "headers": {"content-type": "application/json"}}),
+        ("GET", "/docs", {}),  # Swagger UI would load scripts from a CDN: off
+        ("GET", "/openapi.json", {}),
+        ("GET", "/metrics", {}),
+    ])
+    assert rebound.status_code == 400 and "attacker.example" in rebound.json()["error"]["message"]
+    assert slow_body.status_code == 408
+    assert docs.status_code == 404
+    body = schema.json()["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"input", "model", "encoding_format", "dimensions"} <= set(body["properties"]) and body["required"] == ["input"]
+    infer = schema.json()["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    assert infer["schema"]["properties"]["inputs"]["items"]["$ref"] == "#/components/schemas/TensorInput"
+    assert "TensorInput" in schema.json()["components"]["schemas"]
+    assert 'bucketwise_rejections_total{reason="host"} 1.0' in metrics.text
+    any_host = create_app(make_embedder(), ServeConfig(allowed_hosts=("*",)))
+    (ok,) = call(any_host, [post({"input": "x"}, headers={"host": "example.com:8000"})])
+    assert ok.status_code == 200
+
+
+# -- KServe v2 (Open Inference Protocol) ------------------------------------------------------
+
+IMAGE_SPEC = ModelSpec(
+    inputs=(InputSpec("image", ("batch", 3, "height", "width"), "float32"),),
+    outputs=(OutputSpec("scores", ("batch", None)), OutputSpec("doubled", ("batch", None, "height", "width"))),
+)
+
+
+def image_fn(image):
+    return {"scores": image.sum(axis=(2, 3)), "doubled": image * 2}
+
+
+def image_model():
+    plan = Plan.grid(batch=[1, 2], height=[8, 16], width=[8, 16])
+    return BucketedModel(image_fn, IMAGE_SPEC, plan, warmup_runs=0).compile(progress=False)
+
+
+def infer(name, inputs, **extra):
+    return ("POST", f"/v2/models/{name}/infer", {"json": {"inputs": inputs, **extra}})
+
+
+def tensor(name, arr, datatype):
+    return {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": arr.reshape(-1).tolist()}
+
+
+def test_v2_serves_an_image_model_and_the_text_encoder_with_json_tensors():
+    images = image_model()
+    emb = make_embedder()
+    app = create_app(emb, ServeConfig(), models={"tiny-cnn": images})
+    rng = np.random.default_rng(0)
+    pics = [rng.random((1, 3, h, w), dtype=np.float32) for h, w in ((5, 7), (16, 9), (12, 12))]
+    ids = np.array([[1, 5, 6, 2]], dtype=np.int64)
+    text_in = [tensor("input_ids", ids, "INT64"), tensor("attention_mask", np.ones_like(ids), "INT64"),
+               tensor("token_type_ids", np.zeros_like(ids), "INT64")]
+    responses = call(app, [("GET", "/v2", {}), ("GET", "/v2/health/ready", {}), ("GET", "/v2/models/tiny-cnn", {}),
+                           ("GET", "/v2/models/tiny-cnn/versions/1/ready", {})]
+                     + [infer("tiny-cnn", [tensor("image", p, "FP32")], id=f"r{i}") for i, p in enumerate(pics)]
+                     + [infer("all-MiniLM-L6-v2", text_in, outputs=[{"name": "sentence_embedding"}])])
+    server, ready, meta, model_ready, *outs, text = responses
+    assert server.json()["extensions"] == ["binary_tensor_data"] and ready.status_code == model_ready.status_code == 200
+    assert meta.json()["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+    assert meta.json()["outputs"] == [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]},
+                                      {"name": "doubled", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+    for i, (pic, r) in enumerate(zip(pics, outs)):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] == f"r{i}" and body["model_name"] == "tiny-cnn"
+        got = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in body["outputs"]}
+        want = images(image=pic)  # the library called directly
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-6)
+        np.testing.assert_array_equal(got["doubled"], want["doubled"])  # cropped to the image's own size
+    (emb_out,) = text.json()["outputs"]
+    np.testing.assert_allclose(np.array(emb_out["data"]).reshape(emb_out["shape"]), emb.model(
+        input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))["sentence_embedding"])
+
+
+def test_v2_binary_tensors_both_ways():
+    app = create_app(None, ServeConfig(), models={"tiny-cnn": image_model()})
+    pic = np.random.default_rng(1).random((2, 3, 6, 10), dtype=np.float32)
+    header = {"inputs": [{"name": "image", "shape": list(pic.shape), "datatype": "FP32",
+                          "parameters": {"binary_data_size": pic.nbytes}}],
+              "outputs": [{"name": "scores", "parameters": {"binary_data": True}}, {"name": "doubled"}]}
+    head = __import__("json").dumps(header).encode()
+    (r,) = call(app, [("POST", "/v2/models/tiny-cnn/infer", {
+        "content": head + pic.astype("<f4").tobytes(),
+        "headers": {"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"}})])
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    meta = __import__("json").loads(r.content[:n])
+    scores, doubled = meta["outputs"]
+    got = np.frombuffer(r.content[n:n + scores["parameters"]["binary_data_size"]], dtype="<f4").reshape(scores["shape"])
+    np.testing.assert_allclose(got, pic.sum(axis=(2, 3)), rtol=1e-5)
+    np.testing.assert_array_equal(np.array(doubled["data"], np.float32).reshape(doubled["shape"]), pic * 2)
+
+
+def test_v2_bad_requests_get_4xx_in_the_protocol_shape():
+    app = create_app(None, ServeConfig(), models={"tiny-cnn": image_model()})
+    pic = np.zeros((1, 3, 4, 4), np.float32)
+    cases = [
+        (infer("tiny-cnn", [tensor("pixels", pic, "FP32")]), 400, "do not match the model's inputs"),
+        (infer("tiny-cnn", [tensor("image", pic, "BYTES")]), 400, "not served"),
+        (infer("tiny-cnn", [{**tensor("image", pic, "FP32"), "shape": [1, 3, 4, 5]}]), 400, "needs 60"),
+        (infer("tiny-cnn", [tensor("image", np.zeros((1, 3, 40, 4), np.float32), "FP32")]), 400, "40"),
+        (infer("tiny-cnn", [tensor("image", np.zeros((1, 4, 4, 4), np.float32), "FP32")]), 400, "image"),
+        (infer("tiny-cnn", [tensor("image", pic, "FP32")], outputs=[{"name": "logits"}]), 400, "not outputs"),
+        (infer("tiny-cnn", []), 400, "inputs"),
+        (infer("other", [tensor("image", pic, "FP32")]), 404, "not served here"),
+        (("POST", "/v2/models/tiny-cnn/infer", {"content": b"{", "headers": {"content-type": "text/plain"}}), 415, "content-type"),
+        (("POST", "/v2/models/tiny-cnn/infer", {"content": b"{nope"}), 400, "not valid JSON"),
+        (("POST", "/v2/models/tiny-cnn/infer", {"content": b"{}", "headers": {"inference-header-content-length": "9"}}),
+         400, "Inference-Header-Content-Length"),
+    ]
+    responses = call(app, [c for c, _, _ in cases] + [infer("tiny-cnn", [tensor("image", pic, "FP32")])])
+    for (case, status, needle), r in zip(cases, responses):
+        assert r.status_code == status and needle in r.json()["error"], (case[1], r.text)
+    assert responses[-1].status_code == 200  # and it keeps serving

@@ -131,7 +131,7 @@ def test_graceful_shutdown_finishes_every_accepted_request(embedder):
     app = create_app(embedder, ServeConfig(max_delay=3.0))
     server = Server(app)
     client = server.__enter__()
-    batcher = app.state.bucketwise["batcher"]
+    batcher = app.state.service.batcher(embedder.model)
     n = 3  # fewer than the largest batch bucket (4), so no batch fills up and flushes
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(client.post, "/v1/embeddings", json={"input": f"text {i}"}) for i in range(n)]

@@ -1,4 +1,4 @@
-"""``bucketwise serve``: OpenAI-compatible embeddings over HTTP."""
+"""``bucketwise serve``: OpenAI-compatible embeddings and KServe v2 over HTTP."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._common import add_model_options, cache_from_args, plan_from_args
+from ._common import add_model_options, cache_from_args, image_plan, plan_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
-        help="serve OpenAI-compatible embeddings over HTTP with bucketed dynamic batching",
+        help="serve a bucketed model over HTTP (OpenAI embeddings, KServe v2) with bucket-aware batching",
         description=(
-            "Serve all-MiniLM-L6-v2 (or --model DIR) at POST /v1/embeddings (OpenAI-compatible), with /healthz, "
-            "/readyz and Prometheus /metrics. Concurrent requests are batched into (batch x length) "
-            "buckets. Binds 127.0.0.1 unless --host says otherwise."
+            "Serve all-MiniLM-L6-v2 (or --model DIR) at POST /v1/embeddings (OpenAI-compatible) and over the Open "
+            "Inference Protocol (KServe v2, /v2/models/NAME/infer); an image model (--model resnet50, fasterrcnn, "
+            "a torchvision name or file.py:function, with --plan) over KServe v2 only. Also /healthz, /readyz, "
+            "Prometheus /metrics and /openapi.json. Concurrent requests are batched into the plan's buckets. "
+            "Binds 127.0.0.1 and answers Host 127.0.0.1/localhost unless --host and --allowed-hosts say otherwise. "
+            "On SIGTERM it stops accepting, finishes admitted requests within --drain-timeout, and exits 0."
         ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -25,9 +28,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_options(serve)
     serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
     serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
-    serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")
-    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size at most")
+    serve.add_argument("--max-texts", type=int, default=256, help="texts per embeddings request at most")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="embeddings request body size at most")
     serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <key>', the key read from this environment variable")
+    serve.add_argument("--allowed-hosts", default="127.0.0.1,localhost,::1", metavar="H1,H2",
+                       help="Host headers answered, against DNS rebinding (default 127.0.0.1,localhost,::1; '*' answers any). "
+                            "Name the server's public name when binding another address")
+    serve.add_argument("--drain-timeout", type=float, metavar="S",
+                       help="on SIGTERM, seconds to finish admitted requests; rows not started by then get 503 "
+                            "(default: twice a full --max-queue of the largest bucket, timed at start, at least 30)")
+    serve.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
+                       help="seconds a client may take to send its request body (default 30; then 408)")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -36,24 +47,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._optional import require
-    from ..models.text import SentenceEmbedder
+    from ..models.zoo import is_image_model_name
     from ..serve import ServeConfig, create_app
+    from ..serve.server import run_server, worst_drain_seconds
 
-    uvicorn = require("uvicorn", "serve", purpose="bucketwise serve")
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+    if not hosts:
+        raise ConfigError("--allowed-hosts is empty; name at least one host, or '*' for any")
+    if args.drain_timeout is not None and args.drain_timeout < 0:
+        raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
+    image = is_image_model_name(args.model)
+    name = args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name)
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key,
-                         model_name=Path(args.model).name if args.model else ServeConfig.model_name,
-                         model_aliases=() if args.model else ServeConfig.model_aliases)
-    embedder = SentenceEmbedder.default(backend=args.backend, plan=plan_from_args(args), overflow=args.overflow,
-                                        progress=not args.no_progress, model=args.model,
-                                        cache=cache_from_args(args), lazy=args.lazy)
-    app = create_app(embedder, config)
-    print(f"serving {config.model_name} on http://{args.host}:{args.port}/v1/embeddings ({args.backend}, {embedder.model.plan})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
-    return 0
+                         model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
+                         allowed_hosts=hosts, request_timeout=args.request_timeout)
+    if image:
+        model = _image_model(args)
+        app = create_app(None, config, models={name: model})
+        routes = f"/v2/models/{name}/infer"
+    else:
+        from ..models.text import SentenceEmbedder
+
+        embedder = SentenceEmbedder.default(backend=args.backend, plan=plan_from_args(args), overflow=args.overflow,
+                                            progress=not args.no_progress, model=args.model,
+                                            cache=cache_from_args(args), lazy=args.lazy)
+        model = embedder.model
+        app = create_app(embedder, config)
+        routes = f"/v1/embeddings and /v2/models/{name}/infer"
+    drain = args.drain_timeout if args.drain_timeout is not None else max(30.0, 2 * worst_drain_seconds(model, args.max_queue))
+    print(f"serving {name} on http://{args.host}:{args.port} at {routes} ({args.backend}, {model.plan}); "
+          f"drain timeout {drain:.0f} s")
+    return run_server(app, host=args.host, port=args.port, drain_timeout=drain)
+
+
+def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ..models.zoo import load_image_model
+    from ..plans import Plan
+    from ..runtime.model import BucketedModel
+    from ..shapes import BATCH, Bucket
+
+    module, spec, _ = load_image_model(args.model)
+    plan = image_plan(args.plan, spec)
+    if args.batch_sizes:
+        plan = Plan(tuple(Bucket({**{d: s for d, s in b.sizes if d != BATCH}, BATCH: n})
+                          for b in plan.buckets for n in args.batch_sizes))
+    model = BucketedModel(module, spec, plan, backend=args.backend, overflow=args.overflow, cache=cache_from_args(args))
+    return model.compile(progress=not args.no_progress, lazy=args.lazy)

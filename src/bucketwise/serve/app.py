@@ -1,10 +1,23 @@
-"""The HTTP app: OpenAI-compatible embeddings over the batcher, health, readiness, metrics.
+"""The HTTP app: OpenAI-compatible embeddings and the Open Inference Protocol (KServe v2)
+over bucket-aware batchers, with health, readiness and Prometheus metrics.
 
-Endpoints: ``POST /v1/embeddings`` (``{"input": str | [str, ...]}``), ``GET /healthz``,
-``GET /readyz`` (200 once every input has a warm bucket: all of them, or after a lazy start
-the largest), ``GET /metrics``.
-Bad requests get a 4xx with an OpenAI-style ``{"error": {"message", "type"}}`` body and the
-server keeps serving; a full queue answers 503 with ``Retry-After``.
+Routes:
+
+- ``POST /v1/embeddings``, ``GET /v1/models``: OpenAI embeddings, for a text encoder
+  (:mod:`bucketwise.serve.openai`);
+- ``/v2/...``: the Open Inference Protocol for every served model, text or image
+  (:mod:`bucketwise.serve.kserve`);
+- ``GET /healthz``, ``GET /readyz`` (200 once every input has a warm bucket: all of them,
+  or after a lazy start the largest), ``GET /metrics``, ``GET /openapi.json``.
+
+At the edge, before any route: the ``Host`` header must be one of
+:attr:`ServeConfig.allowed_hosts` (DNS rebinding), bodies are read with a size limit while
+streaming and a deadline for slow clients, and every response, errors and 500s included,
+is counted in ``bucketwise_requests_total``. Bad requests get a 4xx in the route family's
+error shape and the server keeps serving; a full queue answers 503 with ``Retry-After``.
+:meth:`Service.begin_drain` (on SIGTERM, see :mod:`bucketwise.serve.server`) stops
+admission, answers with ``Connection: close``, and fails rows that have not started by the
+drain deadline with a 503, never a 500.
 
 (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations,
 and ``Request`` is imported lazily, inside :func:`create_app`.)
@@ -12,274 +25,325 @@ and ``Request`` is imported lazily, inside :func:`create_app`.)
 
 
 import asyncio
-import json
 import secrets
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from .._optional import require
-from ..errors import BucketOverflowError, InputError, QueueFullError
+from ..errors import ConfigError
 from ..runtime.batcher import Batcher, BatchEvent
+from ._common import Reject
 from .metrics import Metrics
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "Service", "create_app"]
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """Limits and knobs of the server. Unknown keys are an error (a frozen dataclass)."""
 
-    max_texts: int = 256  # texts per request
-    max_body_bytes: int = 1_000_000
+    max_texts: int = 256  # texts per embeddings request
+    max_body_bytes: int = 1_000_000  # embeddings request body
+    max_infer_bytes: int = 64 << 20  # v2 infer request body (images are larger than texts)
+    max_rows: int = 256  # rows (batch axis) per v2 infer request
     max_delay: float = 0.005  # seconds the oldest queued request may wait for its batch
-    max_queue: int = 1024  # rows waiting at once before 503
+    max_queue: int = 1024  # rows waiting at once, per model, before 503
     api_key: str | None = None  # bearer token; None: no auth
     model_name: str = "all-MiniLM-L6-v2"
     model_aliases: tuple[str, ...] = ("sentence-transformers/all-MiniLM-L6-v2",)  # also accepted as "model"
     retry_after: int = 1  # seconds, on 503
+    # Host headers answered (DNS rebinding); "*" answers any. Ports are ignored.
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    request_timeout: float = 30.0  # seconds a client may take to send its body (408 after)
 
 
-class _Reject(Exception):
-    """A request answered with an error status; the server keeps serving."""
+class Service:
+    """What the routes share: batchers (one per model), metrics, limits and the drain."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None, reason: str | None = None,
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.headers, self.reason = status, message, kind, headers, reason
-        self.param, self.code = param, code
-
-
-_REJECTION_REASONS = {401: "auth", 413: "too_large", 415: "content_type", 429: "rate", 503: "queue_full"}
-
-
-def parse_texts(body: bytes, config: ServeConfig) -> tuple[dict[str, Any], list[str]]:
-    """The payload and its texts, or :class:`_Reject` (400/413) saying what is wrong. Pure."""
-    if len(body) > config.max_body_bytes:
-        raise _Reject(413, f"request body is {len(body)} bytes; the limit is {config.max_body_bytes}")
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as err:  # bad JSON, bad UTF-8, 5,000-digit ints, deep nesting
-        raise _Reject(400, f"request body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
-    if not isinstance(payload, dict) or "input" not in payload:
-        raise _Reject(400, 'request body must be a JSON object with "input": a string or a list of strings')
-    texts = payload["input"]
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise _Reject(400, '"input" must be a string or a list of strings (token arrays are not accepted)')
-    if not texts:
-        raise _Reject(400, '"input" is empty; send at least one string')
-    if len(texts) > config.max_texts:
-        raise _Reject(413, f'"input" holds {len(texts)} texts; the limit is {config.max_texts} per request')
-    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
-    if empty is not None:
-        raise _Reject(400, f'"input"[{empty}] is empty; every text needs at least one non-space character')
-    for i, t in enumerate(texts):
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" survives json.loads
-            raise _Reject(400, f'"input"[{i}] is not valid Unicode (a lone surrogate); send UTF-8 text', param="input") from None
-    fmt = payload.get("encoding_format", "float")
-    if fmt not in ("float", "base64"):
-        raise _Reject(400, f'encoding_format {fmt!r} is not supported; use "float" or "base64"', param="encoding_format")
-    model = payload.get("model")
-    served = (config.model_name, *config.model_aliases)
-    if model is not None and model not in served:
-        raise _Reject(404, f"The model {model!r} does not exist: this server serves {config.model_name!r}"
-                      + (f" (also accepted: {', '.join(map(repr, config.model_aliases))})" if config.model_aliases else ""),
-                      param="model", code="model_not_found")
-    dims = payload.get("dimensions")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
-        raise _Reject(400, f'"dimensions" must be a positive integer, got {dims!r}', param="dimensions")
-    return payload, texts
-
-
-def encode_embedding(vector: Any, fmt: str) -> Any:
-    """One embedding as OpenAI sends it: a list of floats, or base64 of little-endian float32."""
-    import base64
-
-    import numpy as np
-
-    if fmt == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return np.asarray(vector, dtype=np.float32).astype(float).tolist()
-
-
-class _Service:
-    """The endpoints' logic over one embedder, its batcher and its metrics."""
-
-    def __init__(self, embedder: Any, config: ServeConfig, json_response: Any) -> None:
-        self.embedder, self.config, self.json_response = embedder, config, json_response
-        self.model = embedder.model
+    def __init__(self, config: ServeConfig, models: list[Any], json_response: Any) -> None:
+        self.config, self.json_response = config, json_response
+        self.models = models
         self.metrics = Metrics()
-        self.state: dict[str, Any] = {}
-        self._tokenizer_lock = threading.Lock()
+        self.batchers: dict[int, Batcher] = {}
+        self.draining = False
 
-    def on_batch(self, ev: BatchEvent) -> None:
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        for model in self.models:
+            batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
+                              on_batch=lambda ev, m=model: self.on_batch(ev, m))
+            batcher.start()
+            self.batchers[id(model)] = batcher
+        yield
+        # Every admitted request is finished (or, past a drain deadline, answered 503) first.
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+    def begin_drain(self, timeout: float) -> None:
+        """Stop admitting; rows not started within ``timeout`` seconds get a 503."""
+        self.draining = True
+        for batcher in self.batchers.values():
+            batcher.drain(timeout)
+
+    def batcher(self, model: Any) -> Batcher:
+        batcher = self.batchers.get(id(model))
+        if batcher is None:
+            raise Reject(503, "the server is starting; retry shortly", "server_busy",
+                         headers={"Retry-After": str(self.config.retry_after)}, reason="starting")
+        return batcher
+
+    def has_batcher(self, model: Any) -> bool:
+        return id(model) in self.batchers
+
+    def on_batch(self, ev: BatchEvent, model: Any) -> None:
         m = self.metrics
         m.batches.inc()
         m.batch_rows.observe(ev.rows)
         for q in ev.queue_seconds:
             m.queue_seconds.observe(q)
         m.inference_seconds.observe(ev.inference_seconds)
-        m.sync_model(self.model.stats)
+        m.sync_model(model.stats, model.model_name)
 
-    @asynccontextmanager
-    async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        batcher = Batcher(self.model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
-                          on_batch=self.on_batch)
-        batcher.start()
-        self.state["batcher"] = batcher
-        yield
-        await batcher.close()  # graceful: every accepted request is finished first
+    # -- the edge ------------------------------------------------------------------------------
 
-    def error(self, reject: _Reject, endpoint: str = "embeddings") -> Any:
-        self.metrics.requests.labels(endpoint=endpoint, status=str(reject.status)).inc()
-        reason = reject.reason or _REJECTION_REASONS.get(reject.status)
-        if reason:
-            self.metrics.rejections.labels(reason=reason).inc()
-        body = {"message": reject.message, "type": reject.kind, "param": reject.param, "code": reject.code}
-        return self.json_response({"error": body}, status_code=reject.status, headers=reject.headers)
+    def busy(self, err: Exception) -> Reject:
+        return Reject(503, str(err), "server_busy", headers={"Retry-After": str(self.config.retry_after)},
+                      reason="draining" if self.draining else "queue_full")
 
-    def models(self) -> Any:
-        self.metrics.requests.labels(endpoint="models", status="200").inc()
-        return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "bucketwise"}]}
-
-    def healthz(self) -> Any:
-        self.metrics.requests.labels(endpoint="healthz", status="200").inc()
-        return {"status": "ok"}
-
-    def readyz(self) -> Any:
-        # Ready once every input has a built bucket; a lazy start builds the rest later.
-        model = self.model
-        ready = model.can_serve and "batcher" in self.state
-        status = 200 if ready else 503
-        self.metrics.requests.labels(endpoint="readyz", status=str(status)).inc()
-        compiled = sum(1 for b in model.plan.buckets if b in model.compile_report.builds)
-        return self.json_response({"ready": ready, "buckets": len(model.plan), "compiled": compiled}, status_code=status)
-
-    def render_metrics(self) -> tuple[bytes, str]:
-        self.metrics.queued.set(self.state["batcher"].queued if "batcher" in self.state else 0)
-        self.metrics.sync_model(self.model.stats)
-        return self.metrics.render()
-
-    async def embeddings(self, request: Any) -> Any:
-        try:
-            self._check_auth(request.headers.get("authorization", ""))
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                # Browsers send text/plain and form bodies cross-site without asking: refuse them.
-                raise _Reject(415, f"content-type must be application/json, got {ctype or 'none'!r}")
-            payload, texts = parse_texts(await self._read_body(request), self.config)
-            encoded, outs = await self._embed(texts)
-            vectors = [o["sentence_embedding"] for o in outs]
-            self._check_dimensions(payload.get("dimensions"), len(vectors[0]))
-        except _Reject as reject:
-            return self.error(reject)
-        fmt = payload.get("encoding_format", "float")
-        self.metrics.texts.inc(len(texts))
-        tokens = sum(len(ids) for ids, _ in encoded)
-        self.metrics.requests.labels(endpoint="embeddings", status="200").inc()
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, fmt)}
-                     for i, v in enumerate(vectors)],
-            "model": self.config.model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
-    async def _read_body(self, request: Any) -> bytes:
-        """The body, read in chunks and refused (413) as soon as it passes the limit,
-        whether or not a Content-Length announced it."""
-        limit = self.config.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise _Reject(413, f"request body is {length} bytes; the limit is {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _Reject(413, f"request body is over {limit} bytes, the limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _tokenize(self, texts: list[str]) -> Any:
-        # One at a time: a fast tokenizer changes its truncation state per call, and two
-        # threads in it at once fail ("Already borrowed").
-        with self._tokenizer_lock:
-            return self.embedder.tokenize(texts)
-
-    @staticmethod
-    def _check_dimensions(dims: int | None, size: int) -> None:
-        # Truncating an embedding is only meaningful for models trained for it (Matryoshka);
-        # none served here declares that, so only the full size is accepted.
-        if dims is not None and dims != size:
-            raise _Reject(400, f'"dimensions" {dims} is not supported by this model: its embeddings have {size} '
-                          f"dimensions and it is not trained to be truncated; omit it, or send {size}",
-                          param="dimensions")
-
-    def _check_auth(self, auth: str) -> None:
+    def check_auth(self, auth: str) -> None:
         key = self.config.api_key
         # Compared as bytes: compare_digest refuses non-ASCII str (a 500 otherwise).
         if key is not None and not (auth.startswith("Bearer ")
                                     and secrets.compare_digest(auth[7:].encode("utf-8", "surrogatepass"), key.encode())):
-            raise _Reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
+            raise Reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
 
-    async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
-        embedder, batcher = self.embedder, self.state["batcher"]
+    @staticmethod
+    def check_content_type(request: Any, allowed: tuple[str, ...]) -> None:
+        # Browsers send text/plain and form bodies cross-site without asking: refuse them.
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in allowed:
+            shown = " or ".join(a or "none" for a in allowed)
+            raise Reject(415, f"content-type must be {shown}, got {ctype or 'none'!r}")
+
+    async def read_body(self, request: Any, limit: int) -> bytes:
+        """The body, read in chunks and refused (413) as soon as it passes ``limit``,
+        whether or not a Content-Length announced it; 408 when the client takes longer
+        than ``request_timeout`` to send it."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise Reject(413, f"request body is {length} bytes; the limit is {limit}")
+        chunks, size = [], 0
         try:
-            # Tokenizing a long text takes a while: off the event loop, so /healthz still answers.
-            encoded = await asyncio.to_thread(self._tokenize, texts)
-            embedder.admit(encoded)  # the router refuses what no bucket holds, up front
-        except BucketOverflowError as err:
-            raise _Reject(400, f'"input": {err}', reason="too_long") from None
-        except InputError as err:
-            raise _Reject(400, str(err)) from None
-        rows = embedder.rows(encoded)
+            async with asyncio.timeout(self.config.request_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise Reject(413, f"request body is over {limit} bytes, the limit")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Reject(408, f"the request body took longer than {self.config.request_timeout:g} s to arrive; "
+                         "send it faster, or raise the server's request timeout", reason="timeout") from None
+        return b"".join(chunks)
+
+    def host_allowed(self, host: str | None) -> bool:
+        allowed = self.config.allowed_hosts
+        if "*" in allowed:
+            return True
+        if not host:
+            return False
+        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        return name.lower() in {a.strip("[]").lower() for a in allowed}
+
+    def error(self, reject: Reject, path: str) -> Any:
+        """The rejection as a response, in the route family's error shape, counted."""
+        if reject.reason:
+            self.metrics.rejections.labels(reason=reject.reason).inc()
+        if path.startswith("/v2"):
+            body: dict[str, Any] = {"error": reject.message}
+        else:
+            body = {"error": {"message": reject.message, "type": reject.kind, "param": reject.param,
+                              "code": reject.code}}
+        return self.json_response(body, status_code=reject.status, headers=reject.headers)
+
+    # -- health --------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return all(self.has_batcher(m) and m.can_serve for m in self.models)
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.metrics.queued.set(sum(b.queued for b in self.batchers.values()))
+        for model in self.models:
+            self.metrics.sync_model(model.stats, model.model_name)
+        return self.metrics.render()
+
+
+class _Edge:
+    """Pure ASGI middleware: the Host allow-list, ``Connection: close`` while draining, and
+    one count per response in ``bucketwise_requests_total`` (500s included)."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+        service = self.service
+
+        async def send_counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                if service.draining:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
         try:
-            outs = await batcher.submit_many(rows, validated=True)  # all or nothing
-        except QueueFullError as err:
-            raise _Reject(503, str(err), "server_busy", headers={"Retry-After": str(self.config.retry_after)}) from None
-        except BucketOverflowError as err:
-            raise _Reject(400, str(err)) from None
-        return encoded, list(outs)
+            if not service.host_allowed(host):
+                reject = Reject(400, f"Host {host!r} is not served here (allowed: {', '.join(service.config.allowed_hosts)}); "
+                                "start the server with --allowed-hosts naming it", reason="host")
+                await service.error(reject, scope["path"])(scope, receive, send_counted)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "name", None) or "unmatched"
+            service.metrics.requests.labels(endpoint=endpoint, status=str(status[0] if status else 500)).inc()
 
 
-def create_app(embedder: Any, config: ServeConfig = ServeConfig()) -> Any:
-    """A FastAPI app serving ``embedder`` (a compiled :class:`SentenceEmbedder`)."""
+def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
+               models: Mapping[str, Any] | None = None) -> Any:
+    """A FastAPI app serving ``embedder`` (a compiled :class:`SentenceEmbedder`: OpenAI
+    embeddings, and its encoder over KServe v2 as ``config.model_name``) and ``models``
+    (compiled :class:`BucketedModel` by name: KServe v2). At least one of them."""
     fastapi = require("fastapi", "serve", purpose="the server")
     from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
 
-    service = _Service(embedder, config, JSONResponse)
-    app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan)
+    from .kserve import InferenceRequest, InferenceResponse, KServeV2, ModelMetadata, V2Error
+    from .openai import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, ModelList, OpenAIEmbeddings
 
-    @app.get("/healthz")
+    served = dict(models or {})
+    if embedder is not None:
+        if config.model_name in served:
+            raise ConfigError(f"models: {config.model_name!r} is the embedder's name; name the other models otherwise")
+        served = {config.model_name: embedder.model, **served}
+    if not served:
+        raise ConfigError("create_app needs an embedder or models to serve")
+    distinct = list({id(m): m for m in served.values()}.values())
+    service = Service(config, distinct, JSONResponse)
+    v2 = KServeV2(served, config, service)
+    app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]
+    errors = {s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 415, 503)}
+    v2_errors = {s: {"model": V2Error} for s in (400, 401, 404, 408, 413, 415, 503)}
+    schemas: dict[str, Any] = {}
+
+    def body_schema(model: Any) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    @app.exception_handler(Reject)
+    async def rejected(request: Request, reject: Reject) -> Any:
+        return service.error(reject, request.url.path)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> Any:
+        message = {404: f"no route {request.url.path}; see /openapi.json for the routes",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, str(err.detail))
+        return service.error(Reject(err.status_code, message, reason="route"), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> Any:
+        return service.error(Reject(400, f"invalid request: {err.errors()[0].get('msg')}"), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, err: Exception) -> Any:
+        return service.error(Reject(500, f"internal error ({type(err).__name__}); the server keeps serving",
+                                    "server_error", reason="internal"), request.url.path)
+
+    @app.get("/healthz", name="healthz")
     async def healthz() -> Any:
-        return service.healthz()
+        return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", name="readyz", responses={503: {"description": "not ready yet"}})
     async def readyz() -> Any:
-        return service.readyz()
+        ready = service.ready()
+        buckets = sum(len(m.plan) for m in distinct)
+        compiled = sum(1 for m in distinct for b in m.plan.buckets if b in m.compile_report.builds)
+        return JSONResponse({"ready": ready, "buckets": buckets, "compiled": compiled}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", name="metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def prom_metrics() -> Any:
         body, ctype = service.render_metrics()
         return Response(body, media_type=ctype)
 
-    @app.get("/v1/models")
-    async def models() -> Any:
-        return service.models()
+    if embedder is not None:
+        openai = OpenAIEmbeddings(embedder, config, service)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Any:
-        return await service.embeddings(request)
+        @app.get("/v1/models", name="models", response_model=ModelList)
+        async def list_models() -> Any:
+            return openai.models()
 
+        @app.post("/v1/embeddings", name="embeddings", openapi_extra=body_schema(EmbeddingsRequest),
+                  responses={200: {"model": EmbeddingsResponse}, **errors})
+        async def embeddings(request: Request) -> Any:
+            return JSONResponse(await openai.embeddings(request))
+
+    # -- KServe v2 ---------------------------------------------------------------------------
+
+    @app.get("/v2", name="v2_server")
+    async def v2_server() -> Any:
+        return v2.server_metadata()
+
+    @app.get("/v2/health/live", name="v2_live")
+    async def v2_live() -> Any:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", name="v2_ready", responses={400: {"model": V2Error}})
+    async def v2_ready() -> Any:
+        if not v2.ready():
+            raise Reject(400, "not ready: buckets are still being built", reason="not_ready")
+        return {"ready": True}
+
+    for suffix in ("", "/versions/{version}"):
+        @app.get("/v2/models/{name}" + suffix, name="v2_model", response_model=ModelMetadata,
+                 responses={404: {"model": V2Error}})
+        async def v2_model(name: str, version: str | None = None) -> Any:
+            return v2.model_metadata(name, version)
+
+        @app.get("/v2/models/{name}" + suffix + "/ready", name="v2_model_ready",
+                 responses={400: {"model": V2Error}, 404: {"model": V2Error}})
+        async def v2_model_ready(name: str, version: str | None = None) -> Any:
+            if not v2.model_ready(name, version):
+                raise Reject(400, f"model {name!r} is not ready: its buckets are still being built", reason="not_ready")
+            return {"name": name, "ready": True}
+
+        @app.post("/v2/models/{name}" + suffix + "/infer", name="v2_infer", openapi_extra=body_schema(InferenceRequest),
+                  responses={200: {"model": InferenceResponse,
+                                   "content": {"application/octet-stream": {}}}, **v2_errors})
+        async def v2_infer(request: Request, name: str, version: str | None = None) -> Any:
+            body, headers = await v2.infer(name, request, version)
+            return Response(body, headers=headers, media_type=headers["content-type"])
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.metrics = service.metrics
-    app.state.bucketwise = service.state
+    app.state.service = service
+    app.state.bucketwise = service.batchers
     return app

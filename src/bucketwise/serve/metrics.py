@@ -20,8 +20,8 @@ class Metrics:
         self.batches = prom.Counter("bucketwise_batches_total", "Batches run", registry=r)
         self.batch_rows = prom.Histogram("bucketwise_batch_rows", "Rows per batch (before batch padding)", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.bucket_hits = prom.Counter("bucketwise_bucket_hits_total", "Artifact runs per bucket", ["bucket"], registry=r)
-        self.real_tokens = prom.Counter("bucketwise_real_tokens_total", "Tokens of real input", registry=r)
-        self.padded_tokens = prom.Counter("bucketwise_padded_tokens_total", "Token positions computed, padding included", registry=r)
+        self.real_tokens = prom.Counter("bucketwise_real_tokens_total", "Positions of real input (tokens, pixels)", registry=r)
+        self.padded_tokens = prom.Counter("bucketwise_padded_tokens_total", "Positions computed (tokens, pixels), padding included", registry=r)
         self.queue_seconds = prom.Histogram("bucketwise_queue_seconds", "Time a request waited for its batch", registry=r,
                                             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.inference_seconds = prom.Histogram("bucketwise_inference_seconds", "Model run time per batch", registry=r,
@@ -34,39 +34,38 @@ class Metrics:
             ["wanted", "used"], registry=r)
         self.compiled = prom.Gauge("bucketwise_compiled_buckets", "Buckets built and warm", registry=r)
         self.queued = prom.Gauge("bucketwise_queued_rows", "Rows waiting in the batcher", registry=r)
-        self._seen_hits: dict[Any, int] = {}
-        self._seen_overflow: dict[str, int] = {}
-        self._seen_padded = 0
-        self._seen_real = 0
-        self._seen_subs: dict[Any, int] = {}
+        self._compiled: dict[str, int] = {}
+        self._seen: dict[tuple[str, str, Any], int] = {}  # (model, counter, key) -> last value carried over
 
-    def sync_model(self, stats: Any) -> None:
-        """Carry the model's own counters (bucket hits, padding, overflow) over as increments."""
+    def _carry(self, model: str, counter: str, key: Any, value: int) -> int:
+        """The increment since the last sync of one model's counter."""
+        delta = value - self._seen.get((model, counter, key), 0)
+        self._seen[(model, counter, key)] = value
+        return delta
+
+    def sync_model(self, stats: Any, model: str = "") -> None:
+        """Carry one model's own counters (bucket hits, padding, overflow) over as increments."""
         for bucket, n in list(stats.hits.items()):
-            delta = n - self._seen_hits.get(bucket, 0)
+            delta = self._carry(model, "hits", bucket, n)
             if delta:
                 self.bucket_hits.labels(bucket=bucket.label()).inc(delta)
-                self._seen_hits[bucket] = n
         for policy, n in list(stats.overflow.items()):
-            delta = n - self._seen_overflow.get(policy, 0)
+            delta = self._carry(model, "overflow", policy, n)
             if delta:
                 self.overflows.labels(policy=policy).inc(delta)
-                self._seen_overflow[policy] = n
         for (wanted, used), n in list(stats.substitutions.items()):
-            delta = n - self._seen_subs.get((wanted, used), 0)
+            delta = self._carry(model, "subs", (wanted, used), n)
             if delta:
                 self.substitutions.labels(wanted=wanted.label(), used=used.label()).inc(delta)
-                self._seen_subs[(wanted, used)] = n
-        self.compiled.set(len(stats.compile_seconds))
+        self._compiled[model] = len(stats.compile_seconds)
+        self.compiled.set(sum(self._compiled.values()))
         # Real and padded positions come from the one definition in BucketStats.
-        delta = stats.padded_volume - self._seen_padded
+        delta = self._carry(model, "padded", None, stats.padded_volume)
         if delta:
             self.padded_tokens.inc(delta)
-            self._seen_padded = stats.padded_volume
-        delta = stats.real_volume - self._seen_real
+        delta = self._carry(model, "real", None, stats.real_volume)
         if delta:
             self.real_tokens.inc(delta)
-            self._seen_real = stats.real_volume
 
     def render(self) -> tuple[bytes, str]:
         return self.prom.generate_latest(self.registry), self.prom.CONTENT_TYPE_LATEST

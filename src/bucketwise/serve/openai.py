@@ -1,0 +1,202 @@
+"""OpenAI-compatible embeddings: ``POST /v1/embeddings`` and ``GET /v1/models``.
+
+The request body is read by the server itself (a size limit enforced while streaming, a
+deadline on slow clients, JSON that cannot crash the parser) and then validated by the
+pydantic model :class:`EmbeddingsRequest`, which is also the OpenAPI schema of the route.
+Errors take OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import BucketOverflowError, InputError, QueueFullError
+from ._common import Reject
+
+__all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
+           "parse_texts"]
+
+
+class EmbeddingsRequest(BaseModel):
+    """The body of ``POST /v1/embeddings``, as OpenAI documents it (token arrays aside)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    input: str | list[str] = Field(description="a text, or a list of texts (1 to max_texts)")
+    model: str | None = Field(None, description="the served model's name (GET /v1/models) or a documented alias")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded")
+    dimensions: int | None = Field(None, ge=1, description="only the model's full size is accepted")
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape; every error of the server's non-``/v2`` routes takes it."""
+
+    error: ErrorBody
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads`` that answers bad input with a 400: bad JSON or UTF-8, 5,000-digit ints
+    and 5,000-deep nesting all raise ValueError or RecursionError."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise Reject(400, f"request body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
+
+
+def parse_texts(body: bytes, config: Any) -> tuple[EmbeddingsRequest, list[str]]:
+    """The validated request and its texts, or :class:`Reject` (400/404/413) saying what
+    is wrong. Pure."""
+    if len(body) > config.max_body_bytes:
+        raise Reject(413, f"request body is {len(body)} bytes; the limit is {config.max_body_bytes}")
+    payload = load_json(body)
+    if not isinstance(payload, dict) or "input" not in payload:
+        raise Reject(400, 'request body must be a JSON object with "input": a string or a list of strings')
+    model = payload.get("model")
+    served = (config.model_name, *config.model_aliases)
+    if model is not None and model not in served:
+        raise Reject(404, f"The model {model!r} does not exist: this server serves {config.model_name!r}"
+                     + (f" (also accepted: {', '.join(map(repr, config.model_aliases))})" if config.model_aliases else ""),
+                     param="model", code="model_not_found")
+    try:
+        request = EmbeddingsRequest.model_validate(payload)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        param = str(first["loc"][0]) if first["loc"] else None
+        if param == "input":
+            message = '"input" must be a string or a list of strings (token arrays are not accepted)'
+        else:
+            message = f'"{where}": {first["msg"]} (got {first.get("input")!r:.80})'
+        raise Reject(400, message, param=param) from None
+    texts = [request.input] if isinstance(request.input, str) else list(request.input)
+    if not texts:
+        raise Reject(400, '"input" is empty; send at least one string', param="input")
+    if len(texts) > config.max_texts:
+        raise Reject(413, f'"input" holds {len(texts)} texts; the limit is {config.max_texts} per request', param="input")
+    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
+    if empty is not None:
+        raise Reject(400, f'"input"[{empty}] is empty; every text needs at least one non-space character', param="input")
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" survives json.loads
+            raise Reject(400, f'"input"[{i}] is not valid Unicode (a lone surrogate); send UTF-8 text', param="input") from None
+    return request, texts
+
+
+def encode_embedding(vector: Any, fmt: str) -> Any:
+    """One embedding as OpenAI sends it: a list of floats, or base64 of little-endian float32."""
+    import base64
+
+    import numpy as np
+
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return np.asarray(vector, dtype=np.float32).astype(float).tolist()
+
+
+class OpenAIEmbeddings:
+    """The two OpenAI routes over one :class:`SentenceEmbedder` and its batcher."""
+
+    def __init__(self, embedder: Any, config: Any, service: Any) -> None:
+        self.embedder, self.config, self.service = embedder, config, service
+        self._tokenizer_lock = threading.Lock()
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": 0,
+                                            "owned_by": "bucketwise"}]}
+
+    async def embeddings(self, request: Any) -> dict[str, Any]:
+        self.service.check_auth(request.headers.get("authorization", ""))
+        self.service.check_content_type(request, ("application/json",))
+        body = await self.service.read_body(request, self.config.max_body_bytes)
+        req, texts = parse_texts(body, self.config)
+        encoded, outs = await self._embed(texts)
+        vectors = [o["sentence_embedding"] for o in outs]
+        self._check_dimensions(req.dimensions, len(vectors[0]))
+        self.service.metrics.texts.inc(len(texts))
+        tokens = sum(len(ids) for ids, _ in encoded)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, req.encoding_format)}
+                     for i, v in enumerate(vectors)],
+            "model": self.config.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        # One at a time: a fast tokenizer changes its truncation state per call, and two
+        # threads in it at once fail ("Already borrowed").
+        with self._tokenizer_lock:
+            return self.embedder.tokenize(texts)
+
+    @staticmethod
+    def _check_dimensions(dims: int | None, size: int) -> None:
+        # Truncating an embedding is only meaningful for models trained for it (Matryoshka);
+        # none served here declares that, so only the full size is accepted.
+        if dims is not None and dims != size:
+            raise Reject(400, f'"dimensions" {dims} is not supported by this model: its embeddings have {size} '
+                         f"dimensions and it is not trained to be truncated; omit it, or send {size}",
+                         param="dimensions")
+
+    async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
+        embedder = self.embedder
+        batcher = self.service.batcher(embedder.model)
+        try:
+            # Tokenizing a long text takes a while: off the event loop, so /healthz still answers.
+            encoded = await asyncio.to_thread(self._tokenize, texts)
+            embedder.admit(encoded)  # the router refuses what no bucket holds, up front
+        except BucketOverflowError as err:
+            raise Reject(400, f'"input": {err}', reason="too_long", param="input") from None
+        except InputError as err:
+            raise Reject(400, str(err), param="input") from None
+        rows = embedder.rows(encoded)
+        try:
+            outs = await batcher.submit_many(rows, validated=True)  # all or nothing
+        except QueueFullError as err:
+            raise self.service.busy(err) from None
+        return encoded, list(outs)

@@ -1,0 +1,76 @@
+"""Running the app under uvicorn with a drain that bucketwise owns.
+
+On SIGTERM or SIGINT: the listening socket closes, the batchers stop admitting (a new
+request on an open connection gets 503 + ``Retry-After``), every response carries
+``Connection: close``, and the admitted requests finish. Rows that have not started when
+``drain_timeout`` runs out are answered 503, never computed; the process then exits 0.
+uvicorn's own 30 s graceful timeout, which cancelled admitted requests with a 500, is
+replaced by this deadline (uvicorn keeps a backstop well past it).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+from .._optional import require
+
+__all__ = ["run_server", "worst_drain_seconds"]
+
+_BACKSTOP = 60.0  # seconds past the drain deadline before uvicorn itself cancels what is left
+
+
+def worst_drain_seconds(model: Any, max_queue: int) -> float:
+    """How long a full queue takes to run: ``max_queue`` rows in runs of the largest batch
+    bucket, each timed as one run of that bucket now (the worst case: every row long)."""
+    from ..shapes import BATCH
+
+    largest = max(model.router.maximal(), key=lambda b: b.volume)
+    artifact = model.artifact(largest)
+    example = model.spec.example_inputs(largest)
+    if artifact.array_kind == "torch":
+        from .. import _arrays
+
+        example = {k: _arrays.convert(v, "torch") for k, v in example.items()}
+    start = time.perf_counter()
+    artifact.run(example)
+    took = time.perf_counter() - start
+    rows = largest[BATCH] if BATCH in model.plan.dims else 1
+    return math.ceil(max_queue / rows) * took
+
+
+def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_level: str = "warning") -> int:
+    """Serve ``app`` (from :func:`~bucketwise.serve.create_app`) until SIGTERM/SIGINT, drain,
+    and return 0 (the exit code of a clean drain)."""
+    uvicorn = require("uvicorn", "serve", purpose="bucketwise serve")
+    service = app.state.service
+
+    class DrainingServer(uvicorn.Server):  # type: ignore[misc, name-defined]
+        async def shutdown(self, sockets: Any = None) -> None:
+            service.begin_drain(drain_timeout)  # before uvicorn stops listening and waits
+            await super().shutdown(sockets)
+
+        @contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            # As uvicorn does, without re-raising the signal afterwards: a drained server
+            # exits 0, not -15.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=drain_timeout + _BACKSTOP)
+    DrainingServer(config).run()
+    return 0

@@ -182,3 +182,49 @@ def test_lazy_start_serves_from_larger_buckets_and_counts_it(embedder):
         assert "bucketwise_compiled_buckets 4.0" in client.get("/metrics").text
     assert sum(bm.stats.substitutions.values()) == 1
     bm.close()
+
+
+@pytest.mark.slow
+def test_tritonclient_with_resnet50_at_varied_sizes_and_the_text_encoder(embedder):
+    """The real tritonclient package against KServe v2 routes: ResNet-50 (random weights, ORT)
+    over 2-D image buckets, and MiniLM; outputs match the library called directly."""
+    tritonhttp = pytest.importorskip("tritonclient.http")
+    pytest.importorskip("torchvision")
+    from bucketwise.models.zoo import load_image_model
+    from bucketwise.serve import ServeConfig, create_app
+
+    module, spec, _ = load_image_model("resnet50")
+    resnet = BucketedModel(module, spec, Plan.grid(batch=[1, 2], height=[96, 160], width=[96, 160]),
+                           backend="onnxruntime").compile(progress=False)
+    app = create_app(embedder, ServeConfig(max_delay=0.02), models={"resnet50": resnet})
+    rng = np.random.default_rng(0)
+    sizes = [(64, 80), (150, 100), (96, 160), (33, 140), (120, 120), (160, 90)]
+    pictures = [rng.standard_normal((1, 3, h, w)).astype(np.float32) for h, w in sizes]
+    with Server(app) as http:
+        client = tritonhttp.InferenceServerClient(f"127.0.0.1:{http.base_url.port}")
+        assert client.is_model_ready("resnet50") and client.is_model_ready("all-MiniLM-L6-v2")
+        meta = client.get_model_metadata("resnet50")
+        assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+        assert meta["outputs"][0]["shape"] == [-1, 1000]
+
+        def classify(pic):
+            inp = tritonhttp.InferInput("image", list(pic.shape), "FP32")
+            inp.set_data_from_numpy(pic)
+            return client.infer("resnet50", [inp]).as_numpy("logits")
+
+        got = [classify(pic) for pic in pictures]  # a gevent client: one thread
+        for pic, logits in zip(pictures, got):
+            np.testing.assert_allclose(logits, resnet(image=pic)["logits"], atol=1e-4)
+        texts = ["A short sentence.", "Another, somewhat longer sentence about batching requests."]
+        encoded = embedder.tokenize(texts)
+        for ids, types in encoded:
+            arrays = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
+                      "token_type_ids": np.array([types])}
+            inputs = []
+            for name, arr in arrays.items():
+                t = tritonhttp.InferInput(name, list(arr.shape), "INT64")
+                t.set_data_from_numpy(arr.astype(np.int64))
+                inputs.append(t)
+            emb = client.infer("all-MiniLM-L6-v2", inputs).as_numpy("sentence_embedding")
+            np.testing.assert_allclose(emb[0], embedder.embed_tokenized([(ids, types)])[0], atol=1e-5)
+        client.close()

@@ -105,7 +105,7 @@ class Service:
         for q in ev.queue_seconds:
             m.queue_seconds.observe(q)
         m.inference_seconds.observe(ev.inference_seconds)
-        m.sync_model(model.stats, model.model_name)
+        m.sync_model(model.stats, id(model))
 
     # -- the edge ------------------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class Service:
     def render_metrics(self) -> tuple[bytes, str]:
         self.metrics.queued.set(sum(b.queued for b in self.batchers.values()))
         for model in self.models:
-            self.metrics.sync_model(model.stats, model.model_name)
+            self.metrics.sync_model(model.stats, id(model))
         return self.metrics.render()
 
 
@@ -339,6 +339,13 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            # Path parameters name what is served: clients and fuzzers see the real names.
+            for path, ops in doc["paths"].items():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        if path.startswith("/v2/models/") and param["name"] in ("name", "version"):
+                            param["schema"] = {"type": "string",
+                                               "enum": sorted(served) if param["name"] == "name" else ["1"]}
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -34,17 +34,19 @@ class Metrics:
             ["wanted", "used"], registry=r)
         self.compiled = prom.Gauge("bucketwise_compiled_buckets", "Buckets built and warm", registry=r)
         self.queued = prom.Gauge("bucketwise_queued_rows", "Rows waiting in the batcher", registry=r)
-        self._compiled: dict[str, int] = {}
-        self._seen: dict[tuple[str, str, Any], int] = {}  # (model, counter, key) -> last value carried over
+        self._compiled: dict[Any, int] = {}
+        self._seen: dict[tuple[Any, str, Any], int] = {}  # (model, counter, key) -> last value carried over
 
-    def _carry(self, model: str, counter: str, key: Any, value: int) -> int:
-        """The increment since the last sync of one model's counter."""
-        delta = value - self._seen.get((model, counter, key), 0)
+    def _carry(self, model: Any, counter: str, key: Any, value: int) -> int:
+        """The increment since the last sync of one model's counter (all of it when the
+        model's stats were reset since)."""
+        seen = self._seen.get((model, counter, key), 0)
         self._seen[(model, counter, key)] = value
-        return delta
+        return value - seen if value >= seen else value
 
-    def sync_model(self, stats: Any, model: str = "") -> None:
-        """Carry one model's own counters (bucket hits, padding, overflow) over as increments."""
+    def sync_model(self, stats: Any, model: Any = None) -> None:
+        """Carry one model's own counters (bucket hits, padding, overflow) over as
+        increments; ``model`` tells several models' counters apart."""
         for bucket, n in list(stats.hits.items()):
             delta = self._carry(model, "hits", bucket, n)
             if delta:

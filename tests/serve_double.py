@@ -1,0 +1,71 @@
+"""A real bucketwise server (uvicorn, the draining runner, the real app and batcher) over a
+test double of the model: a whitespace tokenizer and a NumPy function that takes
+``--run-ms`` per batch. The SIGTERM tests run it as a process:
+
+    python tests/serve_double.py --port 8123 --run-ms 50 --drain-timeout 5
+
+On exit it prints ``rows computed: N`` (rows the model actually ran, padding excluded).
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from bucketwise import BucketedModel, InputSpec, ModelSpec, OutputSpec, Plan
+from bucketwise.models.text import SentenceEmbedder
+from bucketwise.serve import ServeConfig, create_app
+from bucketwise.serve.server import run_server
+
+SPEC = ModelSpec(
+    inputs=(InputSpec("input_ids", ("batch", "seq"), "int64", pad_value=0, example=1),
+            InputSpec("attention_mask", ("batch", "seq"), "int64", pad_value=0, example=1),
+            InputSpec("token_type_ids", ("batch", "seq"), "int64", pad_value=0)),
+    outputs=(OutputSpec("sentence_embedding", ("batch", None)),),
+)
+
+
+class WordTokenizer:
+    """[CLS] words... [SEP] as ids 1, len(word)+2 ..., 2."""
+
+    def __call__(self, text, pair=None, *, truncation=False, max_length=None, verbose=True):
+        ids = [1] + [len(w) + 2 for w in text.split()] + [2]
+        if truncation and max_length is not None and len(ids) > max_length:
+            ids = ids[: max_length - 1] + [2]
+        return {"input_ids": ids, "token_type_ids": [0] * len(ids)}
+
+
+def make_embedder(run_seconds=0.0):
+    rows = [0]
+
+    def embed(input_ids, attention_mask, token_type_ids):
+        time.sleep(run_seconds)
+        m = attention_mask.astype(np.float32)
+        rows[0] += int((m.sum(axis=1) > 0).sum())
+        total = (input_ids * m).sum(axis=1)
+        count = m.sum(axis=1)
+        return np.stack([total, count, total / np.maximum(count, 1)], axis=1).astype(np.float32)
+
+    model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16]), warmup_runs=0).compile(progress=False)
+    rows[0] = 0
+    return SentenceEmbedder(model, WordTokenizer()), rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--run-ms", type=float, default=0.0)
+    ap.add_argument("--drain-timeout", type=float, default=30.0)
+    ap.add_argument("--max-queue", type=int, default=1024)
+    args = ap.parse_args()
+    embedder, rows = make_embedder(args.run_ms / 1e3)
+    app = create_app(embedder, ServeConfig(max_queue=args.max_queue, max_delay=0.001))
+    print("ready", flush=True)
+    code = run_server(app, host="127.0.0.1", port=args.port, drain_timeout=args.drain_timeout)
+    print(f"rows computed: {rows[0]}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""A live server process: SIGTERM under a full queue, the official tritonclient, and a
+bounded schemathesis run over the server's own /openapi.json. The model is a test double
+(tests/serve_double.py); everything else is the real server."""
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+HERE = Path(__file__).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(port, *args):
+    proc = subprocess.Popen([sys.executable, str(HERE / "serve_double.py"), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.stdout.read()}")
+
+
+def queued(port):
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    line = next(x for x in text.splitlines() if x.startswith("bucketwise_queued_rows "))
+    return float(line.split()[1])
+
+
+def flood(port, n, texts_per_request=1):
+    """n concurrent requests of 14-token texts (the seq-16 queue); returns the pool and futures."""
+    pool = ThreadPoolExecutor(n)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    body = {"input": [" ".join(["word"] * 12)] * texts_per_request}
+    return pool, [pool.submit(client.post, "/v1/embeddings", json=body) for _ in range(n)]
+
+
+@pytest.mark.parametrize("drain", ["long", "short"])
+def test_sigterm_finishes_admitted_requests_and_exits_zero(drain):
+    port = free_port()
+    # 40 ms per batch of at most 4 rows: 64 rows take ~0.65 s to run.
+    proc = start(port, "--run-ms", "40", "--drain-timeout", "30" if drain == "long" else "0.2")
+    pool, futures = flood(port, 32, texts_per_request=2)
+    deadline = time.time() + 30
+    while queued(port) < 40 and time.time() < deadline:  # most rows admitted and waiting
+        time.sleep(0.01)
+    began = time.time()
+    proc.send_signal(signal.SIGTERM)
+    responses = [f.result(timeout=120) for f in futures]
+    pool.shutdown()
+    out, _ = proc.communicate(timeout=120)
+    drained = time.time() - began
+    statuses = [r.status_code for r in responses]
+    assert proc.returncode == 0, out
+    assert 500 not in statuses and set(statuses) <= {200, 503}, statuses
+    computed = int(out.rsplit("rows computed:", 1)[1])
+    ok = statuses.count(200)
+    if drain == "long":
+        assert ok == 32 and computed == 64  # every admitted request finished
+    else:
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy and all(r.headers["retry-after"] == "1" and "drain deadline" in r.json()["error"]["message"]
+                            for r in busy)
+        assert computed < 64 and ok * 2 <= computed  # rows that never started were not computed
+        assert drained < 10
+    # Answers sent while draining tell keep-alive clients to reconnect elsewhere.
+    assert any(r.headers.get("connection") == "close" for r in responses)
+
+def test_a_request_refused_for_a_full_queue_leaves_no_row_behind():
+    port = free_port()
+    proc = start(port, "--run-ms", "30", "--max-queue", "8")
+    try:
+        pool, futures = flood(port, 24, texts_per_request=3)
+        responses = [f.result(timeout=120) for f in futures]
+        pool.shutdown()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    statuses = [r.status_code for r in responses]
+    assert 503 in statuses and 500 not in statuses
+    computed = int(out.rsplit("rows computed:", 1)[1])
+    assert computed == 3 * statuses.count(200)  # refused requests had none of their rows computed
+    assert proc.returncode == 0
+
+
+# -- official clients against the live server ---------------------------------------------------
+
+
+class ThreadServer:
+    """The app on uvicorn in a thread of this process (for tests that need the model here)."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def tiny_image_model():
+    from bucketwise import BucketedModel, InputSpec, ModelSpec, OutputSpec, Plan
+
+    spec = ModelSpec(inputs=(InputSpec("image", ("batch", 3, "height", "width"), "float32"),),
+                     outputs=(OutputSpec("scores", ("batch", None)),
+                              OutputSpec("doubled", ("batch", None, "height", "width"))))
+
+    def fn(image):
+        return {"scores": image.sum(axis=(2, 3)), "doubled": image * 2}
+
+    return BucketedModel(fn, spec, Plan.grid(batch=[1, 2], height=[8, 16], width=[8, 16]), warmup_runs=0).compile(progress=False)
+
+
+def test_tritonclient_drives_v2_with_binary_and_json_tensors():
+    tritonhttp = pytest.importorskip("tritonclient.http")
+    from serve_double import make_embedder
+
+    from bucketwise.serve import ServeConfig, create_app
+
+    images = tiny_image_model()
+    embedder, _ = make_embedder()
+    app = create_app(embedder, ServeConfig(), models={"tiny-cnn": images})
+    rng = np.random.default_rng(0)
+    with ThreadServer(app) as server:
+        client = tritonhttp.InferenceServerClient(f"127.0.0.1:{server.port}")
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny-cnn")
+        meta = client.get_model_metadata("tiny-cnn")
+        assert meta["inputs"][0]["shape"] == [-1, 3, -1, -1]
+        for i, (h, w) in enumerate([(5, 7), (16, 9), (12, 12), (8, 16)]):
+            pic = rng.random((1 + i % 2, 3, h, w), dtype=np.float32)
+            inp = tritonhttp.InferInput("image", list(pic.shape), "FP32")
+            inp.set_data_from_numpy(pic, binary_data=i % 2 == 0)
+            outputs = None if i < 2 else [tritonhttp.InferRequestedOutput("doubled", binary_data=i == 3)]
+            result = client.infer("tiny-cnn", [inp], outputs=outputs)
+            want = images(image=pic)  # the library called directly
+            np.testing.assert_array_equal(result.as_numpy("doubled"), want["doubled"])
+            if outputs is None:
+                np.testing.assert_allclose(result.as_numpy("scores"), want["scores"], rtol=1e-6)
+        ids = np.array([[1, 5, 6, 2], [1, 7, 3, 2]], dtype=np.int64)
+        tensors = []
+        for name, arr in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("token_type_ids", np.zeros_like(ids))):
+            t = tritonhttp.InferInput(name, list(arr.shape), "INT64")
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        got = client.infer("all-MiniLM-L6-v2", tensors).as_numpy("sentence_embedding")
+        want = embedder.model(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
+        np.testing.assert_allclose(got, want["sentence_embedding"], rtol=1e-6)
+        with pytest.raises(Exception, match="not served here"):
+            client.get_model_metadata("nope")
+        client.close()
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation():
+    pytest.importorskip("schemathesis")
+    from serve_double import make_embedder
+
+    from bucketwise.serve import ServeConfig, create_app
+
+    embedder, _ = make_embedder()
+    app = create_app(embedder, ServeConfig(), models={"tiny-cnn": tiny_image_model()})
+    st = Path(sys.executable).parent / "st"
+    with ThreadServer(app) as server:
+        run = subprocess.run(
+            [str(st), "run", f"http://127.0.0.1:{server.port}/openapi.json", "--max-examples", "25",
+             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                         "response_schema_conformance", "--seed", "1", "--no-color"],
+            capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

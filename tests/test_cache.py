@@ -95,7 +95,7 @@ def test_fingerprint_follows_weights_and_graph_not_pad_values():
 # -- corrupt entries and atomic writes -------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "meta"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "meta", "meta_missing_key", "meta_wrong_type"])
 def test_corrupt_entry_is_rebuilt_with_a_warning_never_loaded(tmp_path, damage):
     cache, log = ArtifactCache(tmp_path / "c"), tmp_path / "log"
     build(cache)
@@ -109,8 +109,16 @@ def test_corrupt_entry_is_rebuilt_with_a_warning_never_loaded(tmp_path, damage):
         artifact.write_bytes(artifact.read_bytes()[:10])
     elif damage == "delete":
         artifact.unlink()
-    else:
+    elif damage == "meta":
         entry.path("meta.json").write_text("{not json")
+    else:  # valid JSON that lacks a field, or has one of the wrong type: rebuilt, not a KeyError
+        meta = json.loads(entry.path("meta.json").read_text())
+        record = meta["files"]["scale.npy"]
+        if damage == "meta_missing_key":
+            del record["sha256"]
+        else:
+            record["bytes"] = str(record["bytes"])
+        entry.path("meta.json").write_text(json.dumps(meta))
     with pytest.warns(CacheWarning, match="rebuilding"):
         bm = build(cache, log)
     assert sources(bm) == {"batch=1,seq=8": "cache", "batch=1,seq=16": "rebuilt", "batch=1,seq=32": "cache"}
@@ -120,6 +128,45 @@ def test_corrupt_entry_is_rebuilt_with_a_warning_never_loaded(tmp_path, damage):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
         assert set(sources(build(cache)).values()) == {"cache"}
+
+
+def test_what_a_killed_build_left_is_swept_but_a_live_writer_is_not(tmp_path):
+    cache = ArtifactCache(tmp_path / "c")
+    build(cache)
+    tmp = cache.root / "tmp"
+    orphan = tmp / "0123456789abcdef0123456789abcdef-deadbeef"  # a kill -9 mid-compile
+    orphan.mkdir(parents=True)
+    (orphan / "model.onnx").write_bytes(b"\0" * 4096)
+    (tmp / "trash-abc-12345678").mkdir()  # a kill -9 mid-removal
+    live = tmp / "fedcba9876543210fedcba9876543210-cafebabe"
+    live.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from bucketwise.runtime.cache import ArtifactCache
+            with ArtifactCache({str(cache.root)!r}).lock("fedcba9876543210fedcba9876543210"):
+                print("held", flush=True)
+                time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        build(cache)  # every build starts with a sweep
+        assert not orphan.exists() and not (tmp / "trash-abc-12345678").exists()
+        assert live.exists()  # another process is writing it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cache.sweep() == 1 and not live.exists()  # its writer died: now an orphan
+
+
+def test_a_cache_that_cannot_be_written_builds_without_it_with_one_warning(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.warns(CacheWarning, match="cannot be written") as caught:
+        bm = build(ArtifactCache(blocker / "cache"))
+    assert len([w for w in caught if issubclass(w.category, CacheWarning)]) == 1
+    assert set(sources(bm).values()) == {"uncached"} and bm.compile_report.cache is None
+    np.testing.assert_array_equal(bm(**x(12))["y"], 2 * x(12)["x"])
 
 
 def test_a_failed_write_leaves_no_entry_and_no_temporary_files(tmp_path):
@@ -290,3 +337,17 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend):
     np.testing.assert_allclose(again(**inputs)["pooled"], ref["pooled"], atol=1e-5)
     for bm in (cold, warm, again):
         bm.close()
+
+
+def test_serve_runs_without_an_unwritable_cache_where_compile_refuses_it(tmp_path, capsys):
+    from argparse import Namespace
+
+    from bucketwise.cli._common import cache_from_args
+    from bucketwise.errors import ConfigError
+
+    (tmp_path / "a-file").write_text("not a folder")
+    args = Namespace(no_cache=False, cache_dir=str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(ConfigError, match="cannot be written"):
+        cache_from_args(args, required=True)  # compile: the cache is its purpose
+    assert cache_from_args(args, fallback=True) is None  # serve: keeps serving, warns once
+    assert capsys.readouterr().err.count("running without a cache") == 1

@@ -38,10 +38,11 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return default_text_plan()
 
 
-def cache_from_args(args: argparse.Namespace, *, required: bool = False) -> Any:
+def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallback: bool = False) -> Any:
     """The artifact cache the command reads and fills, or None with --no-cache. A cache
     that cannot be written is an error when named (--cache-dir) or ``required``; the
-    default location falls back to no cache, with a warning."""
+    default location (or any, with ``fallback``: a server keeps serving) falls back to no
+    cache, with one warning."""
     from ..runtime.cache import ArtifactCache
 
     if getattr(args, "no_cache", False):
@@ -50,7 +51,7 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False) -> Any:
     try:
         cache.check_writable()
     except ConfigError as err:
-        if args.cache_dir or required:  # asked for by name, or the command's purpose: stop
+        if required or (args.cache_dir and not fallback):  # asked for by name, or the command's purpose: stop
             raise
         # The default location is not writable (a read-only home, a sandbox): run without.
         print(f"bucketwise: warning: {err}; running without a cache", file=sys.stderr)

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
         embedder = SentenceEmbedder.default(backend=args.backend, plan=plan_from_args(args), overflow=args.overflow,
                                             progress=not args.no_progress, model=args.model,
-                                            cache=cache_from_args(args), lazy=args.lazy)
+                                            cache=cache_from_args(args, fallback=True), lazy=args.lazy)
         model = embedder.model
         app = create_app(embedder, config)
         routes = f"/v1/embeddings and /v2/models/{name}/infer"
@@ -97,5 +97,6 @@ def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.batch_sizes:
         plan = Plan(tuple(Bucket({**{d: s for d, s in b.sizes if d != BATCH}, BATCH: n})
                           for b in plan.buckets for n in args.batch_sizes))
-    model = BucketedModel(module, spec, plan, backend=args.backend, overflow=args.overflow, cache=cache_from_args(args))
+    model = BucketedModel(module, spec, plan, backend=args.backend, overflow=args.overflow,
+                          cache=cache_from_args(args, fallback=True))
     return model.compile(progress=not args.no_progress, lazy=args.lazy)

@@ -128,6 +128,20 @@ class Builder:
 
     # -- building -----------------------------------------------------------------------
 
+    def _open_cache(self) -> None:
+        """Sweep what killed builds left in the cache; a cache that cannot be written is
+        dropped with one CacheWarning, and the build goes on without it."""
+        if self.cache is None:
+            return
+        try:
+            self.cache.check_writable()
+        except ConfigError as err:
+            warnings.warn(f"{err}; building without the cache", CacheWarning, stacklevel=4)
+            self.cache = None
+            self.report.cache = None
+            return
+        self.cache.sweep()
+
     def build(
         self,
         *,
@@ -141,6 +155,7 @@ class Builder:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
+        self._open_cache()
         if workers is None:
             workers = 1 if memory_budget is not None else min(4, os.cpu_count() or 1)
         if workers < 1:

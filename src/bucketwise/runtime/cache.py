@@ -146,6 +146,30 @@ class ArtifactCache:
                 "writable --cache-dir (or BUCKETWISE_CACHE), or run without a cache (--no-cache)"
             ) from None
 
+    def sweep(self) -> int:
+        """Remove what a killed process left under ``tmp/``: entries it was writing (when no
+        live writer holds their key's lock), half-deleted entries, stale probes. Returns how
+        many were removed. Run at the start of each build."""
+        tmp = self.root / "tmp"
+        if not tmp.is_dir():
+            return 0
+        from filelock import Timeout
+
+        removed = 0
+        for child in list(tmp.iterdir()):
+            name = child.name
+            try:
+                if name.startswith("trash-") or (name.startswith("probe-") and time.time() - child.stat().st_mtime > 60):
+                    _remove_path(child)
+                    removed += 1
+                elif child.is_dir() and "-" in name:
+                    with self.lock(name.rsplit("-", 1)[0], timeout=0):  # a live writer holds it: skip
+                        _remove_path(child)
+                        removed += 1
+            except (Timeout, OSError):
+                continue
+        return removed
+
     # -- keys -----------------------------------------------------------------------------
 
     @staticmethod
@@ -209,10 +233,10 @@ class ArtifactCache:
             meta = _read_meta(folder)
         except (OSError, ValueError) as err:
             return f"meta.json unreadable: {err}"
-        files = meta.get("files")
-        if not isinstance(files, dict) or not files:
-            return "meta.json lists no files"
-        for name, info in files.items():
+        problem = _meta_problem(meta)
+        if problem is not None:
+            return problem
+        for name, info in meta["files"].items():
             path = folder / name
             if not path.is_file():
                 return f"{name} is missing"
@@ -230,9 +254,11 @@ class ArtifactCache:
             return out
         for folder in sorted(root.iterdir()):
             try:
-                out.append(CacheEntry(folder.name, folder, _read_meta(folder)))
+                meta = _read_meta(folder)
             except (OSError, ValueError):
                 continue
+            if _meta_problem(meta) is None:
+                out.append(CacheEntry(folder.name, folder, meta))
         return out
 
     def measured(self, *, model: str, backend: str) -> dict[Bucket, CacheEntry]:
@@ -335,6 +361,34 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("meta.json is not an object")
     return data
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of an entry's meta.json, or None: every field read
+    later is checked here, so a hand-edited or half-written one is rebuilt, never a crash."""
+    if not isinstance(meta.get("identity"), dict):
+        return "meta.json has no identity object"
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        return "meta.json lists no files"
+    for name, info in files.items():
+        if not isinstance(name, str) or name.startswith("/") or ".." in Path(name).parts:
+            return f"meta.json names a file outside the entry: {name!r}"
+        if (not isinstance(info, dict) or isinstance(info.get("bytes"), bool) or not isinstance(info.get("bytes"), int)
+                or not isinstance(info.get("sha256"), str)):
+            return f"meta.json's record of {name!r} lacks an integer 'bytes' or a string 'sha256'"
+    for field_name in ("created", "compile_seconds", "resident_bytes"):
+        value = meta.get(field_name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"meta.json's {field_name!r} is {type(value).__name__}, not a number"
+    return None
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: Any) -> None:

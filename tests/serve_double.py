@@ -8,7 +8,9 @@ On exit it prints ``rows computed: N`` (rows the model actually ran, padding exc
 """
 
 import argparse
+import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -36,20 +38,56 @@ class WordTokenizer:
         return {"input_ids": ids, "token_type_ids": [0] * len(ids)}
 
 
+def embed(input_ids, attention_mask, token_type_ids):
+    """(sum of ids, token count, mean id) over the real tokens of each row."""
+    m = attention_mask.astype(np.float32)
+    total = (input_ids * m).sum(axis=1)
+    count = m.sum(axis=1)
+    return np.stack([total, count, total / np.maximum(count, 1)], axis=1).astype(np.float32)
+
+
 def make_embedder(run_seconds=0.0):
+    """The embedder, and a one-item list counting the real rows the model computed."""
     rows = [0]
 
-    def embed(input_ids, attention_mask, token_type_ids):
+    def slow_embed(input_ids, attention_mask, token_type_ids):
         time.sleep(run_seconds)
-        m = attention_mask.astype(np.float32)
-        rows[0] += int((m.sum(axis=1) > 0).sum())
-        total = (input_ids * m).sum(axis=1)
-        count = m.sum(axis=1)
-        return np.stack([total, count, total / np.maximum(count, 1)], axis=1).astype(np.float32)
+        rows[0] += int((attention_mask.sum(axis=1) > 0).sum())
+        return embed(input_ids, attention_mask, token_type_ids)
 
-    model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16]), warmup_runs=0).compile(progress=False)
+    model = BucketedModel(slow_embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16]), warmup_runs=0).compile(progress=False)
     rows[0] = 0
     return SentenceEmbedder(model, WordTokenizer()), rows
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadServer:
+    """An app on uvicorn in a thread of this process (for tests that need the model here)."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
 def main():

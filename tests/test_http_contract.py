@@ -15,31 +15,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
+from serve_double import SPEC, WordTokenizer, embed  # noqa: E402  (the model and tokenizer doubles)
+
 from bucketwise.serve import ServeConfig, create_app  # noqa: E402
-
-SPEC = ModelSpec(
-    inputs=(InputSpec("input_ids", ("batch", "seq"), "int64", pad_value=0, example=1),
-            InputSpec("attention_mask", ("batch", "seq"), "int64", pad_value=0, example=1),
-            InputSpec("token_type_ids", ("batch", "seq"), "int64", pad_value=0)),
-    outputs=(OutputSpec("sentence_embedding", ("batch", None)),),
-)
-
-
-class WordTokenizer:
-    """[CLS] words... [SEP] as ids 1, len(word)+2 ..., 2; truncates like a real tokenizer."""
-
-    def __call__(self, text, pair=None, *, truncation=False, max_length=None, verbose=True):
-        ids = [1] + [len(w) + 2 for w in text.split()] + [2]
-        if truncation and max_length is not None and len(ids) > max_length:
-            ids = ids[: max_length - 1] + [2]
-        return {"input_ids": ids, "token_type_ids": [0] * len(ids)}
-
-
-def embed(input_ids, attention_mask, token_type_ids):
-    m = attention_mask.astype(np.float32)
-    total = (input_ids * m).sum(axis=1)
-    count = m.sum(axis=1)
-    return np.stack([total, count, total / np.maximum(count, 1)], axis=1).astype(np.float32)
 
 
 def make_embedder(overflow="error"):

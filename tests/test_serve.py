@@ -1,7 +1,5 @@
 """The HTTP app on a real uvicorn server with the real model (slow tests)."""
 
-import socket
-import threading
 import time
 
 import numpy as np
@@ -13,34 +11,15 @@ from bucketwise import BucketedModel, Plan
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
+from serve_double import ThreadServer  # noqa: E402
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+class Server(ThreadServer):
+    """The app on a real uvicorn server in a thread; ``with`` gives an httpx client."""
 
     def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
+        super().__enter__()
         return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")

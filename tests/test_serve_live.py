@@ -3,10 +3,8 @@ bounded schemathesis run over the server's own /openapi.json. The model is a tes
 (tests/serve_double.py); everything else is the real server."""
 
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,12 +17,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 HERE = Path(__file__).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_double import ThreadServer, free_port  # noqa: E402
 
 
 def start(port, *args):
@@ -104,30 +97,6 @@ def test_a_request_refused_for_a_full_queue_leaves_no_row_behind():
 
 
 # -- official clients against the live server ---------------------------------------------------
-
-
-class ThreadServer:
-    """The app on uvicorn in a thread of this process (for tests that need the model here)."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def tiny_image_model():

@@ -59,10 +59,14 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallbac
     return cache
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, images: bool = False) -> None:
     """The options that pick the model, the backend, the buckets and the cache; ``serving``
-    adds those of commands that run the model (--overflow, --no-cache)."""
-    parser.add_argument("--model", metavar="DIR", help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)")
+    adds those of commands that run the model (--overflow, --no-cache); ``images`` says
+    --model also takes image models."""
+    parser.add_argument("--model", metavar="DIR" if not images else "MODEL",
+                        help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)"
+                        + ("; or an image model: resnet50, fasterrcnn, a torchvision name, file.py:function "
+                           "(with --plan)" if images else ""))
     parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
     parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
     parser.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets (default 1,8)")

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Prints each bucket's compile time, size on disk and resident memory."
         ),
     )
-    add_model_options(comp, serving=False)
+    add_model_options(comp, serving=False, images=True)
     comp.add_argument("--memory-budget", metavar="BYTES",
                       help="refuse a plan whose artifacts need more resident memory than this, e.g. 1GB")
     comp.add_argument("--workers", type=int, metavar="N",

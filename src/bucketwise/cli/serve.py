@@ -25,11 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    add_model_options(serve)
+    add_model_options(serve, images=True)
     serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
     serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
     serve.add_argument("--max-texts", type=int, default=256, help="texts per embeddings request at most")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="embeddings request body size at most")
+    serve.add_argument("--max-infer-bytes", type=int, default=64 << 20, help="KServe v2 infer request body size at most (default 64 MiB)")
     serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <key>', the key read from this environment variable")
     serve.add_argument("--allowed-hosts", default="127.0.0.1,localhost,::1", metavar="H1,H2",
                        help="Host headers answered, against DNS rebinding (default 127.0.0.1,localhost,::1; '*' answers any). "
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key,
                          model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
-                         allowed_hosts=hosts, request_timeout=args.request_timeout)
+                         allowed_hosts=hosts, request_timeout=args.request_timeout,
+                         max_infer_bytes=args.max_infer_bytes)
     if image:
         model = _image_model(args)
         app = create_app(None, config, models={name: model})

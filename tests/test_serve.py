@@ -207,3 +207,42 @@ def test_tritonclient_with_resnet50_at_varied_sizes_and_the_text_encoder(embedde
             emb = client.infer("all-MiniLM-L6-v2", inputs).as_numpy("sentence_embedding")
             np.testing.assert_allclose(emb[0], embedder.embed_tokenized([(ids, types)])[0], atol=1e-5)
         client.close()
+
+
+@pytest.mark.slow
+def test_audit_cases_fallback_overflow_and_a_megabyte_text_do_not_stall_or_crash(embedder):
+    """Two cases of the serving audit on the real model: a 600-token text under
+    ``--overflow fallback`` (once a 500: tensor size 602 vs 512) and a 1 MB text, whose
+    tokenizing once stalled /healthz for 0.7-0.9 s on the event loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bucketwise.models.text import SentenceEmbedder
+    from bucketwise.serve import ServeConfig, create_app
+
+    inner = embedder.model
+    fallback = SentenceEmbedder(BucketedModel(inner.model, inner.spec, Plan.grid(batch=[1, 4], seq=[16, 64]),
+                                              overflow="fallback").compile(progress=False), embedder.tokenizer)
+    app = create_app(fallback, ServeConfig(max_body_bytes=3_000_000))
+    long_text = " ".join(f"word{i}" for i in range(300))  # ~600 tokens: past the model's 256
+    huge = "lorem ipsum dolor " * 60_000  # ~1 MB
+    with Server(app) as client:
+        r = client.post("/v1/embeddings", json={"input": long_text})
+        assert r.status_code == 200, r.text  # cut to the model's max_length, run eagerly
+        want = fallback.embed([long_text])[0]
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], want, atol=1e-5)
+
+        def timed(fn):
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        with ThreadPoolExecutor(2) as pool:
+            big = pool.submit(timed, lambda: client.post("/v1/embeddings", json={"input": huge}))
+            time.sleep(0.05)
+            health = []
+            while not big.done():
+                health.append(timed(lambda: client.get("/healthz")))
+            took = big.result()
+    # /healthz kept answering while the megabyte was tokenized: each answer took a fraction
+    # of the big request's time (side by side in one run, not a fixed threshold).
+    assert len(health) >= 3 and max(health) < took / 2, (max(health), took)

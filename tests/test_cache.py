@@ -328,12 +328,18 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend):
         np.testing.assert_allclose(cold(**inputs)[name], ref[name], atol=1e-5)
     entry = next(e for e in cache.entries() if e.identity["kind"] == "artifact")
     victim = max(entry.meta["files"], key=lambda f: entry.meta["files"][f]["bytes"])
+    # Entries that share the file (one inode: ONNX Runtime's weights, stored once) all see
+    # the damage, and each is rebuilt; the others load.
+    inode = entry.path(victim).stat().st_ino
+    artifacts = [e for e in cache.entries() if e.identity["kind"] == "artifact"]
+    sharing = sum(any(e.path(f).stat().st_ino == inode for f in e.meta["files"]) for e in artifacts)
+    assert sharing == (4 if backend == "onnxruntime" else 1)
     data = bytearray(entry.path(victim).read_bytes())
     data[len(data) // 2] ^= 0xFF
     entry.path(victim).write_bytes(bytes(data))
     with pytest.warns(CacheWarning):
         again = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
-    assert sorted(r.source for r in again.compile_report.builds.values()) == ["cache"] * 3 + ["rebuilt"]
+    assert sorted(r.source for r in again.compile_report.builds.values()) == ["cache"] * (4 - sharing) + ["rebuilt"] * sharing
     np.testing.assert_allclose(again(**inputs)["pooled"], ref["pooled"], atol=1e-5)
     for bm in (cold, warm, again):
         bm.close()
@@ -351,3 +357,46 @@ def test_serve_runs_without_an_unwritable_cache_where_compile_refuses_it(tmp_pat
         cache_from_args(args, required=True)  # compile: the cache is its purpose
     assert cache_from_args(args, fallback=True) is None  # serve: keeps serving, warns once
     assert capsys.readouterr().err.count("running without a cache") == 1
+
+
+def test_onnxruntime_buckets_store_and_map_the_weights_once(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from bucketwise import InputSpec, ModelSpec, OutputSpec
+    from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(8000, 64)  # 2 MB of weights
+            self.proj = torch.nn.Linear(64, 64)
+
+        def forward(self, ids):
+            return self.proj(self.emb(ids))
+
+    spec = ModelSpec((InputSpec("ids", ("batch", "seq"), "int64"),), (OutputSpec("tokens", ("batch", "seq", None)),))
+    torch.manual_seed(0)
+    net = Net().eval()
+    plan = Plan.grid(batch=[1, 4], seq=[8, 16, 32])
+    weights = sum(p.numel() * 4 for p in net.parameters())
+    ids = np.random.default_rng(0).integers(1, 8000, (3, 20))
+    cache = ArtifactCache(tmp_path / "c")
+    shared = OnnxRuntimeBackend()
+    bm = BucketedModel(net, spec, plan, backend=shared, cache=cache).compile(progress=False)
+    # 6 buckets and the export: about twice the weights on disk, not seven times.
+    assert cache.disk_bytes() < 2.5 * weights, (cache.disk_bytes(), weights)
+    assert len(shared._mapped) == 1  # every bucket's session reads one memory map
+    unshared = BucketedModel(net, spec, plan, backend=OnnxRuntimeBackend(share_weights=False, prepack=False),
+                             cache=ArtifactCache(tmp_path / "c2")).compile(progress=False)
+    uncached = BucketedModel(net, spec, plan, backend=OnnxRuntimeBackend(prepack=[Bucket(batch=4, seq=32)]))
+    uncached.compile(progress=False)
+    ref = bm.reference({"ids": ids})["tokens"]
+    for model in (bm, unshared, uncached):
+        np.testing.assert_allclose(model(ids=ids)["tokens"], ref, atol=1e-5)
+    warm = BucketedModel(net, spec, plan, backend=OnnxRuntimeBackend(), cache=cache).compile(progress=False)
+    assert {r.source for r in warm.compile_report.builds.values()} == {"cache"}
+    np.testing.assert_allclose(warm(ids=ids)["tokens"], ref, atol=1e-5)
+    for model in (bm, unshared, uncached, warm):
+        model.close()
+    cache.clear()
+    assert not any((cache.root / sub).exists() for sub in ("blobs", "locks", "tmp"))

@@ -4,14 +4,30 @@ Each session fixes the graph's free dimensions to the bucket's sizes
 (``add_free_dimension_override_by_name``), so ORT plans memory and folds shapes for
 exactly that shape, as a static compiler would.
 
-For the artifact cache, ``compile_to`` also writes the session's optimised graph (weights
-in ``weights.bin`` beside it, so models over 2 GB work); ``load`` opens that graph with
-graph optimisations off, the offline-optimisation workflow ONNX Runtime documents.
+Weights once. Each bucket's optimised graph is written to a folder (the cache entry, or a
+private temporary one) with its weights split in two: ``weights.bin``, the tensors that do
+not depend on the bucket, laid out exactly as in the model's one shape-free optimised graph
+(so the file is byte-identical for every bucket: the cache stores it once and hard-links
+it), and ``extra.bin``, the few constants folded for this bucket's shape. ``load`` opens the
+graph with graph optimisations off (the offline-optimisation workflow ONNX Runtime
+documents) and, with ``share_weights``, hands every session the same memory-mapped
+tensors through ``SessionOptions.add_initializer``, so the weights are resident once.
+
+What is left per session is MLAS's prepacked copy of the weights (about half the weights
+for MiniLM) and the activations. ``prepack=False`` (or a set of buckets to prepack) drops
+the copy where it is not worth it: measured on a 2-core CPU, unpacked buckets cost 4-18%
+more per run at batch 8 and 10-85% at batch 1 (``benchmarks/bench_weights.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -53,10 +69,22 @@ class OnnxRuntimeBackend:
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
         opset: int = 17,
+        share_weights: bool = True,
+        prepack: bool | Collection[Bucket] = True,
     ) -> None:
         self.providers = tuple(providers)
         self.intra_op_threads = intra_op_threads
         self.opset = opset
+        self.share_weights = share_weights
+        if not isinstance(prepack, bool):
+            prepack = frozenset(prepack)
+            if not all(isinstance(b, Bucket) for b in prepack):
+                raise BackendError(f"prepack must be True, False or a collection of Buckets, got {prepack!r}")
+        self.prepack = prepack
+        self._lock = threading.Lock()
+        self._free_graphs: dict[tuple[str, int], tuple[Path, dict[str, tuple[int, int]]]] = {}
+        self._mapped: dict[tuple[int, int], tuple[Any, dict[tuple[int, int, str], Any]]] = {}
+        self._scratch: Path | None = None
 
     def export_key(self) -> dict[str, Any]:
         return export_key(self.opset)
@@ -94,30 +122,106 @@ class OnnxRuntimeBackend:
         return self._open(Path(source), self._options(bucket), bucket)
 
     def compile(self, source: Any, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
-        return OrtArtifact(bucket, self.session(_onnx_path(source), bucket), spec.output_names)
+        """Without the cache: the bucket's graph goes to a private temporary folder (its
+        weights file a hard link to the shared one), then loads as from the cache."""
+        if not self.share_weights:
+            return OrtArtifact(bucket, self.session(_onnx_path(source), bucket), spec.output_names)
+        folder = Path(tempfile.mkdtemp(prefix=f"{bucket.label().replace(',', '-').replace('=', '')}-",
+                                       dir=self._scratch_dir()))
+        return self.compile_to(source, spec, bucket, folder)
 
     # -- artifact cache ---------------------------------------------------------------------
 
     def cache_key(self) -> dict[str, Any]:
         import onnxruntime as ort
 
+        # prepack and share_weights change how an entry is opened, not what it holds.
         return {"name": self.name, "version": ort.__version__,
-                "options": {"providers": list(self.providers), "opset": self.opset}}
+                "options": {"providers": list(self.providers), "opset": self.opset, "layout": "split-weights"}}
 
     def compile_to(self, source: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> OrtArtifact:
-        so = self._options(bucket)
-        so.optimized_model_filepath = str(folder / "model.onnx")
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        so.log_severity_level = 3  # ORT warns that the saved graph is machine-specific: the key says so
-        return OrtArtifact(bucket, self._open(_onnx_path(source), so, bucket), spec.output_names)
+        source = _onnx_path(source)
+        weights, shared = self._free_graph(source)
+        scratch = folder / ".optimised"
+        scratch.mkdir()
+        _optimise(self, source, bucket, scratch)
+        _split_weights(scratch / "model.onnx", scratch / "weights.bin", shared, folder)
+        shutil.rmtree(scratch)
+        try:
+            os.link(weights, folder / "weights.bin")  # one inode for every bucket: mapped once
+        except OSError:
+            shutil.copyfile(weights, folder / "weights.bin")
+        return self.load(folder, spec, bucket)
 
     def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> OrtArtifact:
-        session = self._open(folder / "model.onnx", self._options(bucket, optimize=False), bucket)
+        so = self._options(bucket, optimize=False)
+        if self.share_weights:
+            for name, value in self._shared_tensors(folder).items():
+                so.add_initializer(name, value)
+        if not (self.prepack is True or (not isinstance(self.prepack, bool) and bucket in self.prepack)):
+            so.add_session_config_entry("session.disable_prepacking", "1")
+        session = self._open(folder / "model.onnx", so, bucket)
         return OrtArtifact(bucket, session, spec.output_names)
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            self._mapped.clear()
+            self._free_graphs.clear()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
+
+    # -- weights once --------------------------------------------------------------------
+
+    def _scratch_dir(self) -> Path:
+        with self._lock:
+            return self._scratch_dir_locked()
+
+    def _free_graph(self, source: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+        """The model's shape-free optimised graph (once per export): its weights file, and
+        each weight's (offset, length) in it by the SHA-256 of its bytes."""
+        key = (str(source), source.stat().st_mtime_ns)
+        with self._lock:
+            if key not in self._free_graphs:
+                folder = Path(tempfile.mkdtemp(prefix="free-", dir=self._scratch_dir_locked()))
+                _optimise(self, source, None, folder)
+                self._free_graphs[key] = (folder / "weights.bin", _external_index(folder / "model.onnx",
+                                                                                  folder / "weights.bin"))
+            return self._free_graphs[key]
+
+    def _scratch_dir_locked(self) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="bucketwise-ort-"))
+            weakref.finalize(self, shutil.rmtree, str(self._scratch), True)  # also without close()
+        return self._scratch
+
+    def _shared_tensors(self, folder: Path) -> dict[str, Any]:
+        """The graph's initializers that live in ``weights.bin``, as OrtValues over one
+        read-only memory map per file (per inode: hard links share it)."""
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+
+        path = folder / "weights.bin"
+        st = path.stat()
+        with self._lock:
+            if (st.st_dev, st.st_ino) not in self._mapped:
+                self._mapped[(st.st_dev, st.st_ino)] = (np.memmap(path, dtype=np.uint8, mode="r"), {})
+            mapped, values = self._mapped[(st.st_dev, st.st_ino)]
+            graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+            out = {}
+            for init in graph.graph.initializer:
+                info = {e.key: e.value for e in init.external_data}
+                if init.data_location != onnx.TensorProto.EXTERNAL or info.get("location") != "weights.bin":
+                    continue
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+                offset, length = int(info.get("offset", 0)), int(info["length"])
+                vkey = (offset, length, f"{np.dtype(dtype).str}{list(init.dims)}")
+                if vkey not in values:
+                    view = mapped[offset:offset + length].view(dtype).reshape(list(init.dims))
+                    values[vkey] = ort.OrtValue.ortvalue_from_numpy(view)
+                out[init.name] = values[vkey]
+            return out
 
 
 def _onnx_path(source: Any) -> Path:
@@ -127,3 +231,58 @@ def _onnx_path(source: Any) -> Path:
             "first (BucketedModel does this for you)"
         )
     return Path(source)
+
+
+def _optimise(backend: OnnxRuntimeBackend, source: Path, bucket: Bucket | None, folder: Path) -> None:
+    """Write ORT's optimised graph of ``source`` for ``bucket`` (None: shape-free) to
+    ``folder/model.onnx``, every initializer of 1 KiB or more in ``folder/weights.bin``."""
+    so = backend._options(bucket)
+    so.optimized_model_filepath = str(folder / "model.onnx")
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    so.log_severity_level = 3  # ORT warns that the saved graph is machine-specific: the key says so
+    backend._open(source, so, bucket)
+
+
+def _external_index(graph_path: Path, weights: Path) -> dict[str, tuple[int, int]]:
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False)
+    blob = weights.read_bytes()
+    index = {}
+    for init in graph.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            offset, length = int(info.get("offset", 0)), int(info["length"])
+            index.setdefault(hashlib.sha256(blob[offset:offset + length]).hexdigest(), (offset, length))
+    return index
+
+
+def _split_weights(graph_path: Path, weights: Path, shared: Mapping[str, tuple[int, int]], folder: Path) -> None:
+    """Rewrite a bucket's optimised graph into ``folder``: tensors found in the shape-free
+    graph's weights point into its file (``weights.bin``, by then the same bytes), the
+    rest go to ``extra.bin``."""
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False)
+    blob = weights.read_bytes()
+    extra = bytearray()
+    for init in graph.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in init.external_data}
+        offset, length = int(info.get("offset", 0)), int(info["length"])
+        data = blob[offset:offset + length]
+        found = shared.get(hashlib.sha256(data).hexdigest())
+        if found is not None:
+            location, (offset, length) = "weights.bin", found
+        else:
+            extra.extend(b"\0" * (-len(extra) % 64))  # aligned, as ORT writes its own
+            location, offset, length = "extra.bin", len(extra), len(data)
+            extra.extend(data)
+        del init.external_data[:]
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = init.external_data.add()
+            entry.key, entry.value = k, v
+    (folder / "extra.bin").write_bytes(bytes(extra))
+    onnx.save(graph, str(folder / "model.onnx"))

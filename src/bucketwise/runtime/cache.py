@@ -8,6 +8,9 @@ else ``~/.cache/bucketwise``)::
     entries/<key>/...         the artifact's files, as the backend wrote them
     locks/<key>.lock          held while one process compiles that entry
     tmp/                      entries being written, renamed into entries/ when whole
+    blobs/<sha256>            one copy of each large file (1 MiB and up) that entries share:
+                              an entry's copy is a hard link to it (ONNX Runtime buckets
+                              of one model share their weights file this way)
 
 An entry's key is the SHA-256 of its identity: the model fingerprint (weights and graph,
 see :func:`fingerprint`), the backend's name, version and options, the host (compiled code
@@ -22,6 +25,10 @@ Contracts:
   entry is removed with a warning and rebuilt, never loaded.
 - Two processes that compile the same entry at once are safe: the second waits on the
   entry's file lock, then loads what the first wrote.
+- A large file identical to one already cached is stored once: the entry gets a hard link
+  (a copy where the file system has none). Each entry is still whole on its own and
+  checked on its own; a corrupt shared file fails every entry that links it, and each is
+  rebuilt.
 """
 
 from __future__ import annotations
@@ -55,6 +62,18 @@ __all__ = [
 
 CACHE_FORMAT = 1
 T = TypeVar("T")
+DEDUPE_MIN_BYTES = 1 << 20
+_HASHED: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime_ns) -> SHA-256
+
+
+def sha256_once(path: Path) -> str:
+    """The file's SHA-256, hashed once per process per file (a hard-linked file shared by
+    many entries is read once; a file changed since has another mtime and is re-read)."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
 
 
 def default_cache_dir() -> Path:
@@ -168,6 +187,20 @@ class ArtifactCache:
                         removed += 1
             except (Timeout, OSError):
                 continue
+        return removed + self._sweep_blobs()
+
+    def _sweep_blobs(self) -> int:
+        """Remove shared files no entry links any more (the blob's own link is the last)."""
+        blobs = self.root / "blobs"
+        removed = 0
+        for blob in list(blobs.iterdir()) if blobs.is_dir() else []:
+            try:
+                stale_tmp = blob.name.startswith(".") and time.time() - blob.stat().st_mtime > 3600
+                if blob.stat().st_nlink == 1 and (not blob.name.startswith(".") or stale_tmp):
+                    blob.unlink()
+                    removed += 1
+            except OSError:
+                continue
         return removed
 
     # -- keys -----------------------------------------------------------------------------
@@ -242,7 +275,7 @@ class ArtifactCache:
                 return f"{name} is missing"
             if path.stat().st_size != int(info["bytes"]):
                 return f"{name} has {path.stat().st_size} bytes, expected {info['bytes']} (truncated?)"
-            if sha256_file(path) != info["sha256"]:
+            if sha256_once(path) != info["sha256"]:
                 return f"{name} fails its SHA-256 check"
         return None
 
@@ -312,6 +345,7 @@ class ArtifactCache:
                 **dict(info or {}),
             }
             _write_json(tmp / "meta.json", meta)
+            self._share_large_files(tmp, files)
             final = self.folder(key)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # a stale entry (the caller holds the lock, so not a live one)
@@ -321,6 +355,44 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return CacheEntry(key, final, meta), result
+
+    def _share_large_files(self, folder: Path, files: Mapping[str, Any]) -> None:
+        """Store each large file once, under ``blobs/<sha256>``: a file already there is
+        replaced by a hard link to it; a new one is published there. Where hard links fail
+        (another file system), the entry keeps its own copy."""
+        blobs = self.root / "blobs"
+        for name, info in files.items():
+            if info["bytes"] < DEDUPE_MIN_BYTES:
+                continue
+            path, blob = folder / name, blobs / info["sha256"]
+            try:
+                blobs.mkdir(exist_ok=True)
+                if blob.exists() and (blob.stat().st_size != info["bytes"] or sha256_once(blob) != info["sha256"]):
+                    blob.unlink()  # a corrupt blob: never link to it; the new file replaces it
+                if blob.exists():
+                    link = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+                    os.link(blob, link)
+                    os.replace(link, path)
+                else:
+                    link = blobs / f".{info['sha256']}.{uuid.uuid4().hex[:8]}"
+                    os.link(path, link)
+                    os.replace(link, blob)  # published whole, atomically
+            except OSError:
+                continue
+
+    def disk_bytes(self) -> int:
+        """Bytes the cache holds on disk, each shared file counted once."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for path in self.root.rglob("*"):
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if path.is_file() and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+        return total
 
     def update(self, key: str, **fields: Any) -> None:
         """Record measurements (e.g. ``resident_bytes``) in an entry's meta.json, atomically."""
@@ -335,7 +407,8 @@ class ArtifactCache:
         os.replace(tmp, folder / "meta.json")
 
     def remove(self, key: str) -> None:
-        """Remove an entry: renamed out of ``entries/`` first, so no reader sees half of it."""
+        """Remove an entry: renamed out of ``entries/`` first, so no reader sees half of it.
+        (Shared files it linked stay in ``blobs/`` until :meth:`sweep` finds them unused.)"""
         folder = self.folder(key)
         if not folder.exists():
             return
@@ -348,11 +421,13 @@ class ArtifactCache:
         shutil.rmtree(trash, ignore_errors=True)
 
     def clear(self) -> int:
-        """Remove every entry; returns how many there were."""
+        """Remove every entry, the shared files and the lock files; returns how many entries
+        there were."""
         entries = self.entries()
         for e in entries:
             self.remove(e.key)
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+        for sub in ("tmp", "blobs", "locks"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
         return len(entries)
 
 

@@ -1,0 +1,152 @@
+"""Weights once: MiniLM buckets on ONNX Runtime, before and after sharing the weights.
+
+For 1, 4, 10 and 20 buckets, each measured in a fresh process that starts from a full
+artifact cache (a warm start):
+
+- resident: growth of the process's RSS over the build (the weights, the sessions, the
+  prepacked copies and the warm-up activations);
+- disk: bytes of the cache folder, each hard-linked file counted once;
+- latency: best of 5 rounds of 20 runs at the plan's smallest and largest bucket;
+- start: seconds inside ``compile()`` (loading and warming every bucket).
+
+"before" is the code at ``--before REV`` (default: the commit before weights were shared),
+run from a git worktree; "after" is this checkout, with the default options
+(``share_weights=True, prepack=True``) and with ``prepack=False``. The one-shape MiniLM
+weights are 87 MiB.
+
+    python benchmarks/bench_weights.py [--before REV] [--sizes 1,4,10,20]
+Writes benchmarks/results/weights_once.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import save, table
+
+ROOT = Path(__file__).resolve().parents[1]
+LADDERS = {
+    1: {"batch": [1], "seq": [256]},
+    4: {"batch": [1], "seq": [32, 64, 128, 256]},
+    10: {"batch": [1, 8], "seq": [16, 32, 64, 128, 256]},
+    20: {"batch": [1, 2, 4, 8], "seq": [16, 32, 64, 128, 256]},
+}
+
+
+def child(src: str, n: int, options: dict, cache_dir: str) -> dict:
+    sys.path.insert(0, src)
+    import time
+
+    import numpy as np
+
+    from bucketwise import BucketedModel, Plan
+    from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
+    from bucketwise.models.text import lazy_default_encoder
+    from bucketwise.runtime.cache import ArtifactCache, resident_bytes
+
+    module, _, spec = lazy_default_encoder(None)
+    plan = Plan.grid(**LADDERS[n])
+    if isinstance(options.get("prepack"), list):
+        from bucketwise import Bucket
+
+        options = {**options, "prepack": [Bucket(b) for b in options["prepack"]]}
+    before = resident_bytes(trim=True)
+    start = time.perf_counter()
+    bm = BucketedModel(module, spec, plan, backend=OnnxRuntimeBackend(**options), cache=ArtifactCache(cache_dir))
+    bm.compile(progress=False)
+    seconds = time.perf_counter() - start
+    resident = resident_bytes(trim=True) - before
+    lat = {}
+    buckets = sorted(plan.buckets, key=lambda b: b.volume)
+    for bucket in (buckets[0], buckets[-1]):
+        inputs = spec.example_inputs(bucket)
+        artifact = bm.artifact(bucket)
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(20):
+                artifact.run(inputs)
+            best = min(best, (time.perf_counter() - t) / 20)
+        lat[bucket.label()] = best * 1e3
+    sources = sorted({b.source for b in bm.compile_report.builds.values()})
+    bm.close()
+    return {"resident_mib": resident / 2**20, "start_s": seconds, "latency_ms": lat, "sources": sources,
+            "np": np.__version__}
+
+
+def disk_mib(folder: Path) -> float:
+    seen, total = set(), 0
+    for p in folder.rglob("*"):
+        st = p.lstat()
+        if p.is_file() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total / 2**20
+
+
+def run_child(src: Path, n: int, options: dict, cache: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([str(src), n, options, str(cache)])],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="57378b5~1", help="the code before sharing (a git revision)")
+    parser.add_argument("--sizes", default="1,4,10,20")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(*json.loads(args.child))))
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-weights-"))
+    old = work / "before"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.before],
+                   check=True, capture_output=True)
+    # "hot": prepack only the short batch-1 buckets, where most single short texts land
+    # (MRPC's median is about 25 tokens); the rest run unpacked.
+    hot = [{"batch": 1, "seq": 16}, {"batch": 1, "seq": 32}]
+    configs = [("before", old / "src", {}), ("after", ROOT / "src", {}),
+               ("after, prepack=False", ROOT / "src", {"prepack": False}),
+               ("after, prepack hot", ROOT / "src", {"prepack": hot})]
+    results = []
+    try:
+        for name, src, options in configs:
+            for n in sizes:
+                cache = work / f"cache-{'before' if name == 'before' else 'after'}-{n}"
+                run_child(src, n, options, cache)  # fills the cache (a no-op when already full)
+                r = run_child(src, n, options, cache)
+                r.update(config=name, buckets=n, disk_mib=disk_mib(cache))
+                results.append(r)
+                print(f"{name:<22} {n:>2} buckets: resident {r['resident_mib']:6.0f} MiB, disk {r['disk_mib']:6.0f} MiB, "
+                      f"start {r['start_s']:5.2f} s, {r['latency_ms']} ({r['sources']})", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+    by = {(r["config"], r["buckets"]): r for r in results}
+    rows = []
+    for r in results:
+        items = list(r["latency_ms"].items())
+        short, long = items[0], items[-1]
+        base = by.get(("before", r["buckets"]))
+        ratio = " / ".join(f"{r['latency_ms'][k] / base['latency_ms'][k]:.2f}×" for k in r["latency_ms"]) if base else "-"
+        rows.append([r["config"], r["buckets"], f"{r['resident_mib']:.0f}", f"{r['disk_mib']:.0f}", f"{r['start_s']:.2f}",
+                     f"{short[0]} {short[1]:.2f}", f"{long[0]} {long[1]:.1f}", ratio])
+    print()
+    print(table(rows, ["config", "buckets", "resident MiB", "disk MiB", "start s", "short ms", "long ms",
+                       "latency vs before"]))
+    path = save("weights_once", {"sizes": sizes, "before": args.before, "results": results})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

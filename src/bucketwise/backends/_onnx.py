@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .._optional import require
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
@@ -50,7 +51,7 @@ def to_onnx(model: Any, spec: ModelSpec, example: Bucket, workdir: Path, *, opse
             return src  # its dims already carry the spec's names (e.g. a cached export): use as is
         proto = onnx.load(str(src))
     else:
-        import torch
+        torch = require("torch", "onnx", purpose="exporting a torch model to ONNX")
 
         from ._torch import positional
 

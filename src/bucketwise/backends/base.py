@@ -103,11 +103,13 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "inductor": "bucketwise.backends.inductor:InductorBackend",
 }
 
-# The optional packages each backend needs, and the extra that installs them.
+# The optional packages each backend needs, and the extra that installs them. (The ONNX
+# backends need torch only to export a torch model, and import it then: a warm start from
+# the cache, or an .onnx file, never imports it.)
 REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "eager": (),
-    "onnxruntime": (("torch", "onnx"), ("onnx", "onnx"), ("onnxruntime", "onnx")),
-    "openvino": (("torch", "openvino"), ("onnx", "openvino"), ("openvino", "openvino")),
+    "onnxruntime": (("onnx", "onnx"), ("onnxruntime", "onnx")),
+    "openvino": (("onnx", "openvino"), ("openvino", "openvino")),
     "torchscript": (("torch", "torch"),),
     "inductor": (("torch", "torch"),),
 }

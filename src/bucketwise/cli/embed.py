@@ -88,7 +88,7 @@ def _texts(args: argparse.Namespace, embedder: Any, texts: list[Any]) -> tuple[l
     if args.input:
         texts = texts[: args.limit] if args.limit else texts
         return texts, embedder.tokenize(texts), args.input, 0
-    corpus = stdlib_docstrings()[: args.limit] if args.limit else stdlib_docstrings()
+    corpus = stdlib_docstrings(limit=args.limit or None)  # reads (and tokenizes) only what --limit takes
     kept = [(t, e) for t, e in zip(corpus, embedder.tokenize(corpus))
             if embedder.router.fits({BATCH: 1, "seq": len(e[0])})]
     return ([t for t, _ in kept], [e for _, e in kept], "built-in corpus: Python standard library docstrings",

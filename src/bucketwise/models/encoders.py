@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._optional import require
-from ..errors import ConfigError
+from .._optional import is_importable, require
+from ..errors import ConfigError, MissingDependencyError
 from ..spec import InputSpec, ModelSpec, OutputSpec
+from .tokenizer import fast_tokenizer
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -83,9 +84,18 @@ def model_dir(path: str | None) -> str:
 
 
 def load_default_tokenizer(path: str | None = None) -> Any:
-    """The tokenizer alone (no weights): of ``path``, or of all-MiniLM-L6-v2 by default."""
+    """The tokenizer alone (no weights): of ``path``, or of all-MiniLM-L6-v2 by default.
+
+    Read with the ``tokenizers`` package where the folder allows it (a
+    :class:`~bucketwise.models.tokenizer.FastTokenizer`: the same ids, without importing
+    transformers and torch), else with ``transformers.AutoTokenizer``."""
+    folder = model_dir(path)
+    if is_importable("tokenizers"):
+        fast = fast_tokenizer(folder)
+        if fast is not None:
+            return fast
     transformers = require("transformers", "text")
-    return transformers.AutoTokenizer.from_pretrained(model_dir(path))
+    return transformers.AutoTokenizer.from_pretrained(folder)
 
 
 def encoder_info(path: str | None, tokenizer: Any) -> EncoderInfo:
@@ -215,7 +225,6 @@ def lazy_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
     """
     from ..runtime.cache import LazyModel, fingerprint_files
 
-    transformers = require("transformers", "text")
     tokenizer = load_default_tokenizer(path)
     info = encoder_info(path, tokenizer)
     spec = encoder_spec(tokenizer, vocab_size=info.vocab_size, type_vocab_size=info.type_vocab_size,
@@ -232,6 +241,7 @@ def lazy_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
         import contextlib
         import io
 
+        transformers = require("transformers", "text")
         # transformers prints a weight-loading progress bar; keep the CLI's output clean.
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -241,10 +251,14 @@ def lazy_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
             return mean_pooled_encoder(encoder)
 
     # What wraps the weights is part of the graph: the pooling, and the code that runs it.
-    wrapper: dict[str, Any] = {"wrapper": info.pooling, "attn": "eager", "transformers": transformers.__version__,
-                               "inputs": list(info.input_names)}
-    if info.sentence_transformers:
-        from importlib.metadata import version
+    # (Versions from the installed metadata: importing transformers would import torch.)
+    from importlib.metadata import PackageNotFoundError, version
 
-        wrapper["sentence_transformers"] = version("sentence-transformers")
+    try:
+        wrapper: dict[str, Any] = {"wrapper": info.pooling, "attn": "eager", "transformers": version("transformers"),
+                                   "inputs": list(info.input_names)}
+        if info.sentence_transformers:
+            wrapper["sentence_transformers"] = version("sentence-transformers")
+    except PackageNotFoundError as err:
+        raise MissingDependencyError(f"{err.name} is not installed for the text encoder: pip install 'bucketwise[text]'") from None
     return LazyModel(load, fingerprint_files(info.folder, extra=wrapper), info.name), tokenizer, spec

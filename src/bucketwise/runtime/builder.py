@@ -10,6 +10,7 @@ measurement live here too. The runner reads the installed artifacts through
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -242,7 +243,9 @@ class Builder:
     def _build(self, bucket: Bucket, *, measure: bool, compile_missing: bool = True) -> BucketBuild | None:
         """Load ``bucket`` from the cache or compile it, warm it up and install it. Returns
         ``None`` (doing nothing) for a cache miss when ``compile_missing`` is false."""
-        rss0 = resident_bytes(trim=True) if measure and self._measure else None
+        # A cache entry whose size was measured on an earlier load is not measured again:
+        # trimming the heap for each bucket would double a warm start.
+        rss0 = resident_bytes(trim=True) if measure and self._measure and not self._measured_on_load(bucket) else None
         if self.cacheable:
             got = self._from_cache(bucket, compile_missing=compile_missing)
             if got is None:
@@ -258,6 +261,8 @@ class Builder:
         if rss0 is not None:
             rss1 = resident_bytes()
             resident = max(0, rss1 - rss0) if rss1 is not None else None
+        if resident is None and source == "cache" and entry is not None:
+            resident = entry.resident_bytes  # measured on an earlier load
         build = BucketBuild(
             bucket, source, seconds, warm,  # type: ignore[arg-type]
             compile_seconds=entry.compile_seconds if source == "cache" and entry is not None else seconds,
@@ -265,7 +270,7 @@ class Builder:
             resident_bytes=resident,
             key=key,
         )
-        if key is not None and resident is not None and entry is not None:
+        if key is not None and rss0 is not None and resident is not None and entry is not None:
             self._record_resident(key, entry.meta, resident, loaded=source == "cache")
         with self._lock:
             self._artifacts[bucket] = artifact
@@ -273,6 +278,17 @@ class Builder:
             self.compile_seconds[bucket] = seconds + warm
             self.report.builds[bucket] = build
         return build
+
+    def _measured_on_load(self, bucket: Bucket) -> bool:
+        if not self.cacheable:
+            return False
+        assert self.cache is not None and isinstance(self.backend, CacheableBackend)
+        key = self.cache.key(self.cache.identity(model=self.fingerprint(), backend=self.backend.cache_key(), bucket=bucket))
+        try:
+            meta = json.loads((self.cache.folder(key) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and meta.get("resident_measured_on") == "load" and meta.get("resident_bytes") is not None
 
     def _from_cache(
         self, bucket: Bucket, *, compile_missing: bool

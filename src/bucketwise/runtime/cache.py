@@ -46,7 +46,16 @@ from typing import Any, TypeVar
 
 from ..errors import BackendError, CacheWarning, ConfigError
 from ..shapes import Bucket
-from .fingerprint import LazyModel, cpu_name, digest, fingerprint, fingerprint_files, host_id, sha256_file
+from .fingerprint import (
+    LazyModel,
+    cpu_name,
+    default_cache_dir,
+    digest,
+    fingerprint,
+    fingerprint_files,
+    host_id,
+    sha256_file,
+)
 
 __all__ = [
     "ArtifactCache",
@@ -74,19 +83,6 @@ def sha256_once(path: Path) -> str:
     if key not in _HASHED:
         _HASHED[key] = sha256_file(path)
     return _HASHED[key]
-
-
-def default_cache_dir() -> Path:
-    """``BUCKETWISE_CACHE``, else ``$XDG_CACHE_HOME/bucketwise``, else ``~/.cache/bucketwise``.
-
-    Read at call time, never at import.
-    """
-    env = os.environ.get("BUCKETWISE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "bucketwise"
 
 
 # -- entries ------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,53 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def default_cache_dir() -> Path:
+    """``BUCKETWISE_CACHE``, else ``$XDG_CACHE_HOME/bucketwise``, else ``~/.cache/bucketwise``.
+
+    Read at call time, never at import.
+    """
+    env = os.environ.get("BUCKETWISE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "bucketwise"
+
+
+_MEMO_NAME = "file-hashes.json"
+_memo_lock = threading.Lock()
+
+
+def sha256_file_remembered(path: Path) -> str:
+    """:func:`sha256_file`, remembered across processes in the cache folder, keyed by the
+    file's device, inode, size, mtime and ctime: a start that finds the model's files
+    unchanged does not read 90 MB again. (ctime changes on every write or metadata change
+    and cannot be set back by user tools, so an edited file is always re-hashed.) Without a
+    writable cache folder it just hashes."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    memo_file = default_cache_dir() / _MEMO_NAME
+    with _memo_lock:
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        if isinstance(memo, dict) and isinstance(memo.get(key), str):
+            return str(memo[key])
+        digest_ = sha256_file(path)
+        memo = {k: v for k, v in (memo.items() if isinstance(memo, dict) else []) if not k.startswith(f"{path}|")}
+        memo[key] = digest_
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_file.with_name(f".{_MEMO_NAME}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_text(json.dumps(memo))
+            os.replace(tmp, memo_file)
+        except OSError:
+            pass
+        return digest_
+
+
 def fingerprint_files(paths: Path | str | Iterable[Path | str], *, extra: Any = None) -> str:
     """SHA-256 over files' relative names and contents (a folder counts as all its files),
     plus ``extra`` (anything JSON can write: what wraps the weights, versions ...)."""
@@ -82,7 +131,7 @@ def fingerprint_files(paths: Path | str | Iterable[Path | str], *, extra: Any = 
             raise BackendError(f"cannot fingerprint {str(base)!r}: no files there")
         for f in files:
             rel = f.relative_to(base) if base.is_dir() else Path(f.name)
-            h.update(f"{rel.as_posix()}\0{sha256_file(f)}\n".encode())
+            h.update(f"{rel.as_posix()}\0{sha256_file_remembered(f)}\n".encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()
 

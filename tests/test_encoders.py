@@ -145,3 +145,9 @@ def test_the_fast_tokenizer_gives_the_ids_transformers_gives(folders, name):
             got, want = fast(*args, **options), ref(*args, **options)
             for key in ref.model_input_names:
                 assert got[key] == want[key], (args, options, key)
+    # Lists padded to the longest, as arrays: the README's quick start calls it so.
+    firsts, seconds = singles, list(reversed(singles))
+    for args in ((firsts,), (firsts, seconds)):
+        got, want = fast(*args, padding=True, return_tensors="np"), ref(*args, padding=True, return_tensors="np")
+        for key in ref.model_input_names:
+            np.testing.assert_array_equal(got[key], want[key])

@@ -73,18 +73,54 @@ class FastTokenizer:
     def __repr__(self) -> str:
         return f"FastTokenizer({str(self.folder)!r})"
 
-    def __call__(self, text: str, pair: str | None = None, *, truncation: bool = False,
-                 max_length: int | None = None, verbose: bool = True) -> dict[str, list[int]]:
+    def __call__(self, text: str | list[str], pair: str | list[str] | None = None, *, truncation: bool = False,
+                 max_length: int | None = None, padding: bool | str = False, return_tensors: str | None = None,
+                 verbose: bool = True) -> dict[str, Any]:
+        """One text (or pair), or a list of them, as transformers encodes them: special
+        tokens added; ``truncation`` to ``max_length`` (longest first for pairs);
+        ``padding=True`` (or ``"longest"``) pads a list to its longest; ``return_tensors``
+        ``"np"`` or ``"pt"`` gives arrays instead of lists."""
+        if padding not in (False, True, "longest", "do_not_pad"):
+            raise ValueError(f"padding={padding!r} is not supported here; use True (to the longest) or False")
+        batched = isinstance(text, (list, tuple))
         with self._lock:
             if truncation and max_length is not None:
                 self._tok.enable_truncation(max_length)  # longest_first, as transformers
             else:
                 self._tok.no_truncation()
-            enc = self._tok.encode(text, pair)
-        out = {"input_ids": list(enc.ids), "attention_mask": list(enc.attention_mask)}
-        if "token_type_ids" in self.model_input_names:
-            out["token_type_ids"] = list(enc.type_ids)
+            if batched:
+                inputs = list(zip(text, pair)) if pair is not None else list(text)
+                encs = self._tok.encode_batch(inputs)
+            else:
+                encs = [self._tok.encode(text, pair)]
+        rows = [{"input_ids": list(e.ids), "attention_mask": list(e.attention_mask), "token_type_ids": list(e.type_ids)}
+                for e in encs]
+        if padding in (True, "longest"):
+            longest = max(len(r["input_ids"]) for r in rows)
+            fill = {"input_ids": self.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
+            for r in rows:
+                for k, v in fill.items():
+                    r[k] = r[k] + [v] * (longest - len(r[k]))
+        names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in self.model_input_names]
+        out: dict[str, Any] = {n: [r[n] for r in rows] if batched else rows[0][n] for n in names}
+        if return_tensors is not None:
+            out = {n: _tensor(v if batched else [v], return_tensors) for n, v in out.items()}
         return out
+
+
+def _tensor(rows: list[list[int]], kind: str) -> Any:
+    import numpy as np
+
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError("texts of different lengths need padding=True to become one tensor")
+    arr = np.asarray(rows, dtype=np.int64)
+    if kind == "np":
+        return arr
+    if kind == "pt":
+        import torch
+
+        return torch.from_numpy(arr)
+    raise ValueError(f"return_tensors={kind!r} is not supported here; use 'np' or 'pt'")
 
 
 def _read(path: Path) -> dict[str, Any]:

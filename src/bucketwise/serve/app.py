@@ -350,7 +350,5 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.state.metrics = service.metrics
-    app.state.service = service
-    app.state.bucketwise = service.batchers
+    app.state.service = service  # its batchers, metrics and drain (serve/server.py)
     return app

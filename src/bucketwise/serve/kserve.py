@@ -258,15 +258,14 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
 
 
 def _encode_outputs(req: InferenceRequest, name: str, spec: Any, outs: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
-    wanted = req.outputs if req.outputs is not None else None
     all_binary = bool((req.parameters or {}).get("binary_data_output", False))
-    if wanted is None:
+    if req.outputs is None:
         chosen: list[tuple[str, bool]] = [(n, all_binary) for n in spec.output_names]
     else:
-        unknown = [o.name for o in wanted if o.name not in spec.output_names]
+        unknown = [o.name for o in req.outputs if o.name not in spec.output_names]
         if unknown:
             raise Reject(400, f"outputs {unknown} are not outputs of {name!r}; it has {list(spec.output_names)}")
-        chosen = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in wanted]
+        chosen = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in req.outputs]
     tensors, blobs = [], []
     for out_name, binary in chosen:
         arr = np.stack([np.asarray(_arrays.convert(o[out_name], "numpy")) for o in outs])

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -400,3 +401,91 @@ def test_onnxruntime_buckets_store_and_map_the_weights_once(tmp_path):
         model.close()
     cache.clear()
     assert not any((cache.root / sub).exists() for sub in ("blobs", "locks", "tmp"))
+
+
+# -- a capped cache ----------------------------------------------------------------------------
+
+
+def test_a_capped_cache_evicts_the_least_recently_used_never_what_is_in_use(tmp_path):
+    root = tmp_path / "c"
+    old = build(ArtifactCache(root), model=scale_model(3.0))
+    used_before = ArtifactCache(root).disk_bytes()
+    time.sleep(0.05)
+    cap = used_before * 1.1  # room for one model's entries, not two
+    new = build(ArtifactCache(root, max_bytes=cap), model=scale_model(5.0))
+    cache = ArtifactCache(root)
+    models = {e.model_name for e in cache.entries()}
+    assert models == {"scale-5.0"} and cache.disk_bytes() <= cap  # the older model's entries went
+    assert len(new.compile_report.evicted) == 3
+    np.testing.assert_array_equal(new(**x(12))["y"], 5 * x(12)["x"])
+    np.testing.assert_array_equal(old(**x(12))["y"], 3 * x(12)["x"])  # a loaded model keeps working
+    with pytest.warns(CacheWarning, match="every remaining entry is in use"):
+        tiny = build(ArtifactCache(root, max_bytes=10), model=scale_model(5.0))
+    assert sources(tiny) == {b: "cache" for b in sources(tiny)}  # its own entries stay
+    assert {e.model_name for e in ArtifactCache(root).entries()} == {"scale-5.0"}
+
+
+def test_a_compile_in_another_process_survives_eviction_at_the_same_time(tmp_path):
+    """Two real processes: one compiles (0.4 s a bucket, under each entry's lock) while this
+    one evicts against a cap of 1 byte, over and over. The compile finishes whole."""
+    cache_dir = tmp_path / "c"
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np
+        from cache_double import SPEC, SlowScaleBackend, scale_model
+        from bucketwise import BucketedModel, Plan
+        bm = BucketedModel(scale_model(), SPEC, Plan.grid(batch=[1], seq=[8, 16, 32]), cache={str(cache_dir)!r},
+                           warmup_runs=0, backend=SlowScaleBackend(delay=0.4))
+        bm.compile(progress=False, workers=1)
+        print(json.dumps({{"y": float(bm(x=np.ones((1, 20), np.float32))["y"].sum()),
+                          "sources": sorted(r.source for r in bm.compile_report.builds.values())}}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    capped, evicted = ArtifactCache(cache_dir, max_bytes=1), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        while proc.poll() is None:
+            evicted += capped.evict()
+            time.sleep(0.02)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["y"] == 40.0 and result["sources"] == ["compiled"] * 3
+    # Entries were evicted once their compile had finished, never while it ran.
+    assert len(evicted) >= 1
+
+
+def test_prune_removes_entries_this_host_cannot_load_and_those_unused_for_days(tmp_path):
+    import os
+
+    cache = ArtifactCache(tmp_path / "c")
+    build(cache)
+    entries = cache.entries()
+    foreign = entries[0]
+    meta = json.loads(foreign.path("meta.json").read_text())
+    meta["identity"]["host"] = {"cpu": "another machine"}
+    foreign.path("meta.json").write_text(json.dumps(meta))
+    stale = entries[1]
+    os.utime(stale.folder, (time.time() - 40 * 86400,) * 2)
+    assert cache.prune() == [foreign.key]
+    assert cache.prune(older_than_days=30) == [stale.key]
+    assert [e.key for e in cache.entries()] == [entries[2].key]
+
+
+def test_inspect_prune_and_clear_on_the_command_line(tmp_path, capsys):
+    import os
+
+    from bucketwise.cli import main
+
+    cache = ArtifactCache(tmp_path / "c")
+    build(cache)
+    first = cache.entries()[0]
+    os.utime(first.folder, (time.time() - 40 * 86400,) * 2)
+    assert main(["inspect", "--prune", "--older-than", "30", "--cache-dir", str(cache.root)]) == 0
+    out = capsys.readouterr().out
+    assert "removed  1 entries that cannot load here or were unused for 30 days" in out and "2 entries" in out
+    assert main(["inspect", "--older-than", "30", "--cache-dir", str(cache.root)]) == 2  # only with --prune
+    assert "--older-than goes with --prune" in capsys.readouterr().err
+    assert main(["inspect", "--clear", "--cache-dir", str(cache.root)]) == 0
+    assert not (cache.root / "locks").exists() and cache.entries() == []

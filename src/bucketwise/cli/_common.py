@@ -43,11 +43,10 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallbac
     that cannot be written is an error when named (--cache-dir) or ``required``; the
     default location (or any, with ``fallback``: a server keeps serving) falls back to no
     cache, with one warning."""
-    from ..runtime.cache import ArtifactCache
 
     if getattr(args, "no_cache", False):
         return None
-    cache = ArtifactCache(args.cache_dir)
+    cache = cache_at(args)
     try:
         cache.check_writable()
     except ConfigError as err:
@@ -57,6 +56,15 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallbac
         print(f"bucketwise: warning: {err}; running without a cache", file=sys.stderr)
         return None
     return cache
+
+
+def cache_at(args: argparse.Namespace) -> Any:
+    """The cache that --cache-dir and --cache-max-size name (no checks)."""
+    from ..planning.io import parse_bytes
+    from ..runtime.cache import ArtifactCache
+
+    size = getattr(args, "cache_max_size", None)
+    return ArtifactCache(args.cache_dir, max_bytes=parse_bytes(size) if size else None)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, images: bool = False) -> None:
@@ -80,6 +88,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, 
 def add_cache_options(parser: argparse.ArgumentParser, *, optional: bool) -> None:
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="artifact cache (default: $BUCKETWISE_CACHE, else ~/.cache/bucketwise)")
+    parser.add_argument("--cache-max-size", metavar="BYTES",
+                        help="evict least recently used entries past this size, e.g. 5GB (default: "
+                             "$BUCKETWISE_CACHE_MAX_SIZE, else no cap); entries in use are never evicted")
     if optional:
         parser.add_argument("--no-cache", action="store_true", help="compile every bucket in memory; read and write no cache")
 

@@ -189,6 +189,16 @@ class Builder:
                 target=self._build_background, args=(later,), name="bucketwise-compile", daemon=True
             )
             self._background.start()
+        else:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Keep a capped cache under its cap, never evicting what this model uses."""
+        if self.cache is None or self.cache.max_bytes is None:
+            return
+        keep = {b.key for b in self.report.builds.values() if b.key is not None}
+        for key in self.cache.evict(keep=keep):
+            self.report.evicted.append(key)
 
     def _check_budget(self, budget: float, sizes: Mapping[Bucket, int | None]) -> None:
         check_memory_budget({b: sizes.get(b) for b in self.plan.buckets}, budget,
@@ -239,6 +249,7 @@ class Builder:
                 self._build(bucket, measure=False)
             except Exception as err:  # keep serving from the larger buckets
                 warnings.warn(f"background compile of bucket {bucket!r} failed: {err}", RuntimeWarning, stacklevel=1)
+        self._evict()
 
     def _build(self, bucket: Bucket, *, measure: bool, compile_missing: bool = True) -> BucketBuild | None:
         """Load ``bucket`` from the cache or compile it, warm it up and install it. Returns

@@ -39,7 +39,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -139,10 +139,23 @@ class ArtifactCache:
     """Compiled artifacts on disk, keyed by model, backend, host and bucket.
 
     ``ArtifactCache()`` uses :func:`default_cache_dir`; pass a folder to use another.
+    ``max_bytes`` (default: ``BUCKETWISE_CACHE_MAX_SIZE``, e.g. ``5GB``; else no cap) caps
+    the bytes on disk: :meth:`evict` removes the least recently used entries past it, never
+    one in use by this process or being compiled by any.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, max_bytes: float | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        if max_bytes is None and os.environ.get("BUCKETWISE_CACHE_MAX_SIZE"):
+            from ..planning.io import parse_bytes
+
+            try:
+                max_bytes = parse_bytes(os.environ["BUCKETWISE_CACHE_MAX_SIZE"])
+            except Exception as err:
+                raise ConfigError(f"BUCKETWISE_CACHE_MAX_SIZE: {err}") from None
+        if max_bytes is not None and max_bytes <= 0:
+            raise ConfigError(f"the cache's max size must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
 
     def __repr__(self) -> str:
         return f"ArtifactCache({str(self.root)!r})"
@@ -243,6 +256,10 @@ class ArtifactCache:
             return None, None
         problem = self._verify(folder)
         if problem is None:
+            try:
+                os.utime(folder)  # last used: the folder's mtime orders eviction
+            except OSError:
+                pass
             return CacheEntry(key, folder, _read_meta(folder)), None
         self.remove(key)
         warnings.warn(
@@ -416,6 +433,64 @@ class ArtifactCache:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
+    def evict(self, *, keep: Collection[str] = ()) -> list[str]:
+        """Remove least recently used entries until the cache fits ``max_bytes``; returns
+        their keys. Never removes ``keep`` (entries this process has loaded) or an entry
+        whose lock another process holds (being compiled). A process that has an evicted
+        entry open keeps working (its files stay until it closes them) and recompiles it
+        on its next start."""
+        from filelock import Timeout
+
+        if self.max_bytes is None:
+            return []
+        removed: list[str] = []
+        by_age = sorted(self.entries(), key=lambda e: _mtime(e.folder))
+        for entry in by_age:
+            if self.disk_bytes() <= self.max_bytes:
+                break
+            if entry.key in keep:
+                continue
+            try:
+                with self.lock(entry.key, timeout=0):
+                    self.remove(entry.key)
+            except Timeout:
+                continue
+            self._sweep_blobs()
+            removed.append(entry.key)
+        if self.disk_bytes() > self.max_bytes:
+            warnings.warn(f"bucketwise cache {self.root} holds {self.disk_bytes() / 2**20:.0f} MiB, over its cap of "
+                          f"{self.max_bytes / 2**20:.0f} MiB, and every remaining entry is in use; raise the cap "
+                          "(--cache-max-size, BUCKETWISE_CACHE_MAX_SIZE)", CacheWarning, stacklevel=2)
+        return removed
+
+    def prune(self, *, older_than_days: float | None = None) -> list[str]:
+        """Remove entries this machine and these package versions cannot load (another
+        host's CPU, another backend version or cache format) and, with ``older_than_days``,
+        entries unused that long. Returns their keys."""
+        from ..backends.base import backend_names, get_backend, is_available
+
+        current: dict[str, Any] = {}
+        removed = []
+        for entry in self.entries():
+            ident = entry.identity
+            name = ident.get("backend", {}).get("name")
+            stale = ident.get("host") != host_id() or ident.get("format") != CACHE_FORMAT
+            # A backend this process knows is judged by its version; one it does not (a
+            # backend registered by another program, an export) only by host and format.
+            if ident.get("kind") != "export" and name in backend_names():
+                if name not in current:
+                    try:
+                        current[name] = get_backend(name).cache_key().get("version") if is_available(name) else None
+                    except Exception:  # noqa: BLE001 - a backend that will not start cannot load its entries
+                        current[name] = None
+                stale = stale or ident.get("backend", {}).get("version") != current[name]
+            old = older_than_days is not None and time.time() - _mtime(entry.folder) > older_than_days * 86400
+            if stale or old:
+                self.remove(entry.key)
+                removed.append(entry.key)
+        self._sweep_blobs()
+        return removed
+
     def clear(self) -> int:
         """Remove every entry, the shared files and the lock files; returns how many entries
         there were."""
@@ -432,6 +507,13 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("meta.json is not an object")
     return data
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _meta_problem(meta: dict[str, Any]) -> str | None:

@@ -57,6 +57,7 @@ class CompileReport:
     backend: str
     cache: str | None = None
     builds: dict[Bucket, BucketBuild] = field(default_factory=dict)
+    evicted: list[str] = field(default_factory=list)  # cache entries removed to keep under the cap
     model_load_seconds: float = 0.0
     export_seconds: float = 0.0
     skipped_prep_seconds: float = 0.0

@@ -61,6 +61,13 @@ CASES = [
      lambda t: ["plan", str(_file(t, "s.json", "[5, 9, 30]")), "--memory-budget", "1GB"], "--bytes-per-bucket"),
     ("an api key variable that is unset",
      lambda t: ["serve", "--api-key-env", "BUCKETWISE_TEST_UNSET_KEY"], "BUCKETWISE_TEST_UNSET_KEY"),
+    ("--prepack hot with a plan that records no traffic",
+     lambda t: ["embed", "--prepack", "hot", "--no-cache", "--limit", "1"], "records no traffic shares"),
+    ("--prepack on a backend that has no such option",
+     lambda t: ["embed", "--prepack", "none", "--backend", "openvino", "--no-cache", "--limit", "1"],
+     "is an onnxruntime option"),
+    ("--cache-max-size that is not a size",
+     lambda t: ["embed", "--cache-max-size", "lots", "--limit", "1"], "cannot read 'lots' as a size"),
 ]
 
 

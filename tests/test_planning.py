@@ -270,3 +270,17 @@ def test_accelerator_defaults_grid_headroom_traffic_and_left_out():
         plan(sizes, headroom=-1)
     with pytest.raises(PlanError, match="grid"):
         plan(sizes, grid="tight")
+
+
+def test_hot_buckets_carry_the_asked_share_of_planned_traffic():
+    from bucketwise import Bucket, Plan
+    from bucketwise.errors import PlanError
+
+    plan = Plan.grid(batch=[1], seq=[16, 32, 64, 128])
+    shares = {"batch=1,seq=16": 0.5, "batch=1,seq=32": 0.3, "batch=1,seq=64": 0.15, "batch=1,seq=128": 0.05}
+    planned = Plan(plan.buckets, plan.cost_model, {"traffic": shares})
+    assert planned.hot_buckets(0.8) == [Bucket(batch=1, seq=16), Bucket(batch=1, seq=32)]
+    assert planned.hot_buckets(0.9) == [Bucket(batch=1, seq=16), Bucket(batch=1, seq=32), Bucket(batch=1, seq=64)]
+    assert len(planned.hot_buckets(1.0)) == 4
+    with pytest.raises(PlanError, match="records no traffic"):
+        plan.hot_buckets()

@@ -92,6 +92,25 @@ class Plan:
     def cost(self, bucket: Bucket) -> float:
         return self.cost_model.cost(bucket)
 
+    def hot_buckets(self, share: float = 0.9) -> list[Bucket]:
+        """The fewest buckets that carry at least ``share`` of the planned traffic (the
+        shares ``bucketwise plan`` records in ``meta["traffic"]``), busiest first: the ones
+        worth their memory, e.g. ONNX Runtime's ``prepack``."""
+        if not 0 < share <= 1:
+            raise PlanError(f"share must be in (0, 1], got {share}")
+        traffic = self.meta.get("traffic") or {}
+        if not traffic:
+            raise PlanError("this plan records no traffic shares; make it with `bucketwise plan` (or "
+                            "bucketwise.planning.plan) from observed inputs, or name the buckets yourself")
+        ranked = sorted(self.buckets, key=lambda b: -float(traffic.get(b.label(), 0.0)))
+        hot, total = [], 0.0
+        for bucket in ranked:
+            if total >= share - 1e-9:
+                break
+            hot.append(bucket)
+            total += float(traffic.get(bucket.label(), 0.0))
+        return hot
+
     def __len__(self) -> int:
         return len(self.buckets)
 

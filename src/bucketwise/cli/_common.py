@@ -58,6 +58,16 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallbac
     return cache
 
 
+def backend_options(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    """Backend options the flags ask for (--prepack: ONNX Runtime only)."""
+    prepack = getattr(args, "prepack", "all")
+    if prepack == "all":
+        return {}
+    if args.backend != "onnxruntime":
+        raise ConfigError(f"--prepack {prepack} is an onnxruntime option; the backend is {args.backend}")
+    return {"prepack": False if prepack == "none" else plan.hot_buckets(0.9)}
+
+
 def cache_at(args: argparse.Namespace) -> Any:
     """The cache that --cache-dir and --cache-max-size name (no checks)."""
     from ..planning.io import parse_bytes
@@ -82,6 +92,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, 
     if serving:
         parser.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
                             help="texts longer than the largest bucket: error (default), truncate, fallback")
+        parser.add_argument("--prepack", default="all", choices=("all", "hot", "none"),
+                            help="onnxruntime: which buckets keep a prepacked copy of the weights (faster runs, "
+                                 "about half the weights in memory each): all (default), none, or hot (those "
+                                 "carrying 90%% of a planned --plan's traffic)")
     add_cache_options(parser, optional=serving)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ._common import add_json_option, add_model_options, cache_from_args, plan_from_args, printer, write_json
+from ._common import add_json_option, add_model_options, backend_options, cache_from_args, plan_from_args, printer, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
-                                        model=args.model, cache=cache_from_args(args))
+                                        model=args.model, cache=cache_from_args(args),
+                                        backend_options=backend_options(args, plan))
     compile_s = time.perf_counter() - start
 
     # Truncations counted while tokenizing stay in the stats, and so in the report.

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._common import add_model_options, cache_from_args, image_plan, plan_from_args
+from ._common import add_model_options, backend_options, cache_from_args, image_plan, plan_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..models.text import SentenceEmbedder
 
-        embedder = SentenceEmbedder.default(backend=args.backend, plan=plan_from_args(args), overflow=args.overflow,
+        plan = plan_from_args(args)
+        embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow,
                                             progress=not args.no_progress, model=args.model,
-                                            cache=cache_from_args(args, fallback=True), lazy=args.lazy)
+                                            cache=cache_from_args(args, fallback=True), lazy=args.lazy,
+                                            backend_options=backend_options(args, plan))
         model = embedder.model
         app = create_app(embedder, config)
         routes = f"/v1/embeddings and /v2/models/{name}/infer"
@@ -100,5 +102,6 @@ def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         plan = Plan(tuple(Bucket({**{d: s for d, s in b.sizes if d != BATCH}, BATCH: n})
                           for b in plan.buckets for n in args.batch_sizes))
     model = BucketedModel(module, spec, plan, backend=args.backend, overflow=args.overflow,
+                          backend_options=backend_options(args, plan),
                           cache=cache_from_args(args, fallback=True))
     return model.compile(progress=not args.no_progress, lazy=args.lazy)

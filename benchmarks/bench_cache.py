@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save, table  # noqa: E402
 
+from bucketwise.runtime.cache import ArtifactCache  # noqa: E402
+
 SEQS = "32,64,128,256"
 
 NO_CACHE = """
@@ -38,7 +40,7 @@ from bucketwise.models.text import lazy_default_encoder
 lazy, _, spec = lazy_default_encoder()
 bm = BucketedModel(lazy, spec, Plan.grid(batch=[1], seq=[32, 64, 128, 256]), backend=sys.argv[1])
 start = time.perf_counter()
-bm.compile(progress=False, workers=1)
+bm.compile(progress=False, workers=1, measure_memory=True)
 r = bm.compile_report
 print(json.dumps({"build": time.perf_counter() - start,
                   "resident": sum(b.resident_bytes or 0 for b in r.builds.values())}))
@@ -66,7 +68,8 @@ def start(kind: str, backend: str, cache: Path, out: Path) -> dict:
         "wall": wall,
         "build": data["seconds"],
         "resident": sum(b["resident_bytes"] or 0 for b in data["buckets"]),
-        "disk": sum(b["disk_bytes"] or 0 for b in data["buckets"]),
+        # Bytes of the whole cache folder (the export included), each hard-linked file once.
+        "disk": ArtifactCache(cache).disk_bytes(),
         "hits": data["hits"],
         "saved": data["saved_seconds"],
     }

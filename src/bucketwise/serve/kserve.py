@@ -170,8 +170,8 @@ class KServeV2:
 
     async def infer(self, name: str, request: Any, version: str | None = None) -> tuple[bytes, dict[str, str]]:
         """The response body and its headers (JSON, or JSON and binary outputs)."""
+        self.service.check_auth(request.headers.get("authorization", ""))  # before saying what is served
         model = self.model(name, version)
-        self.service.check_auth(request.headers.get("authorization", ""))
         self.service.check_content_type(request, ("application/json", "application/octet-stream", ""))
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             raise Reject(415, f"Content-Encoding {request.headers['content-encoding']!r} is not supported; "

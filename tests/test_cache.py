@@ -489,3 +489,14 @@ def test_inspect_prune_and_clear_on_the_command_line(tmp_path, capsys):
     assert "--older-than goes with --prune" in capsys.readouterr().err
     assert main(["inspect", "--clear", "--cache-dir", str(cache.root)]) == 0
     assert not (cache.root / "locks").exists() and cache.entries() == []
+
+
+def test_entries_measured_on_an_earlier_load_load_in_parallel_and_keep_their_figure(tmp_path):
+    cache = ArtifactCache(tmp_path / "c")
+    build(cache)  # compiles
+    second = build(cache)  # loads, one at a time, and measures each
+    third = build(cache, workers=2)  # loads in parallel: nothing left to measure
+    assert set(sources(third).values()) == {"cache"}
+    measured = {b: r.resident_bytes for b, r in second.compile_report.builds.items()}
+    assert {b: r.resident_bytes for b, r in third.compile_report.builds.items()} == measured
+    np.testing.assert_array_equal(third(**x(20))["y"], 2 * x(20)["x"])

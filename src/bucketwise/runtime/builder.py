@@ -218,7 +218,18 @@ class Builder:
         return sorted(buckets, key=lambda b: (-float(traffic.get(b.label(), 0.0)), rank.get(b, 0)))
 
     def _build_all(self, buckets: list[Bucket], *, workers: int, bar: Any) -> None:
-        # Cache hits first, one at a time so each one's memory is measured on its own.
+        # Cache hits whose memory an earlier load measured: loaded in parallel where the
+        # backend allows it (nothing to measure). Then the other hits, one at a time so
+        # each one's memory is measured on its own.
+        parallel_hits = workers > 1 and self.backend.parallel_compile and self.cacheable
+        known = [b for b in buckets if self._measured_on_load(b)] if parallel_hits else []
+        if len(known) > 1:
+            bar.set_postfix_str(f"{len(known)} from the cache in parallel")
+            with ThreadPoolExecutor(workers, thread_name_prefix="bucketwise-load") as pool:
+                loaded = list(pool.map(lambda b: self._build(b, measure=False, compile_missing=False), known))
+            done = {b for b, got in zip(known, loaded) if got is not None}
+            bar.update(len(done))
+            buckets = [b for b in buckets if b not in done]
         misses = []
         for bucket in buckets:
             bar.set_postfix_str(bucket.label())

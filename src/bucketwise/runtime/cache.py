@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 import warnings
@@ -75,14 +76,19 @@ DEDUPE_MIN_BYTES = 1 << 20
 _HASHED: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime_ns) -> SHA-256
 
 
+_HASH_LOCK = threading.Lock()
+
+
 def sha256_once(path: Path) -> str:
     """The file's SHA-256, hashed once per process per file (a hard-linked file shared by
-    many entries is read once; a file changed since has another mtime and is re-read)."""
+    many entries is read once, even by buckets loading in parallel; a file changed since
+    has another mtime and is re-read)."""
     st = path.stat()
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHED:
-        _HASHED[key] = sha256_file(path)
-    return _HASHED[key]
+    with _HASH_LOCK:
+        if key not in _HASHED:
+            _HASHED[key] = sha256_file(path)
+        return _HASHED[key]
 
 
 # -- entries ------------------------------------------------------------------------------

@@ -27,19 +27,25 @@ _BACKSTOP = 60.0  # seconds past the drain deadline before uvicorn itself cancel
 
 def worst_drain_seconds(model: Any, max_queue: int) -> float:
     """How long a full queue takes to run: ``max_queue`` rows in runs of the largest batch
-    bucket, each timed as one run of that bucket now (the worst case: every row long)."""
+    bucket, each as long as that bucket's warm-up run (or one run timed now): the worst
+    case, every row long."""
     from ..shapes import BATCH
 
     largest = max(model.router.maximal(), key=lambda b: b.volume)
-    artifact = model.artifact(largest)
-    example = model.spec.example_inputs(largest)
-    if artifact.array_kind == "torch":
-        from .. import _arrays
+    build = model.compile_report.builds.get(largest)
+    runs = model.builder.warmup_runs
+    if build is not None and runs > 0 and build.warmup_seconds > 0:
+        took = build.warmup_seconds / runs  # its warm-up, timed at start
+    else:
+        artifact = model.artifact(largest)
+        example = model.spec.example_inputs(largest)
+        if artifact.array_kind == "torch":
+            from .. import _arrays
 
-        example = {k: _arrays.convert(v, "torch") for k, v in example.items()}
-    start = time.perf_counter()
-    artifact.run(example)
-    took = time.perf_counter() - start
+            example = {k: _arrays.convert(v, "torch") for k, v in example.items()}
+        start = time.perf_counter()
+        artifact.run(example)
+        took = time.perf_counter() - start
     rows = largest[BATCH] if BATCH in model.plan.dims else 1
     return math.ceil(max_queue / rows) * took
 

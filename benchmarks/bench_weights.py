@@ -81,13 +81,9 @@ def child(src: str, n: int, options: dict, cache_dir: str) -> dict:
 
 
 def disk_mib(folder: Path) -> float:
-    seen, total = set(), 0
-    for p in folder.rglob("*"):
-        st = p.lstat()
-        if p.is_file() and (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return total / 2**20
+    from bucketwise.runtime.cache import ArtifactCache
+
+    return ArtifactCache(folder).disk_bytes() / 2**20  # each hard-linked file once
 
 
 def run_child(src: Path, n: int, options: dict, cache: Path) -> dict:

@@ -210,12 +210,10 @@ class OnnxRuntimeBackend:
             mapped, values = self._mapped[(st.st_dev, st.st_ino)]
             graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
             out = {}
-            for init in graph.graph.initializer:
-                info = {e.key: e.value for e in init.external_data}
-                if init.data_location != onnx.TensorProto.EXTERNAL or info.get("location") != "weights.bin":
+            for init, location, offset, length in _external(graph):
+                if location != "weights.bin":
                     continue
                 dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-                offset, length = int(info.get("offset", 0)), int(info["length"])
                 vkey = (offset, length, f"{np.dtype(dtype).str}{list(init.dims)}")
                 if vkey not in values:
                     view = mapped[offset:offset + length].view(dtype).reshape(list(init.dims))
@@ -244,17 +242,26 @@ def _optimise(backend: OnnxRuntimeBackend, source: Path, bucket: Bucket | None, 
     backend._open(source, so, bucket)
 
 
+def _external(graph: Any) -> list[tuple[Any, str | None, int, int]]:
+    """Each initializer whose data lives outside the graph: (initializer, file, offset, length)."""
+    import onnx
+
+    out = []
+    for init in graph.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            out.append((init, info.get("location"), int(info.get("offset", 0)), int(info["length"])))
+    return out
+
+
 def _external_index(graph_path: Path, weights: Path) -> dict[str, tuple[int, int]]:
     import onnx
 
     graph = onnx.load(str(graph_path), load_external_data=False)
     blob = weights.read_bytes()
-    index = {}
-    for init in graph.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in init.external_data}
-            offset, length = int(info.get("offset", 0)), int(info["length"])
-            index.setdefault(hashlib.sha256(blob[offset:offset + length]).hexdigest(), (offset, length))
+    index: dict[str, tuple[int, int]] = {}
+    for _, _, offset, length in _external(graph):
+        index.setdefault(hashlib.sha256(blob[offset:offset + length]).hexdigest(), (offset, length))
     return index
 
 
@@ -267,11 +274,7 @@ def _split_weights(graph_path: Path, weights: Path, shared: Mapping[str, tuple[i
     graph = onnx.load(str(graph_path), load_external_data=False)
     blob = weights.read_bytes()
     extra = bytearray()
-    for init in graph.graph.initializer:
-        if init.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in init.external_data}
-        offset, length = int(info.get("offset", 0)), int(info["length"])
+    for init, _, offset, length in _external(graph):
         data = blob[offset:offset + length]
         found = shared.get(hashlib.sha256(data).hexdigest())
         if found is not None:

@@ -50,6 +50,17 @@ def fast_tokenizer(folder: str | Path) -> FastTokenizer | None:
 class FastTokenizer:
     """Encodes like ``PreTrainedTokenizerFast`` over the same ``tokenizer.json``."""
 
+    pad_token: str | None
+    pad_token_id: int | None
+    cls_token: str | None
+    cls_token_id: int | None
+    sep_token: str | None
+    sep_token_id: int | None
+    unk_token: str | None
+    unk_token_id: int | None
+    mask_token: str | None
+    mask_token_id: int | None
+
     def __init__(self, folder: Path, config: dict[str, Any], model_input_names: list[str]) -> None:
         from tokenizers import Tokenizer
 

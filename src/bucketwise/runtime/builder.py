@@ -301,11 +301,16 @@ class Builder:
             self.report.builds[bucket] = build
         return build
 
+    def _identity(self, bucket: Bucket) -> dict[str, Any]:
+        """What the bucket's cache entry is (its key is the digest of this)."""
+        assert self.cache is not None and isinstance(self.backend, CacheableBackend)
+        return self.cache.identity(model=self.fingerprint(), backend=self.backend.cache_key(), bucket=bucket)
+
     def _measured_on_load(self, bucket: Bucket) -> bool:
         if not self.cacheable:
             return False
-        assert self.cache is not None and isinstance(self.backend, CacheableBackend)
-        key = self.cache.key(self.cache.identity(model=self.fingerprint(), backend=self.backend.cache_key(), bucket=bucket))
+        assert self.cache is not None
+        key = self.cache.key(self._identity(bucket))
         try:
             meta = json.loads((self.cache.folder(key) / "meta.json").read_text())
         except (OSError, ValueError):
@@ -317,7 +322,7 @@ class Builder:
     ) -> tuple[Artifact, str, float, CacheEntry, str] | None:
         cache, backend = self.cache, self.backend
         assert cache is not None and isinstance(backend, CacheableBackend)
-        ident = cache.identity(model=self.fingerprint(), backend=backend.cache_key(), bucket=bucket)
+        ident = self._identity(bucket)
         key = cache.key(ident)
         if not compile_missing and not cache.folder(key).is_dir():
             return None

@@ -473,7 +473,7 @@ class ArtifactCache:
         """Remove entries this machine and these package versions cannot load (another
         host's CPU, another backend version or cache format) and, with ``older_than_days``,
         entries unused that long. Returns their keys."""
-        from ..backends.base import backend_names, get_backend, is_available
+        from ..backends.base import CacheableBackend, backend_names, get_backend, is_available
 
         current: dict[str, Any] = {}
         removed = []
@@ -486,7 +486,9 @@ class ArtifactCache:
             if ident.get("kind") != "export" and name in backend_names():
                 if name not in current:
                     try:
-                        current[name] = get_backend(name).cache_key().get("version") if is_available(name) else None
+                        backend = get_backend(name) if is_available(name) else None
+                        current[name] = (backend.cache_key().get("version")
+                                         if isinstance(backend, CacheableBackend) else None)
                     except Exception:  # noqa: BLE001 - a backend that will not start cannot load its entries
                         current[name] = None
                 stale = stale or ident.get("backend", {}).get("version") != current[name]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["Reject", "REJECTION_REASONS"]
+from typing import Any
+
+__all__ = ["Reject", "REJECTION_REASONS", "first_error"]
 
 REJECTION_REASONS = {400: None, 401: "auth", 408: "timeout", 413: "too_large", 415: "content_type",
                      429: "rate", 503: "queue_full"}
@@ -22,3 +24,10 @@ class Reject(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
         self.reason = reason or REJECTION_REASONS.get(status)
         self.param, self.code = param, code
+
+
+def first_error(err: Any) -> tuple[str, dict[str, Any]]:
+    """Where a pydantic ``ValidationError`` failed first (``"inputs.0.shape"``, or
+    ``"body"``), and pydantic's record of it."""
+    first = err.errors()[0]
+    return ".".join(str(p) for p in first["loc"]) or "body", first

@@ -25,6 +25,7 @@ and ``Request`` is imported lazily, inside :func:`create_app`.)
 
 
 import asyncio
+import functools
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -75,7 +76,7 @@ class Service:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         for model in self.models:
             batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
-                              on_batch=lambda ev, m=model: self.on_batch(ev, m))
+                              on_batch=functools.partial(self.on_batch, model=model))
             batcher.start()
             self.batchers[id(model)] = batcher
         yield
@@ -135,18 +136,21 @@ class Service:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise Reject(413, f"request body is {length} bytes; the limit is {limit}")
-        chunks, size = [], 0
-        try:
-            async with asyncio.timeout(self.config.request_timeout):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise Reject(413, f"request body is over {limit} bytes, the limit")
-                    chunks.append(chunk)
-        except TimeoutError:
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Reject(413, f"request body is over {limit} bytes, the limit")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:  # (asyncio.timeout is Python 3.11+; the package supports 3.10)
+            return await asyncio.wait_for(read(), self.config.request_timeout)
+        except asyncio.TimeoutError:
             raise Reject(408, f"the request body took longer than {self.config.request_timeout:g} s to arrive; "
                          "send it faster, or raise the server's request timeout", reason="timeout") from None
-        return b"".join(chunks)
 
     def host_allowed(self, host: str | None) -> bool:
         allowed = self.config.allowed_hosts
@@ -278,7 +282,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     async def readyz() -> Any:
         ready = service.ready()
         buckets = sum(len(m.plan) for m in distinct)
-        compiled = sum(1 for m in distinct for b in m.plan.buckets if b in m.compile_report.builds)
+        compiled = sum(len(m.builder.built) for m in distinct)
         return JSONResponse({"ready": ready, "buckets": buckets, "compiled": compiled}, status_code=200 if ready else 503)
 
     @app.get("/metrics", name="metrics", response_class=Response,

@@ -26,7 +26,7 @@ from .. import _arrays
 from .._version import __version__
 from ..errors import BucketOverflowError, InputError, QueueFullError
 from ..shapes import BATCH
-from ._common import Reject
+from ._common import Reject, first_error
 from .openai import load_json
 
 __all__ = ["DATATYPES", "InferenceRequest", "KServeV2", "datatype_of"]
@@ -112,8 +112,7 @@ class V2Error(BaseModel):
 def output_metadata(model: Any) -> list[dict[str, Any]]:
     """Each output's datatype and shape (-1 where it varies), from one run of the smallest
     built bucket on its example inputs, straight on its artifact (not counted in stats)."""
-    built = [b for b in model.plan.buckets if b in model.compile_report.builds]
-    bucket = min(built, key=lambda b: b.volume)
+    bucket = min(model.builder.built, key=lambda b: b.volume)
     artifact = model.artifact(bucket)
     example = {k: _arrays.convert(v, artifact.array_kind) for k, v in model.spec.example_inputs(bucket).items()}
     raw = artifact.run(example)
@@ -181,8 +180,7 @@ class KServeV2:
         try:
             req = InferenceRequest.model_validate(load_json(header))
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
+            where, first = first_error(err)
             raise Reject(400, f"request {where}: {first['msg']}") from None
         arrays = _decode_inputs(req, binary, model.spec)
         try:

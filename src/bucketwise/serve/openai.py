@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
-from ._common import Reject
+from ._common import Reject, first_error
 
 __all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
            "parse_texts"]
@@ -104,8 +104,7 @@ def parse_texts(body: bytes, config: Any) -> tuple[EmbeddingsRequest, list[str]]
     try:
         request = EmbeddingsRequest.model_validate(payload)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
+        where, first = first_error(err)
         param = str(first["loc"][0]) if first["loc"] else None
         if param == "input":
             message = '"input" must be a string or a list of strings (token arrays are not accepted)'

@@ -456,6 +456,28 @@ def test_a_compile_in_another_process_survives_eviction_at_the_same_time(tmp_pat
     assert len(evicted) >= 1
 
 
+def test_recording_a_measurement_on_an_entry_evicted_meanwhile_does_nothing(tmp_path, monkeypatch):
+    """The builder records a bucket's resident size after it releases the entry's lock, so
+    another process may evict the entry in between (seen in CI): that must not fail the build."""
+    import bucketwise.runtime.cache as cache_module
+
+    cache = ArtifactCache(tmp_path / "c")
+    build(cache)
+    key = cache.entries()[0].key
+    real_write = cache_module._write_json
+
+    def write_then_lose_the_entry(path, data):
+        real_write(path, data)
+        cache.remove(key)  # the evictor wins the race between the write and the rename
+
+    monkeypatch.setattr(cache_module, "_write_json", write_then_lose_the_entry)
+    cache.update(key, resident_bytes=123)
+    assert not cache.folder(key).exists()
+    monkeypatch.setattr(cache_module, "_write_json", real_write)
+    cache.update(key, resident_bytes=123)  # already gone: nothing to do
+    assert not list((tmp_path / "c" / "entries").rglob(".meta-*"))
+
+
 def test_prune_removes_entries_this_host_cannot_load_and_those_unused_for_days(tmp_path):
     import os
 

@@ -414,7 +414,8 @@ class ArtifactCache:
         return total
 
     def update(self, key: str, **fields: Any) -> None:
-        """Record measurements (e.g. ``resident_bytes``) in an entry's meta.json, atomically."""
+        """Record measurements (e.g. ``resident_bytes``) in an entry's meta.json, atomically.
+        Does nothing if the entry is gone, even if it goes while this writes."""
         folder = self.folder(key)
         try:
             meta = _read_meta(folder)
@@ -422,8 +423,13 @@ class ArtifactCache:
             return
         meta.update(fields)
         tmp = folder / f".meta-{uuid.uuid4().hex[:8]}.json"
-        _write_json(tmp, meta)
-        os.replace(tmp, folder / "meta.json")
+        try:
+            _write_json(tmp, meta)
+            os.replace(tmp, folder / "meta.json")
+        except OSError:
+            # Another process evicted or removed the entry meanwhile: the measurement is
+            # advisory, and the entry is rebuilt (and measured) by whoever needs it next.
+            tmp.unlink(missing_ok=True)
 
     def remove(self, key: str) -> None:
         """Remove an entry: renamed out of ``entries/`` first, so no reader sees half of it.

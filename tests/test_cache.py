@@ -287,6 +287,40 @@ def test_lazy_start_serves_from_the_largest_bucket_until_the_rest_are_built(tmp_
     bm.close()
 
 
+def test_only_builds_the_named_buckets_and_those_covering_every_shape(tmp_path):
+    from bucketwise import ConfigError
+
+    log = tmp_path / "log"
+    bm = build(None, log, only={Bucket(batch=1, seq=8)})
+    assert set(bm.compile_report.builds) == {Bucket(batch=1, seq=8), Bucket(batch=1, seq=32)}
+    np.testing.assert_array_equal(bm(**x(12))["y"], 2 * x(12)["x"])  # seq 16 left unbuilt: runs on 32
+    assert bm.stats.substitutions[(Bucket(batch=1, seq=16), Bucket(batch=1, seq=32))] == 1
+    bm.compile(progress=False)  # a later compile builds the rest
+    assert bm.ready and [e for e, _ in events(log)].count("compile") == 3
+    with pytest.raises(ConfigError, match=r"only=.*seq=64.*not a bucket of the plan"):
+        build(None, only={Bucket(batch=1, seq=64)})
+
+
+def test_an_embedder_built_for_its_texts_runs_them_without_substitutes():
+    from serve_double import SPEC as TEXT_SPEC
+    from serve_double import WordTokenizer, embed
+
+    from bucketwise.models.text import SentenceEmbedder
+
+    plan = Plan.grid(batch=[1, 4], seq=[8, 16, 32])
+    texts = ["a b", "c d e", "one two three four five six seven eight nine ten"]
+    full = SentenceEmbedder(BucketedModel(embed, TEXT_SPEC, plan, warmup_runs=0).compile(progress=False),
+                            WordTokenizer())
+    part = SentenceEmbedder(BucketedModel(embed, TEXT_SPEC, plan, warmup_runs=0), WordTokenizer())
+    encoded = part.tokenize(texts)
+    wanted = part.buckets_for(encoded)
+    assert wanted == {Bucket(batch=4, seq=8), Bucket(batch=1, seq=16)}
+    part.prepare(progress=False, only=wanted)
+    assert set(part.model.compile_report.builds) == wanted | {Bucket(batch=4, seq=32)}  # and the largest
+    np.testing.assert_array_equal(part.embed_tokenized(encoded), full.embed(texts))
+    assert set(part.model.stats.hits) == wanted and not part.model.stats.substitutions
+
+
 # -- real backends -----------------------------------------------------------------------
 
 

@@ -74,10 +74,13 @@ def test_embed_a_file_to_npy_with_a_plan(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "texts/s" in printed and "padding" in printed and "batch=2,seq=8" in printed
+    # Only the buckets the input uses are built, and the largest (batch=1,seq=8 is not).
+    assert "4 buckets" in printed and "3 built (those this input uses)" in printed
     emb = np.load(out)
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     data = json.loads(report.read_text())
     assert data["texts"] == 3 and sum(data["stats"]["hits"].values()) == data["stats"]["runs"] == 2
+    assert data["stats"]["substitutions"] == {}
 
 
 @pytest.mark.slow

@@ -45,13 +45,15 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(Path(args.input)) if args.input else []
 
     start = time.perf_counter()
+    # A batch job knows its inputs: build only the buckets they use (and the largest), and
+    # skip the warm-up runs, since each bucket built runs real rows next.
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
                                         model=args.model, cache=cache_from_args(args),
-                                        backend_options=backend_options(args, plan))
+                                        backend_options=backend_options(args, plan), build=False, warmup_runs=0)
+    texts, encoded, source, skipped = _texts(args, embedder, texts)
+    embedder.prepare(progress=progress, only=embedder.buckets_for(encoded))
     compile_s = time.perf_counter() - start
 
-    # Truncations counted while tokenizing stay in the stats, and so in the report.
-    texts, encoded, source, skipped = _texts(args, embedder, texts)
     start = time.perf_counter()
     embeddings = embedder.embed_tokenized(encoded, progress=progress)
     seconds = time.perf_counter() - start
@@ -105,8 +107,10 @@ def _say_report(say: Any, args: argparse.Namespace, plan: Any, embedder: Any, te
     say(f"model    {args.model or DEFAULT_MODEL_NAME} ({embeddings.shape[1]}-dim sentence embeddings)")
     say(f"input    {len(texts)} texts from {source}"
         + (f" ({skipped} longer than {embedder.router.limits['seq']} tokens left out)" if skipped else ""))
-    say(f"backend  {args.backend}, {len(plan)} buckets ({plan}), ready in {compile_s:.1f} s"
-        + (f" ({built.hits} from the cache)" if built.hits else ""))
+    used = len(built.builds)
+    say(f"backend  {args.backend}, {len(plan)} buckets ({plan}), "
+        + (f"{used} built (those this input uses), " if used < len(plan) else "")
+        + f"ready in {compile_s:.1f} s" + (f" ({built.hits} from the cache)" if built.hits else ""))
     say(f"speed    {len(texts) / seconds:,.1f} texts/s, {tokens / seconds:,.0f} tokens/s ({seconds:.2f} s)")
     say(f"padding  {stats.padding_waste:.1%} of computed positions were padding "
         f"({stats.real_volume:,} real tokens, {stats.padded_volume:,} computed)")

@@ -6,7 +6,7 @@ its names are re-exported here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from ..errors import BucketOverflowError, InputError, ParityError
 from ..plans import Plan
 from ..router import OverflowPolicy
 from ..runtime.model import BucketedModel
-from ..shapes import BATCH
+from ..shapes import BATCH, Bucket
 from .encoders import (
     DEFAULT_MODEL_NAME,
     encoder_spec,
@@ -86,6 +86,8 @@ class SentenceEmbedder:
         workers: int | None = None,
         memory_budget: float | None = None,
         verify: bool = True,
+        build: bool = True,
+        warmup_runs: int = 1,
     ) -> SentenceEmbedder:
         """An encoder (``model`` folder, default all-MiniLM-L6-v2) on ``backend`` with
         ``plan`` (default buckets, up to the model's longest input), compiled.
@@ -96,6 +98,12 @@ class SentenceEmbedder:
         go to :meth:`BucketedModel.compile`. With ``verify`` (default), whenever buckets
         were compiled, a few probe texts are run bucketed and unpadded through the model
         itself, and :class:`ParityError` refuses an embedder whose outputs do not match.
+
+        With ``build=False`` nothing is built yet: tokenize first, then call
+        :meth:`prepare` with ``only=embedder.buckets_for(encoded)`` to build just the
+        buckets a known set of texts uses (what ``bucketwise embed`` does).
+        ``warmup_runs`` (default 1) runs each artifact that many times on example inputs
+        once built; a batch job that runs every bucket it builds right away can use 0.
         """
         module, tokenizer, spec = lazy_default_encoder(model)
         bucketed = BucketedModel(
@@ -106,13 +114,33 @@ class SentenceEmbedder:
             backend_options=backend_options,
             overflow=overflow,
             cache=cache,
+            warmup_runs=warmup_runs,
         )
-        bucketed.compile(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget)
         embedder = cls(bucketed, tokenizer)
-        if verify and bucketed.builder.model_loaded:
-            embedder.verify()
-            bucketed.reset_stats()  # the probes are not the caller's traffic
+        if build:
+            embedder.prepare(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget, verify=verify)
         return embedder
+
+    def prepare(
+        self,
+        *,
+        progress: bool = True,
+        lazy: bool = False,
+        workers: int | None = None,
+        memory_budget: float | None = None,
+        verify: bool = True,
+        only: Collection[Bucket] | None = None,
+    ) -> SentenceEmbedder:
+        """Build (or load) the buckets (``only`` those and the ones covering every shape;
+        see :meth:`BucketedModel.compile`), then, when anything was compiled and
+        ``verify``, check parity on probe texts. Returns self."""
+        self.model.compile(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget, only=only)
+        if verify and self.model.builder.model_loaded:
+            counted = dict(self.model.stats.overflow)  # truncations of texts tokenized already
+            self.verify()
+            self.model.reset_stats()  # the probes are not the caller's traffic
+            self.model.stats.overflow.update(counted)
+        return self
 
     def verify(self, texts: Sequence[Text] = (), *, atol: float = 1e-4) -> float:
         """Run ``texts`` (default: probes of several lengths) bucketed and through the model
@@ -234,9 +262,6 @@ class SentenceEmbedder:
         bar = tqdm(total=len(encoded), desc="embed", unit="text", disable=not progress)
         rows = self.rows(encoded)
         lengths = [len(ids) for ids, _ in encoded]
-        groups: dict[int | None, list[int]] = {}
-        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-            groups.setdefault(self.router.queue_edge("seq", lengths[i]), []).append(i)
         result: np.ndarray | None = None
 
         def put(idx: list[int], embeddings: list[np.ndarray]) -> None:
@@ -246,16 +271,34 @@ class SentenceEmbedder:
             result[idx] = np.stack(embeddings)
             bar.update(len(idx))
 
+        for bucket, part in self._runs(lengths):
+            if bucket is None:  # longer than every bucket: the overflow policy, one by one
+                out = self.model.run({k: v[None] for k, v in rows[part[0]].items()})
+                put(part, [out["sentence_embedding"][0]])
+                continue
+            outs = self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part], bucket)
+            put(part, [o["sentence_embedding"] for o in outs])
+        bar.close()
+        return result  # type: ignore[return-value]  # encoded is non-empty, so it was set
+
+    def buckets_for(self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> set[Bucket]:
+        """The buckets :meth:`embed_tokenized` runs ``encoded`` in (for ``prepare(only=)``)."""
+        return {b for b, _ in self._runs([len(ids) for ids, _ in encoded]) if b is not None}
+
+    def _runs(self, lengths: Sequence[int]) -> Iterator[tuple[Bucket | None, list[int]]]:
+        """The runs that embed texts of ``lengths``: (bucket, indices), sorted by length and
+        grouped by the length edge they fit (every text of a group is covered by the same
+        buckets), each group cut by :meth:`Router.take`; ``(None, [i])`` for a text longer
+        than every bucket (the overflow policy's, one by one)."""
+        groups: dict[int | None, list[int]] = {}
+        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+            groups.setdefault(self.router.queue_edge("seq", lengths[i]), []).append(i)
         for edge, idx in groups.items():
-            if edge is None:  # longer than every bucket: the overflow policy, one by one
+            if edge is None:
                 for i in idx:
-                    out = self.model.run({k: v[None] for k, v in rows[i].items()})
-                    put([i], [out["sentence_embedding"][0]])
+                    yield None, [i]
                 continue
             while idx:
                 bucket, n = self.router.take(len(idx), seq=edge)
                 part, idx = idx[:n], idx[n:]
-                outs = self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part], bucket)
-                put(part, [o["sentence_embedding"] for o in outs])
-        bar.close()
-        return result  # type: ignore[return-value]  # encoded is non-empty, so it was set
+                yield bucket, part

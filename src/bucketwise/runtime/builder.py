@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,10 @@ class Builder:
         lazy: bool = False,
         memory_budget: float | None = None,
         measure_memory: bool | None = None,
+        only: Collection[Bucket] | None = None,
     ) -> None:
-        """Build every bucket not built yet (see ``BucketedModel.compile``)."""
+        """Build every bucket not built yet, or with ``only`` those of them and the ones
+        that cover every shape (see ``BucketedModel.compile``)."""
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
@@ -166,8 +168,14 @@ class Builder:
         self._measure = (self.cache is not None or memory_budget is not None) if measure_memory is None else measure_memory
         if memory_budget is not None:
             self._check_budget(memory_budget, self._recorded_resident())
-        todo = self._ordered([b for b in self.plan.buckets if b not in self.built])
         top = set(self.router.maximal())
+        if only is not None:
+            unknown = [b for b in only if b not in self.plan.buckets]
+            if unknown:
+                raise ConfigError(f"only={unknown[0]!r} is not a bucket of the plan ({self.plan}); "
+                                  "name buckets from plan.buckets")
+        wanted = self.plan.buckets if only is None else [b for b in self.plan.buckets if b in set(only) | top]
+        todo = self._ordered([b for b in wanted if b not in self.built])
         now, later = ([b for b in todo if b in top], [b for b in todo if b not in top]) if lazy else (todo, [])
         bar = tqdm(total=len(now), desc=f"compile [{self.backend.name}]", unit="bucket", disable=not progress)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..backends.base import Artifact, Backend, get_backend
@@ -125,6 +125,7 @@ class BucketedModel:
         lazy: bool = False,
         memory_budget: float | None = None,
         measure_memory: bool | None = None,
+        only: Collection[Bucket] | None = None,
     ) -> BucketedModel:
         """Compile (or load from the cache) and warm up one artifact per bucket. Returns self.
 
@@ -146,9 +147,13 @@ class BucketedModel:
                 largest buckets.
             measure_memory: measure each bucket's resident memory (serial builds only).
                 Default: with a cache (where it is recorded) or a memory budget.
+            only: build just these buckets and those that cover every shape, for a job
+                that knows its inputs (``SentenceEmbedder.buckets_for``). Inputs routed to
+                a bucket left unbuilt run on the cheapest built bucket that covers them,
+                counted in ``stats.substitutions``; a later ``compile()`` builds the rest.
         """
         self.builder.build(progress=progress, workers=workers, lazy=lazy, memory_budget=memory_budget,
-                           measure_memory=measure_memory)
+                           measure_memory=measure_memory, only=only)
         return self
 
     @property

@@ -84,3 +84,32 @@ def events(log: Path) -> list[tuple[str, str]]:
     if not log.exists():
         return []
     return [tuple(line.split()[1:]) for line in log.read_text().splitlines()]
+
+
+class SharedWeightsBackend(SlowScaleBackend):
+    """Like :class:`SlowScaleBackend`, and every entry also holds the same ``shared_mib``
+    "weights" file, which loads into memory once per process however many buckets load it
+    (as ONNX Runtime maps one weights file for every session); ``shared_files`` says so."""
+
+    name: ClassVar[str] = "shared-weights"
+    _resident: ClassVar[dict[str, Any]] = {}  # weights file content -> the one copy in memory
+
+    def __init__(self, *, shared_mib: int = 0, **options: Any) -> None:
+        super().__init__(**options)
+        self.shared_mib = shared_mib
+
+    def compile_to(self, model, spec, bucket, folder: Path):
+        super().compile_to(model, spec, bucket, folder)
+        np.full(self.shared_mib << 18, 3.0, np.float32).tofile(folder / "weights.bin")
+        return self.load(folder, spec, bucket)
+
+    def load(self, folder: Path, spec, bucket):
+        artifact = super().load(folder, spec, bucket)
+        key = f"{self.shared_mib}"
+        if key not in self._resident:
+            self._resident[key] = np.fromfile(folder / "weights.bin", np.float32) + 0  # read, written: resident
+        artifact.ballast = (artifact.ballast, self._resident[key])
+        return artifact
+
+    def shared_files(self, folder: Path) -> list[str]:
+        return ["weights.bin"]

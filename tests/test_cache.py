@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_double import SPEC, SlowScaleBackend, events, scale_model
+from cache_double import SPEC, SharedWeightsBackend, SlowScaleBackend, events, scale_model
 
 from bucketwise import Bucket, BucketedModel, MemoryBudgetError, Plan
 from bucketwise.runtime.cache import ArtifactCache, CacheWarning, fingerprint
 from bucketwise.runtime.memory import check_memory_budget, format_bytes
+from bucketwise.runtime.tables import compile_table
 
 PLAN = Plan.grid(batch=[1], seq=[8, 16, 32])
 
@@ -247,6 +248,53 @@ def test_budget_refusal_after_measuring_then_before_compiling(tmp_path):
     assert len(events(log)) == before
     ok = build(cache, log, hold_mib=48, memory_budget=400 << 20)
     assert ok.ready and sum(r.resident_bytes for r in ok.compile_report.builds.values()) >= 120 << 20
+
+
+def test_memory_shared_by_every_bucket_counts_once(tmp_path):
+    """Weights every bucket shares (64 MiB, loaded once per process) count once; each bucket
+    is measured by what it adds (8 MiB). Recorded, the budget check and the planner's
+    figures count them the same way."""
+    from bucketwise.planning.planner import bucket_budget
+
+    cache = ArtifactCache(tmp_path / "c")
+    SharedWeightsBackend._resident.clear()
+
+    def shared_build(budget=None, **options):
+        bm = BucketedModel(scale_model(), SPEC, PLAN, cache=cache, warmup_runs=0,
+                           backend=SharedWeightsBackend(shared_mib=64, hold_mib=8))
+        return bm.compile(progress=False, workers=1, memory_budget=budget, **options)
+
+    bm = shared_build()
+    report = bm.compile_report
+    assert list(report.shared_bytes.values()) == [64 << 20]
+    added = [r.resident_bytes for r in report.builds.values()]
+    assert all(6 << 20 <= a <= 24 << 20 for a in added), added  # the first bucket does not own the weights
+    assert "64.0 MiB of weights shared by every bucket, once" in "\n".join(compile_table(report, wall_seconds=1.0))
+    largest, count, shared = cache.largest_resident(model=fingerprint(scale_model(), SPEC), backend="shared-weights")
+    assert count == 3 and largest <= 24 << 20 and shared == 64 << 20
+    # 64 MiB + 3 x ~8 MiB fits 120 MiB; counting the weights per bucket (3 x 72 MiB) would not.
+    SharedWeightsBackend._resident.clear()
+    assert shared_build(budget=120 << 20).ready
+    with pytest.raises(MemoryBudgetError, match=r"64.0 MiB shared by every bucket, once"):
+        shared_build(budget=70 << 20)  # refused from the recorded sizes, before loading
+    assert bucket_budget(memory_budget=120 << 20, bytes_per_bucket=largest, shared_bytes=shared) >= 3
+    assert bucket_budget(memory_budget=120 << 20, bytes_per_bucket=largest + shared) == 1
+
+
+def test_sizes_recorded_before_shared_memory_was_counted_apart_are_measured_again(tmp_path):
+    cache = ArtifactCache(tmp_path / "c")
+    SharedWeightsBackend._resident.clear()
+    backend = SharedWeightsBackend(shared_mib=32)
+    BucketedModel(scale_model(), SPEC, PLAN, cache=cache, warmup_runs=0, backend=backend).compile(progress=False, workers=1)
+    for e in cache.entries():  # as an older bucketwise wrote them: weights counted in a bucket
+        meta = json.loads(e.path("meta.json").read_text())
+        meta.pop("resident_shared")
+        meta.update(resident_bytes=40 << 20, resident_measured_on="load")
+        e.path("meta.json").write_text(json.dumps(meta))
+    SharedWeightsBackend._resident.clear()
+    bm = BucketedModel(scale_model(), SPEC, PLAN, cache=cache, warmup_runs=0, backend=backend).compile(progress=False)
+    assert all(r.resident_bytes < 16 << 20 for r in bm.compile_report.builds.values())
+    assert all(e.resident_shared and e.resident_bytes < 16 << 20 for e in cache.entries())
 
 
 # -- compile lifecycle ---------------------------------------------------------------------

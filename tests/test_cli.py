@@ -137,6 +137,13 @@ def test_plan_budget_and_neuron_rule(tmp_path, capsys):
     out = tmp_path / "p.json"
     assert main(["plan", str(sizes), "--k", "8", "--memory-budget", "300MB", "--bytes-per-bucket", "87MB", "--output", str(out)]) == 0
     assert len(Plan.load(out)) == 3
+    # Weights shared once (87 MB) and 21 MB per extra bucket: (300 - 87) / 21 = 10, capped at k = 8.
+    assert main(["plan", str(sizes), "--k", "8", "--memory-budget", "300MB", "--bytes-per-bucket", "21MB",
+                 "--shared-bytes", "87MB", "--output", str(out)]) == 0
+    assert len(Plan.load(out)) == 8
+    assert main(["plan", str(sizes), "--k", "8", "--memory-budget", "150MB", "--bytes-per-bucket", "21MB",
+                 "--shared-bytes", "87MB", "--output", str(out)]) == 0
+    assert len(Plan.load(out)) == 3
     assert main(["plan", str(sizes), "--k", "8", "--neuron-weights", "400000000", "--output", str(out)]) == 0
     assert len(Plan.load(out)) == 2  # round(1e9 / 4e8) = 2
     assert main(["plan", str(sizes), "--memory-budget", "10MB", "--bytes-per-bucket", "87MB", "--output", str(out)]) == 2

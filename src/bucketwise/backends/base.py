@@ -85,6 +85,11 @@ class CacheableBackend(Backend, Protocol):
     ``cache_key()`` names everything that changes the artifact: ``{"name", "version",
     "options"}``. ``compile_to`` compiles and writes the artifact's files into ``folder``;
     ``load`` rebuilds the artifact from those files alone.
+
+    A backend whose loaded buckets share memory, such as one weights file mapped once for
+    every bucket, may also define ``shared_files(folder) -> list[str]``: the names of the
+    entry's files that are resident once per process however many buckets load them. The
+    memory accounting then counts them once, and each bucket by what it adds.
     """
 
     def cache_key(self) -> dict[str, Any]: ...

@@ -163,6 +163,11 @@ class OnnxRuntimeBackend:
         session = self._open(folder / "model.onnx", so, bucket)
         return OrtArtifact(bucket, session, spec.output_names)
 
+    def shared_files(self, folder: Path) -> list[str]:
+        """With ``share_weights``, ``weights.bin``: one memory map per process, whatever
+        the number of buckets (see :class:`~bucketwise.backends.base.CacheableBackend`)."""
+        return ["weights.bin"] if self.share_weights and (folder / "weights.bin").exists() else []
+
     def close(self) -> None:
         with self._lock:
             self._mapped.clear()

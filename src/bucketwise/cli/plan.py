@@ -44,8 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "8 for sequences, 32 for image sides")
     plan.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,8)")
     plan.add_argument("--memory-budget", metavar="BYTES",
-                      help="total artifact memory, e.g. 2GB; per bucket: --bytes-per-bucket, else the largest size measured in the cache by `bucketwise compile`")
-    plan.add_argument("--bytes-per-bucket", metavar="BYTES", help="memory of one artifact, e.g. 87MB")
+                      help="total artifact memory, e.g. 2GB; per bucket: --bytes-per-bucket (and --shared-bytes), "
+                           "else the sizes measured in the cache by `bucketwise compile`")
+    plan.add_argument("--bytes-per-bucket", metavar="BYTES", help="memory one more artifact adds, e.g. 45MB")
+    plan.add_argument("--shared-bytes", metavar="BYTES",
+                      help="memory every artifact shares, counted once against --memory-budget (e.g. weights mapped "
+                           "once: 87MB); default 0, or as measured in the cache")
     plan.add_argument("--cache-dir", metavar="DIR", help="cache that holds measured sizes (default: $BUCKETWISE_CACHE, else ~/.cache/bucketwise)")
     plan.add_argument("--compile-budget", type=float, metavar="SECONDS", help="total compile time (needs --seconds-per-bucket)")
     plan.add_argument("--seconds-per-bucket", type=float, metavar="SECONDS", help="compile time of one artifact")
@@ -112,15 +116,17 @@ def run(args: argparse.Namespace) -> int:
         terms = ", ".join(f"{c * 1e3:.4g}" for _, c in cost.terms)
         say(f"cost     fitted on {args.backend}: per row ms = {terms} (1, L, L^2 coefficients)")
     bytes_per_bucket = parse_bytes(args.bytes_per_bucket) if args.bytes_per_bucket else None
+    shared_bytes = parse_bytes(args.shared_bytes) if args.shared_bytes else 0.0
     if args.memory_budget and bytes_per_bucket is None:
-        bytes_per_bucket = _measured_bytes_per_bucket(args, is_text, say)
+        bytes_per_bucket, measured_shared = _measured_bytes_per_bucket(args, is_text, say)
+        shared_bytes = shared_bytes if args.shared_bytes else measured_shared
     k = args.k
     if args.neuron_weights:
         k = min(k, neuron_bucket_count(args.neuron_weights))
     p = plan(
         obs, k=k, cost=cost, cap=args.cap, grid=args.grid, headroom=args.headroom or 0.0, batch_sizes=batch_sizes,
         memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
-        bytes_per_bucket=bytes_per_bucket,
+        bytes_per_bucket=bytes_per_bucket, shared_bytes=shared_bytes,
         compile_budget=args.compile_budget, seconds_per_bucket=args.seconds_per_bucket,
     )
     rep = report(p, obs, user=args.compare)
@@ -142,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: object) -> float:
-    """The largest resident size measured in the cache for the default model on --backend."""
+def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: object) -> tuple[float, float]:
+    """The largest resident size one bucket adds, and the memory buckets share once, as
+    measured in the cache for the default model on --backend."""
     from ..models.text import lazy_default_encoder
     from ..runtime.cache import ArtifactCache, fingerprint
     from ..runtime.memory import format_bytes
@@ -152,11 +159,12 @@ def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: obj
         raise ConfigError("--memory-budget needs the memory of one bucket: give --bytes-per-bucket")
     lazy, _, spec = lazy_default_encoder(args.model)
     cache = ArtifactCache(args.cache_dir)
-    largest, count = cache.largest_resident(model=fingerprint(lazy, spec), backend=args.backend)
+    largest, count, shared = cache.largest_resident(model=fingerprint(lazy, spec), backend=args.backend)
     if largest is None:
         raise InputError(f"--memory-budget needs the memory of one bucket, and {cache.root} holds no "
                          f"measured {args.backend} buckets of this model: give --bytes-per-bucket, or "
                          f"first run `bucketwise compile --backend {args.backend}` so the cache holds measured sizes")
     say(f"memory   {format_bytes(largest)} per bucket: the largest resident size of {count} "  # type: ignore[operator]
-        f"{args.backend} buckets measured in {cache.root}")
-    return float(largest)
+        f"{args.backend} buckets measured in {cache.root}"
+        + (f", plus {format_bytes(shared)} they share, once" if shared else ""))
+    return float(largest), float(shared)

@@ -35,11 +35,15 @@ def bucket_budget(
     compile_budget: float | None = None,
     seconds_per_bucket: float | None = None,
     batch_sizes: int = 1,
+    shared_bytes: float = 0.0,
 ) -> int:
     """The most buckets every budget allows: count, memory (bytes) and compile time (s).
 
     Memory and compile time are per compiled artifact, so each length bucket costs
-    ``batch_sizes`` of them. Raises :class:`PlanError` when no plan fits.
+    ``batch_sizes`` of them. ``shared_bytes`` is memory every bucket shares, counted once
+    (weights mapped once: ``bytes_per_bucket`` is then what one more bucket adds), so
+    ``memory_budget`` holds ``shared_bytes + n × bytes_per_bucket``. Raises
+    :class:`PlanError` when no plan fits.
     """
     limits: dict[str, int] = {}
     if k is not None:
@@ -54,7 +58,8 @@ def bucket_budget(
             continue
         if per is None or per <= 0:
             raise PlanError(f"{name} needs the cost of one bucket ({'bytes_per_bucket' if 'memory' in name else 'seconds_per_bucket'} > 0)")
-        limits[name] = math.floor(budget / (per * batch_sizes))
+        room = budget - shared_bytes if name == "memory_budget" else budget
+        limits[name] = math.floor(max(0.0, room) / (per * batch_sizes))
     if not limits:
         raise PlanError("give a budget: k, memory_budget with bytes_per_bucket, or compile_budget with seconds_per_bucket")
     most = min(limits.values())
@@ -82,6 +87,7 @@ def plan(
     compile_budget: float | None = None,
     seconds_per_bucket: float | None = None,
     exact: bool | None = None,
+    shared_bytes: float = 0.0,
 ) -> Plan:
     """Choose at most ``k`` buckets minimising the expected cost of the observed shapes.
 
@@ -104,6 +110,8 @@ def plan(
             length bucket (one artifact each, which the budgets count).
         exact: N-D only: solve exactly with a MILP (small instances) instead of greedy +
             local search. Default: exact when the instance is small.
+        shared_bytes: memory the buckets share, counted once against ``memory_budget``
+            (see :func:`bucket_budget`).
 
     1-D plans are exact (dynamic programming). The returned plan's ``meta`` records the
     planner, the observation count, the cap and the share of inputs above it.
@@ -114,6 +122,7 @@ def plan(
     budget = bucket_budget(
         k=k, memory_budget=memory_budget, bytes_per_bucket=bytes_per_bucket,
         compile_budget=compile_budget, seconds_per_bucket=seconds_per_bucket, batch_sizes=n_batch,
+        shared_bytes=shared_bytes,
     )
     grids = _grids(obs.dims, grid)
     if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0 <= headroom <= 10:

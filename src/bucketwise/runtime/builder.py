@@ -27,7 +27,7 @@ from ..plans import Plan
 from ..router import Router
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from .cache import ArtifactCache, CacheEntry, LazyModel, fingerprint, resident_bytes
+from .cache import ArtifactCache, CacheEntry, LazyModel, fingerprint, mapped_resident_bytes, resident_bytes
 from .export import export_source
 from .memory import check_memory_budget
 from .reports import BucketBuild, CompileReport
@@ -167,7 +167,7 @@ class Builder:
         # big process: by default only where the figure is kept (cache) or needed (budget).
         self._measure = (self.cache is not None or memory_budget is not None) if measure_memory is None else measure_memory
         if memory_budget is not None:
-            self._check_budget(memory_budget, self._recorded_resident())
+            self._check_budget(memory_budget, *self._recorded_resident())
         top = set(self.router.maximal())
         if only is not None:
             unknown = [b for b in only if b not in self.plan.buckets]
@@ -186,7 +186,7 @@ class Builder:
         self.report.seconds += time.perf_counter() - start
         if memory_budget is not None and not later:
             try:
-                self._check_budget(memory_budget, self.report.resident())
+                self._check_budget(memory_budget, self.report.resident(), self.report.shared_bytes)
             except Exception:
                 with self._lock:
                     self._artifacts.clear()
@@ -208,17 +208,22 @@ class Builder:
         for key in self.cache.evict(keep=keep):
             self.report.evicted.append(key)
 
-    def _check_budget(self, budget: float, sizes: Mapping[Bucket, int | None]) -> None:
+    def _check_budget(self, budget: float, sizes: Mapping[Bucket, int | None], shared: Mapping[str, int]) -> None:
         check_memory_budget({b: sizes.get(b) for b in self.plan.buckets}, budget,
-                            backend=self.backend.name, measured=True)
+                            backend=self.backend.name, measured=True, shared_bytes=sum(shared.values()))
 
-    def _recorded_resident(self) -> dict[Bucket, int | None]:
-        """Resident sizes measured on earlier runs of this model and backend (from the cache)."""
+    def _recorded_resident(self) -> tuple[dict[Bucket, int | None], dict[str, int]]:
+        """What each bucket adds, and the memory buckets share (once), as measured on
+        earlier runs of this model and backend (from the cache)."""
         if not self.cacheable:
-            return {}
+            return {}, {}
         assert self.cache is not None
         found = self.cache.measured(model=self.fingerprint(), backend=self.backend.name)
-        return {b: e.resident_bytes for b, e in found.items()}
+        found = {b: e for b, e in found.items() if b in self.plan.buckets}
+        shared: dict[str, int] = {}
+        for e in found.values():
+            shared.update(e.resident_shared)
+        return {b: e.resident_bytes for b, e in found.items()}, shared
 
     def _ordered(self, buckets: Sequence[Bucket]) -> list[Bucket]:
         traffic = self.plan.meta.get("traffic") or {}
@@ -287,11 +292,22 @@ class Builder:
             artifact = self.backend.compile(src, self.spec, bucket)
             seconds, source, entry, key = time.perf_counter() - t0, "uncached", None, None
         warm = self._warm_up(artifact, bucket)
+        shared, paths = self._shared_of(entry)
+        with self._lock:
+            new = [k for k in shared if k not in self.report.shared_bytes]
+            self.report.shared_bytes.update(shared)
+            if entry is not None:
+                self.report.disk_files.update({str(f["sha256"]): int(f["bytes"])
+                                               for f in entry.meta.get("files", {}).values()})
+        # The part of the shared files this load made resident (a mapped file is resident
+        # only where it was read); counted in the budget at their full size, once.
+        newly_shared = sum(_resident_part(paths[k], shared[k]) for k in new)
         resident = None
         if rss0 is not None:
             rss1 = resident_bytes()
-            resident = max(0, rss1 - rss0) if rss1 is not None else None
-        if resident is None and source == "cache" and entry is not None:
+            # What this bucket adds: the first bucket to map the shared weights does not own them.
+            resident = max(0, rss1 - rss0 - newly_shared) if rss1 is not None else None
+        if resident is None and source == "cache" and entry is not None and _counts_shared_once(entry.meta):
             resident = entry.resident_bytes  # measured on an earlier load
         build = BucketBuild(
             bucket, source, seconds, warm,  # type: ignore[arg-type]
@@ -301,7 +317,7 @@ class Builder:
             key=key,
         )
         if key is not None and rss0 is not None and resident is not None and entry is not None:
-            self._record_resident(key, entry.meta, resident, loaded=source == "cache")
+            self._record_resident(key, entry.meta, resident, shared, loaded=source == "cache")
         with self._lock:
             self._artifacts[bucket] = artifact
             self.built = frozenset(self._artifacts)
@@ -323,7 +339,18 @@ class Builder:
             meta = json.loads((self.cache.folder(key) / "meta.json").read_text())
         except (OSError, ValueError):
             return False
-        return isinstance(meta, dict) and meta.get("resident_measured_on") == "load" and meta.get("resident_bytes") is not None
+        return (isinstance(meta, dict) and meta.get("resident_measured_on") == "load"
+                and meta.get("resident_bytes") is not None and _counts_shared_once(meta))
+
+    def _shared_of(self, entry: CacheEntry | None) -> tuple[dict[str, int], dict[str, Path]]:
+        """The entry's files every bucket shares in memory (``backend.shared_files``), by
+        SHA-256 (the same weights in every bucket's entry): id -> bytes, and id -> path."""
+        names = getattr(self.backend, "shared_files", None)
+        if entry is None or names is None:
+            return {}, {}
+        files = entry.meta.get("files", {})
+        found = [(str(files[n]["sha256"]), n) for n in names(entry.folder) if n in files]
+        return {k: int(files[n]["bytes"]) for k, n in found}, {k: entry.folder / n for k, n in found}
 
     def _from_cache(
         self, bucket: Bucket, *, compile_missing: bool
@@ -383,7 +410,8 @@ class Builder:
             artifact.run(example)
         return time.perf_counter() - t1
 
-    def _record_resident(self, key: str, meta: Mapping[str, Any], resident: int, *, loaded: bool) -> None:
+    def _record_resident(self, key: str, meta: Mapping[str, Any], resident: int, shared: Mapping[str, int],
+                         *, loaded: bool) -> None:
         """Keep the best-known resident size of a cache entry.
 
         A load from the cache measures the artifact alone; a compile also counts one-off
@@ -393,6 +421,8 @@ class Builder:
         """
         assert self.cache is not None
         old, how = meta.get("resident_bytes"), meta.get("resident_measured_on")
+        if not _counts_shared_once(meta):
+            old = how = None  # measured before shared memory was counted apart: measure afresh
         if loaded:
             value = max(resident, int(old)) if how == "load" and old is not None else resident
         elif old is None:
@@ -400,7 +430,7 @@ class Builder:
         else:
             return
         self.cache.update(key, resident_bytes=value, resident_measured_on="load" if loaded else "compile",
-                          last_used=time.time())
+                          resident_shared=dict(shared), last_used=time.time())
 
     def _note_skipped_prep(self) -> None:
         """Model loading and export that the run which filled the cache did, and this one
@@ -444,3 +474,16 @@ class Builder:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+
+
+def _counts_shared_once(meta: Mapping[str, Any]) -> bool:
+    """True when the entry's recorded ``resident_bytes`` leaves out memory shared with
+    other buckets (recorded since ``resident_shared`` exists); older figures included it."""
+    return isinstance(meta.get("resident_shared"), dict)
+
+
+def _resident_part(path: Path, size: int) -> int:
+    """How much of a shared file is resident in this process: through memory maps where the
+    OS tells, else (read into memory, or not on Linux) its whole size."""
+    mapped = mapped_resident_bytes(path)
+    return mapped if mapped else size

@@ -129,6 +129,13 @@ class CacheEntry:
         return int(value) if value is not None else None
 
     @property
+    def resident_shared(self) -> dict[str, int]:
+        """Memory this entry shares with other buckets once loaded (id -> bytes), which
+        ``resident_bytes`` leaves out; empty where none, or not recorded."""
+        value = self.meta.get("resident_shared")
+        return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+    @property
     def compile_seconds(self) -> float | None:
         value = self.meta.get("compile_seconds")
         return float(value) if value is not None else None
@@ -326,11 +333,16 @@ class ArtifactCache:
 
     # -- write --------------------------------------------------------------------------------
 
-    def largest_resident(self, *, model: str, backend: str) -> tuple[int | None, int]:
-        """The largest resident size measured for any bucket of ``model`` on ``backend``,
-        and how many buckets were measured: the per-bucket figure a memory budget plans with."""
-        sizes = [e.resident_bytes for e in self.measured(model=model, backend=backend).values() if e.resident_bytes]
-        return (max(sizes) if sizes else None), len(sizes)
+    def largest_resident(self, *, model: str, backend: str) -> tuple[int | None, int, int]:
+        """The largest resident size measured for any bucket of ``model`` on ``backend``
+        (what one bucket adds), how many buckets were measured, and the bytes they share
+        once (weights mapped once): the figures a memory budget plans with."""
+        found = [e for e in self.measured(model=model, backend=backend).values() if e.resident_bytes is not None]
+        shared: dict[str, int] = {}
+        for e in found:
+            shared.update(e.resident_shared)
+        sizes = [int(e.resident_bytes) for e in found if e.resident_bytes]
+        return (max(sizes) if sizes else None), len(sizes), sum(shared.values())
 
     def put(
         self,
@@ -578,6 +590,31 @@ def resident_bytes(*, trim: bool = False) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def mapped_resident_bytes(path: Path) -> int | None:
+    """How much of ``path`` this process holds resident through memory maps (Linux: the
+    ``Rss`` of its mappings in ``/proc/self/smaps``, matched by inode, so hard links count
+    as the file); ``None`` where the OS does not tell. A mapped file is resident only where
+    it was read: an embedding table, for one, only at the rows of the tokens seen."""
+    try:
+        st = path.stat()
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return None
+    total, inside = 0, False
+    for line in text.splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's header line
+            inside = head[4] == str(st.st_ino) and _dev(head[3]) == st.st_dev
+        elif inside and head and head[0] == "Rss:":
+            total += int(head[1]) * 1024
+    return total
+
+
+def _dev(text: str) -> int:
+    major, minor = (int(x, 16) for x in text.split(":"))
+    return os.makedev(major, minor)
 
 
 def _malloc_trim() -> None:

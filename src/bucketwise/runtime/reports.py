@@ -19,8 +19,9 @@ class BucketBuild:
     ``"uncached"`` (no cache, or a backend whose artifacts cannot be saved). ``seconds`` is
     the compile or load time of this start, warm-up not included; ``compile_seconds`` what
     compiling it cost, now or when its cache entry was written. ``resident_bytes`` is the
-    growth of the process's resident memory while building and warming it up (``None``
-    where it could not be told apart: parallel or background builds).
+    growth of the process's resident memory while building and warming it up, less the
+    memory it shares with other buckets (the report's ``shared_bytes``, counted once);
+    ``None`` where it could not be told apart: parallel or background builds.
     """
 
     bucket: Bucket
@@ -62,6 +63,15 @@ class CompileReport:
     export_seconds: float = 0.0
     skipped_prep_seconds: float = 0.0
     seconds: float = 0.0
+    shared_bytes: dict[str, int] = field(default_factory=dict)  # shared by buckets, resident once: id -> bytes
+    disk_files: dict[str, int] = field(default_factory=dict)  # the entries' files by SHA-256 (stored once) -> bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes the built buckets' cache entries hold on disk, identical files counted once."""
+        if self.disk_files:
+            return sum(self.disk_files.values())
+        return sum(b.disk_bytes or 0 for b in self.builds.values())
 
     @property
     def hits(self) -> int:
@@ -88,5 +98,7 @@ class CompileReport:
             "skipped_prep_seconds": self.skipped_prep_seconds,
             "saved_seconds": self.saved_seconds,
             "hits": self.hits,
+            "shared_bytes": sum(self.shared_bytes.values()),
+            "disk_bytes": self.disk_bytes,
             "buckets": [b.as_dict() for b in self.builds.values()],
         }

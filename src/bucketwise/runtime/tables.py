@@ -35,12 +35,15 @@ def compile_table(report: CompileReport, *, wall_seconds: float, budget: float |
         compile_s = f"{b.compile_seconds:.2f}" if b.compile_seconds is not None else "-"
         lines.append(f"  {b.bucket.label():<20}{b.source:<10}{b.seconds:>9.2f}{compile_s:>11}"
                      f"{format_bytes(b.disk_bytes):>12}{format_bytes(b.resident_bytes):>12}")
-    disk = sum(b.disk_bytes or 0 for b in builds)
+    disk = report.disk_bytes
     resident = [b.resident_bytes for b in builds if b.resident_bytes is not None]
     compiled = sum(1 for b in builds if b.source != "cache")
+    shared = sum(report.shared_bytes.values())
+    total = shared + sum(resident)
     lines.append(
         f"total    {len(builds)} buckets in {wall_seconds:.1f} s ({report.hits} from the cache, {compiled} compiled); "
-        f"{format_bytes(disk)} on disk; {format_bytes(sum(resident)) if resident else '-'} resident"
+        f"{format_bytes(disk)} on disk (files shared by buckets once); {format_bytes(total) if resident else '-'} resident"
+        + (f" ({format_bytes(shared)} of weights shared by every bucket, once)" if shared and resident else "")
         + (f" ({len(builds) - len(resident)} compiled in parallel, measured on the next load)"
            if len(resident) < len(builds) else ""))
     if report.hits:
@@ -52,7 +55,7 @@ def compile_table(report: CompileReport, *, wall_seconds: float, budget: float |
         lines.append(f"cached   {compiled} buckets (model load {report.model_load_seconds:.1f} s, export "
                      f"{report.export_seconds:.1f} s); the next start loads them instead of compiling")
     if budget is not None:
-        lines.append(f"budget   {format_bytes(sum(resident))} resident of {format_bytes(budget)} allowed")
+        lines.append(f"budget   {format_bytes(total)} resident of {format_bytes(budget)} allowed")
     return lines
 
 

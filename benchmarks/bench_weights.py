@@ -1,4 +1,4 @@
-"""Weights once: MiniLM buckets on ONNX Runtime, before and after sharing the weights.
+"""Weights once: MiniLM buckets on ONNX Runtime and OpenVINO, before and after sharing the weights.
 
 For 1, 4, 10 and 20 buckets, each measured in a fresh process that starts from a full
 artifact cache (a warm start):
@@ -9,10 +9,13 @@ artifact cache (a warm start):
 - latency: best of 5 rounds of 20 runs at the plan's smallest and largest bucket;
 - start: seconds inside ``compile()`` (loading and warming every bucket).
 
-"before" is the code at ``--before REV`` (default: the commit before weights were shared),
-run from a git worktree; "after" is this checkout, with the default options
-(``share_weights=True, prepack=True``) and with ``prepack=False``. The one-shape MiniLM
-weights are 87 MiB.
+ONNX Runtime: "before" is the code at ``--before REV`` (default: the commit before weights
+were shared), run from a git worktree; "after" is this checkout with one fixed-shape
+session per bucket (``free_dims=()``; ``share_weights=True, prepack=True``), with
+``prepack=False`` and with only the hot buckets prepacked; "free length" is the default,
+one session per batch size with the length free. OpenVINO: "blob" is this checkout's ``layout="blob"`` (a compiled blob
+per bucket, as every OpenVINO entry was before), "shared-ir" the default layout. The
+one-shape MiniLM weights are 87 MiB.
 
     python benchmarks/bench_weights.py [--before REV] [--sizes 1,4,10,20]
 Writes benchmarks/results/weights_once.json.
@@ -28,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import save, table
+from _common import RESULTS, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 LADDERS = {
@@ -39,14 +42,14 @@ LADDERS = {
 }
 
 
-def child(src: str, n: int, options: dict, cache_dir: str) -> dict:
+def child(src: str, n: int, options: dict, cache_dir: str, backend: str = "onnxruntime") -> dict:
     sys.path.insert(0, src)
     import time
 
     import numpy as np
 
     from bucketwise import BucketedModel, Plan
-    from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
+    from bucketwise.backends.base import get_backend
     from bucketwise.models.text import lazy_default_encoder
     from bucketwise.runtime.cache import ArtifactCache, resident_bytes
 
@@ -58,7 +61,7 @@ def child(src: str, n: int, options: dict, cache_dir: str) -> dict:
         options = {**options, "prepack": [Bucket(b) for b in options["prepack"]]}
     before = resident_bytes(trim=True)
     start = time.perf_counter()
-    bm = BucketedModel(module, spec, plan, backend=OnnxRuntimeBackend(**options), cache=ArtifactCache(cache_dir))
+    bm = BucketedModel(module, spec, plan, backend=get_backend(backend, **options), cache=ArtifactCache(cache_dir))
     bm.compile(progress=False)
     seconds = time.perf_counter() - start
     resident = resident_bytes(trim=True) - before
@@ -86,8 +89,8 @@ def disk_mib(folder: Path) -> float:
     return ArtifactCache(folder).disk_bytes() / 2**20  # each hard-linked file once
 
 
-def run_child(src: Path, n: int, options: dict, cache: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([str(src), n, options, str(cache)])],
+def run_child(src: Path, n: int, options: dict, cache: Path, backend: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([str(src), n, options, str(cache), backend])],
                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="57378b5~1", help="the code before sharing (a git revision)")
     parser.add_argument("--sizes", default="1,4,10,20")
+    parser.add_argument("--configs", help="only these configs, separated by ';' (e.g. 'after;openvino shared-ir')")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -111,17 +115,23 @@ def main(argv: list[str] | None = None) -> int:
     # "hot": prepack only the short batch-1 buckets, where most single short texts land
     # (MRPC's median is about 25 tokens); the rest run unpacked.
     hot = [{"batch": 1, "seq": 16}, {"batch": 1, "seq": 32}]
-    configs = [("before", old / "src", {}), ("after", ROOT / "src", {}),
-               ("after, prepack=False", ROOT / "src", {"prepack": False}),
-               ("after, prepack hot", ROOT / "src", {"prepack": hot})]
+    static: dict = {"free_dims": []}  # one session per bucket, every dim fixed
+    configs = [("before", old / "src", "onnxruntime", {}), ("after", ROOT / "src", "onnxruntime", static),
+               ("after, prepack=False", ROOT / "src", "onnxruntime", {**static, "prepack": False}),
+               ("after, prepack hot", ROOT / "src", "onnxruntime", {**static, "prepack": hot}),
+               ("after, free length (default)", ROOT / "src", "onnxruntime", {}),
+               ("openvino blob", ROOT / "src", "openvino", {"layout": "blob"}),
+               ("openvino shared-ir", ROOT / "src", "openvino", {})]
+    if args.configs:
+        configs = [c for c in configs if c[0] in args.configs.split(";")]
     results = []
     try:
-        for name, src, options in configs:
+        for name, src, backend, options in configs:
             for n in sizes:
-                cache = work / f"cache-{'before' if name == 'before' else 'after'}-{n}"
-                run_child(src, n, options, cache)  # fills the cache (a no-op when already full)
-                r = run_child(src, n, options, cache)
-                r.update(config=name, buckets=n, disk_mib=disk_mib(cache))
+                cache = work / f"cache-{name if name.startswith(('before', 'openvino')) else 'after'}-{n}"
+                run_child(src, n, options, cache, backend)  # fills the cache (a no-op when already full)
+                r = run_child(src, n, options, cache, backend)
+                r.update(config=name, backend=backend, buckets=n, disk_mib=disk_mib(cache))
                 results.append(r)
                 print(f"{name:<22} {n:>2} buckets: resident {r['resident_mib']:6.0f} MiB, disk {r['disk_mib']:6.0f} MiB, "
                       f"start {r['start_s']:5.2f} s, {r['latency_ms']} ({r['sources']})", flush=True)
@@ -132,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         items = list(r["latency_ms"].items())
         short, long = items[0], items[-1]
-        base = by.get(("before", r["buckets"]))
+        base = by.get(("openvino blob" if r["backend"] == "openvino" else "before", r["buckets"]))
         ratio = " / ".join(f"{r['latency_ms'][k] / base['latency_ms'][k]:.2f}×" for k in r["latency_ms"]) if base else "-"
         rows.append([r["config"], r["buckets"], f"{r['resident_mib']:.0f}", f"{r['disk_mib']:.0f}", f"{r['start_s']:.2f}",
                      f"{short[0]} {short[1]:.2f}", f"{long[0]} {long[1]:.1f}", ratio])
     print()
     print(table(rows, ["config", "buckets", "resident MiB", "disk MiB", "start s", "short ms", "long ms",
                        "latency vs before"]))
+    if args.configs and (RESULTS / "weights_once.json").exists():  # a partial rerun replaces its own rows
+        kept = json.loads((RESULTS / "weights_once.json").read_text())["results"]
+        results = [r for r in kept if r["config"] not in {c[0] for c in configs}] + results
     path = save("weights_once", {"sizes": sizes, "before": args.before, "results": results})
     print(f"wrote {path}")
     return 0

@@ -19,6 +19,7 @@ from bucketwise import Bucket, BucketedModel, MemoryBudgetError, Plan
 from bucketwise.runtime.cache import ArtifactCache, CacheWarning, fingerprint
 from bucketwise.runtime.memory import check_memory_budget, format_bytes
 from bucketwise.runtime.tables import compile_table
+from bucketwise.shapes import BATCH
 
 PLAN = Plan.grid(batch=[1], seq=[8, 16, 32])
 
@@ -356,7 +357,7 @@ def test_an_embedder_built_for_its_texts_runs_them_without_substitutes():
     from bucketwise.models.text import SentenceEmbedder
 
     plan = Plan.grid(batch=[1, 4], seq=[8, 16, 32])
-    texts = ["a b", "c d e", "one two three four five six seven eight nine ten"]
+    texts = ["a b", "c d e", "f g", "h", "one two three four five six seven eight nine ten"]
     full = SentenceEmbedder(BucketedModel(embed, TEXT_SPEC, plan, warmup_runs=0).compile(progress=False),
                             WordTokenizer())
     part = SentenceEmbedder(BucketedModel(embed, TEXT_SPEC, plan, warmup_runs=0), WordTokenizer())
@@ -369,13 +370,57 @@ def test_an_embedder_built_for_its_texts_runs_them_without_substitutes():
     assert set(part.model.stats.hits) == wanted and not part.model.stats.substitutions
 
 
+def test_a_bulk_embed_fills_smaller_buckets_rather_than_pad_a_large_one():
+    from serve_double import SPEC as TEXT_SPEC
+    from serve_double import WordTokenizer, embed
+
+    from bucketwise.models.text import SentenceEmbedder
+
+    plan = Plan.grid(batch=[1, 2, 4, 8], seq=[8])
+    embedder = SentenceEmbedder(BucketedModel(embed, TEXT_SPEC, plan, warmup_runs=0).compile(progress=False),
+                                WordTokenizer())
+    texts = [" ".join(["w"] * (i % 5 + 1)) for i in range(13)]  # 13 texts of one length edge
+    want = np.stack([embedder.embed([t])[0] for t in texts])
+    embedder.model.reset_stats()
+    np.testing.assert_array_equal(embedder.embed(texts), want)
+    # 8 + 4 + 1 rows, every run full: not 8 + a batch of 8 holding 5 rows (3 pad rows).
+    hits = {b[BATCH]: n for b, n in embedder.model.stats.hits.items()}
+    assert hits == {8: 1, 4: 1, 1: 1}
+    embedder.model.reset_stats()
+    embedder.embed(texts[:7])  # 7 rows: one batch of 8 pads 1 row (1/8), cheaper than 4 + 2 + 1 runs
+    assert {b[BATCH]: n for b, n in embedder.model.stats.hits.items()} == {8: 1}
+
+
+def test_the_default_text_plan_is_fine_where_lengths_share_a_session():
+    from bucketwise.backends.onnxruntime import OnnxRuntimeBackend
+    from bucketwise.models.text import default_text_plan, length_free
+
+    fine, classic = default_text_plan(256, "onnxruntime"), default_text_plan(256, "openvino")
+    assert fine.sizes("batch") == [1, 2, 4, 8, 16, 32] and fine.sizes("seq")[:3] == [8, 12, 16] and len(fine) == 114
+    assert classic == Plan.grid(batch=[1, 8], seq=[16, 32, 64, 128, 256]) == default_text_plan(256)
+    assert length_free(OnnxRuntimeBackend()) and not length_free(OnnxRuntimeBackend(free_dims=()))
+    assert default_text_plan(128, OnnxRuntimeBackend(free_dims=())).sizes("seq") == [16, 32, 64, 128]
+    assert default_text_plan(100, "onnxruntime").sizes("seq")[-2:] == [96, 100]
+    from bucketwise.runtime.stats import BucketStats
+    from bucketwise.runtime.tables import hits_table
+
+    stats = BucketStats()
+    stats.hits[Bucket(batch=2, seq=12)] = 3
+    stats.runs = 3
+    assert hits_table(stats, fine)[1:] == ["  batch=2,seq=12               3   100.0%", "  (113 other buckets did not run)"]
+    assert len(hits_table(stats, classic)) == 11  # a small plan lists every bucket
+
+
 # -- real backends -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torchscript"])
-def test_real_backend_round_trip_through_the_cache(tmp_path, backend):
+@pytest.mark.parametrize("backend, options", [
+    ("onnxruntime", {}), ("onnxruntime", {"free_dims": ["seq"]}), ("openvino", {}), ("openvino", {"layout": "blob"}),
+    ("torchscript", {}),
+])
+def test_real_backend_round_trip_through_the_cache(tmp_path, backend, options):
     torch = pytest.importorskip("torch")
-    from bucketwise.backends.base import is_available
+    from bucketwise.backends.base import get_backend, is_available
 
     if not is_available(backend):
         pytest.skip(f"{backend} not installed")
@@ -401,10 +446,14 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend):
     ids = np.random.default_rng(0).integers(1, 50, (2, 11))
     inputs = {"ids": ids, "mask": np.ones_like(ids)}
     cache = ArtifactCache(tmp_path)
-    cold = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
-    warm = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
+    cold = BucketedModel(net, spec, plan, backend=get_backend(backend, **options), cache=cache).compile(progress=False)
+    warm = BucketedModel(net, spec, plan, backend=get_backend(backend, **options), cache=cache).compile(progress=False)
     assert {r.source for r in cold.compile_report.builds.values()} == {"compiled"}
     assert {r.source for r in warm.compile_report.builds.values()} == {"cache"}
+    if options.get("free_dims"):  # buckets that differ only in length share a session: one per batch size
+        for bm in (cold, warm):
+            assert len({id(bm.artifact(b).session) for b in plan.buckets}) == 2
+            assert sum(r.warmup_seconds > 0 for r in bm.compile_report.builds.values()) == 2  # once a session
     ref = cold.reference(inputs)
     for name in ("tokens", "pooled"):
         np.testing.assert_allclose(warm(**inputs)[name], ref[name], atol=1e-5)
@@ -421,7 +470,7 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend):
     data[len(data) // 2] ^= 0xFF
     entry.path(victim).write_bytes(bytes(data))
     with pytest.warns(CacheWarning):
-        again = BucketedModel(net, spec, plan, backend=backend, cache=cache).compile(progress=False)
+        again = BucketedModel(net, spec, plan, backend=get_backend(backend, **options), cache=cache).compile(progress=False)
     assert sorted(r.source for r in again.compile_report.builds.values()) == ["cache"] * (4 - sharing) + ["rebuilt"] * sharing
     np.testing.assert_allclose(again(**inputs)["pooled"], ref["pooled"], atol=1e-5)
     for bm in (cold, warm, again):

@@ -182,8 +182,13 @@ def test_plan_texts_then_embed_with_that_plan(tmp_path, capsys):
     # By default the top bucket covers the model's longest input (256) on a grid of 8.
     assert main(["plan", str(texts), "--k", "2", "--output", str(plan_path)]) == 0
     assert Plan.load(plan_path).sizes("seq") == [16, 256]
+    # On onnxruntime (the default) a length bucket costs no memory: more batch sizes.
+    assert Plan.load(plan_path).sizes("batch") == [1, 2, 4, 8, 16, 32]
+    assert main(["plan", str(texts), "--k", "2", "--backend", "openvino", "--output", str(plan_path)]) == 0
+    assert Plan.load(plan_path).sizes("batch") == [1, 8]
     # Exact sizes, and no room above the longest text seen.
-    assert main(["plan", str(texts), "--k", "2", "--grid", "1", "--headroom", "0", "--output", str(plan_path)]) == 0
+    assert main(["plan", str(texts), "--k", "2", "--grid", "1", "--headroom", "0", "--batch-sizes", "1,8",
+                 "--output", str(plan_path)]) == 0
     p = Plan.load(plan_path)
     assert p.sizes("batch") == [1, 8] and p.sizes("seq") == [4, 16]
     assert abs(sum(p.meta["traffic"].values()) - 1) < 1e-9  # the shares of the four buckets
@@ -237,13 +242,20 @@ def test_compile_twice_then_inspect_and_plan_within_the_measured_memory(tmp_path
     assert sorted(r["kind"] for r in rows) == ["artifact", "artifact", "export"]
     assert all(r["resident_bytes"] for r in rows if r["kind"] == "artifact")
 
-    # The measured sizes feed the planner: a budget of ~2.5 buckets gives 2 length buckets (batch 1).
+    # The measured sizes feed the planner: the shared weights once and ~2.5 buckets' worth
+    # give 2 length buckets (batch 1); without room for the weights, none.
     per = max(r["resident_bytes"] for r in rows if r["kind"] == "artifact")
+    shared = data["shared_bytes"]
+    assert shared > 80 << 20  # MiniLM's weights file, mapped once
     out_plan = tmp_path / "p.json"
-    assert main(["plan", "--batch-sizes", "1", "--k", "8", "--memory-budget", str(int(per * 2.5)),
+    assert main(["plan", "--batch-sizes", "1", "--k", "8", "--memory-budget", str(int(shared + per * 2.5)),
                  "--cache-dir", cache, "--output", str(out_plan)]) == 0
-    assert "per bucket: the largest resident size of 2 onnxruntime buckets" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "per bucket: the largest resident size of 2 onnxruntime buckets" in printed and "they share, once" in printed
     assert len(Plan.load(out_plan)) == 2
+    assert main(["plan", "--batch-sizes", "1", "--k", "8", "--memory-budget", str(int(per * 2.5)),
+                 "--cache-dir", cache, "--output", str(out_plan)]) == 2
+    assert "no plan meets the budget" in capsys.readouterr().err
 
     # A budget the measured plan cannot meet is refused, naming the buckets and the fix.
     assert main([*args, "--memory-budget", "1MB"]) == 2

@@ -86,6 +86,10 @@ class Router:
                     best[i] = best[i + 1]
             self._edges = tuple(b.sizes[0][1] for b in by_size)
             self._best_from = tuple(best)
+        # Per-call lookups, memoised (plans are frozen): a fine plan has over 100 buckets.
+        self._sizes = {d: plan.sizes(d) for d in self.dims}
+        self._routes: dict[tuple[tuple[str, int], ...], Bucket] = {}
+        self._max_rows: dict[tuple[tuple[str, int], ...], int] = {}
 
     # -- one shape ------------------------------------------------------------------------
 
@@ -99,8 +103,13 @@ class Router:
             if i < len(self._edges):
                 return self._best_from[i]
         else:
+            key = tuple(sorted(shape.items())) if among is None else None
+            if key is not None and key in self._routes:
+                return self._routes[key]
             for bucket in self._ranked:
                 if (among is None or bucket in among) and all(shape[d] <= s for d, s in bucket.sizes):
+                    if key is not None and len(self._routes) < 65536:
+                        self._routes[key] = bucket
                     return bucket
         raise BucketOverflowError(self.overflow_message(shape))
 
@@ -111,10 +120,16 @@ class Router:
     def max_rows(self, shape: Shape) -> int:
         """The most rows one run can take at ``shape``'s non-batch sizes: the largest batch
         among the buckets that cover them (1 without a batch dim; 0 when none covers)."""
+        key = tuple(sorted((d, n) for d, n in shape.items() if d != BATCH))
+        found = self._max_rows.get(key)
+        if found is not None:
+            return found
         best = 0
         for bucket in self._ranked:
             if all(shape[d] <= s for d, s in bucket.sizes if d != BATCH):
                 best = max(best, bucket[BATCH] if self.batched else 1)
+        if len(self._max_rows) < 65536:
+            self._max_rows[key] = best
         return best
 
     def resolve(self, shape: Shape) -> Route:
@@ -172,12 +187,12 @@ class Router:
         A row of length ``n`` waits in the queue of the smallest edge ``>= n``. Every row of
         one queue is covered by exactly the same buckets, so a queue routes as its edge.
         """
-        return self.plan.sizes(dim)
+        return list(self._sizes[dim])
 
     def queue_edge(self, dim: str, size: int) -> int | None:
         """The queue a row of ``size`` along ``dim`` waits in: the smallest edge that holds
         it, or ``None`` when it is longer than every bucket (the overflow policy's)."""
-        edges = self.plan.sizes(dim)
+        edges = self._sizes[dim]
         i = bisect.bisect_left(edges, size)
         return edges[i] if i < len(edges) else None
 

@@ -45,7 +45,12 @@ __all__ = [
 
 @runtime_checkable
 class Artifact(Protocol):
-    """One compiled model for one bucket."""
+    """One compiled model for one bucket.
+
+    An artifact may also have a hashable ``warm_key``: artifacts with equal keys share
+    their runtime state (one ONNX Runtime session for every length), and only the first of
+    them is warmed up.
+    """
 
     bucket: Bucket
     array_kind: Literal["numpy", "torch"]

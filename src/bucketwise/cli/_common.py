@@ -32,10 +32,12 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         if args.batch_sizes or args.seq_sizes:
             raise ConfigError("--plan and --batch-sizes/--seq-sizes exclude each other; give one")
         return Plan.load(args.plan)
+    # The default follows the backend: finer where buckets share one length-free session.
+    backend = getattr(args, "backend", None)
     if args.batch_sizes or args.seq_sizes:
-        default = default_text_plan()
+        default = default_text_plan(backend=backend)
         return Plan.grid(batch=args.batch_sizes or default.sizes("batch"), seq=args.seq_sizes or default.sizes("seq"))
-    return default_text_plan()
+    return default_text_plan(backend=backend)
 
 
 def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallback: bool = False) -> Any:
@@ -87,8 +89,12 @@ def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, 
                            "(with --plan)" if images else ""))
     parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
     parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
-    parser.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets (default 1,8)")
-    parser.add_argument("--seq-sizes", type=sizes, metavar="16,32,...", help="sequence buckets (default 16,32,64,128,256)")
+    parser.add_argument("--batch-sizes", type=sizes, metavar="1,8",
+                        help="batch buckets (default: 1,2,4,8,16,32 on onnxruntime, whose buckets of one batch size "
+                             "share a session; 1,8 elsewhere)")
+    parser.add_argument("--seq-sizes", type=sizes, metavar="16,32,...",
+                        help="sequence buckets (default: 8 to 32 in steps of 4, then 8, 16 and 32 up to 256 on "
+                             "onnxruntime; 16,32,64,128,256 elsewhere)")
     if serving:
         parser.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
                             help="texts longer than the largest bucket: error (default), truncate, fallback")

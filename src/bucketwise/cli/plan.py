@@ -29,11 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("input", nargs="?", metavar="INPUT", help="texts, shapes file or image folder (default: built-in corpus)")
     plan.add_argument("--model", metavar="DIR", help="texts are tokenized (and --cost measured profiles) with this local "
                       "Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)")
-    plan.add_argument("--k", type=int, default=4, help="most buckets per batch size (default 4)")
+    plan.add_argument("--k", type=int, default=None,
+                      help="most buckets per batch size (default: 16 for texts on onnxruntime, whose lengths of one "
+                           "batch size share a session, so a bucket costs no memory; else 4)")
     plan.add_argument("--dims", metavar="seq", help="dim names of the shapes' columns, comma-separated")
     plan.add_argument("--cost", choices=("volume", "measured"), default="volume",
                       help="volume: padding volume (default); measured: profile the default model on --backend and fit a+bL+cL^2")
-    plan.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="backend profiled by --cost measured")
+    plan.add_argument("--backend", default="onnxruntime", choices=backend_names(),
+                      help="the backend the plan is for: it sets the default --k and --batch-sizes, and --cost "
+                           "measured profiles it (default onnxruntime)")
     plan.add_argument("--cap", type=int, help="upper bound (1-D): the top bucket; the share of inputs above it is reported "
                       "(texts default: the longest input the model takes)")
     plan.add_argument("--headroom", type=float, metavar="FRACTION",
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         from ..corpus import stdlib_docstrings
         from ..data import read_texts
         from ..models.encoders import encoder_info
-        from ..models.text import DEFAULT_BATCH_SIZES, load_default_tokenizer
+        from ..models.text import DEFAULT_BATCH_SIZES, FINE_BATCH_SIZES, length_free, load_default_tokenizer
 
         texts = read_texts(Path(args.input)) if args.input else stdlib_docstrings()
         tokenizer = load_default_tokenizer(args.model)
@@ -95,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
         if args.cap is None:
             args.cap = longest if args.headroom is None else min(longest, math.ceil(obs.max("seq") * (1 + args.headroom)))
         source = args.input or "built-in corpus"
-        batch_sizes = args.batch_sizes or list(DEFAULT_BATCH_SIZES)
+        fine = length_free(args.backend)
+        batch_sizes = args.batch_sizes or list(FINE_BATCH_SIZES if fine else DEFAULT_BATCH_SIZES)
+        if args.k is None:
+            args.k = 16 if fine else 4
     else:
         obs = read_shapes(args.input, dims=dims)
         source = args.input
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.memory_budget and bytes_per_bucket is None:
         bytes_per_bucket, measured_shared = _measured_bytes_per_bucket(args, is_text, say)
         shared_bytes = shared_bytes if args.shared_bytes else measured_shared
-    k = args.k
+    k = 4 if args.k is None else args.k
     if args.neuron_weights:
         k = min(k, neuron_bucket_count(args.neuron_weights))
     p = plan(

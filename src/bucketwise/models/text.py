@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.base import get_backend
 from ..errors import BucketOverflowError, InputError, ParityError
 from ..plans import Plan
 from ..router import OverflowPolicy
@@ -28,6 +29,7 @@ from .encoders import (
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "default_text_plan",
+    "length_free",
     "encoder_spec",
     "load_default_encoder",
     "load_default_tokenizer",
@@ -38,21 +40,41 @@ __all__ = [
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_SIZES = (16, 32, 64, 128, 256)
+# Where buckets of one batch size share a session whose length is free (ONNX Runtime's
+# default), more lengths cost no memory: a ladder whose steps grow with the length (4
+# tokens up to 32, then 8, 16 and 32), and the batch sizes a server and a bulk job use.
+FINE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+FINE_SEQ_SIZES = (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
 Text = str | tuple[str, str]
 
 
-def default_text_plan(max_length: int | None = None) -> Plan:
-    """The default buckets for text: batch {1, 8} x seq {16, 32, 64, 128, 256}.
+def default_text_plan(max_length: int | None = None, backend: Any = None) -> Plan:
+    """The default buckets for text on ``backend`` (a name or an instance).
 
-    Powers of two up to 256, the sequence length all-MiniLM-L6-v2 was trained at. With a
-    model's ``max_length`` below 256, the sizes stop there, and the top bucket is exactly
+    Where the backend's buckets of one batch size share one session with the length free
+    (``onnxruntime``, unless built with ``free_dims=()``), a bucket costs no more memory,
+    so the plan is fine: batch {1, 2, 4, 8, 16, 32} x seq in steps of 4 tokens up to 32,
+    then 8, 16 and 32 up to 256. Elsewhere each bucket holds its own compiled copy, and the
+    plan is batch {1, 8} x seq {16, 32, 64, 128, 256}.
+
+    256 is the sequence length all-MiniLM-L6-v2 was trained at. With a model's
+    ``max_length`` below 256, the sizes stop there, and the top bucket is exactly
     ``max_length`` (the longest input the model takes).
     """
-    seqs = list(DEFAULT_SEQ_SIZES)
+    fine = length_free(backend)
+    batches, seqs = (FINE_BATCH_SIZES, list(FINE_SEQ_SIZES)) if fine else (DEFAULT_BATCH_SIZES, list(DEFAULT_SEQ_SIZES))
     if max_length is not None and max_length < seqs[-1]:
         seqs = [s for s in seqs if s < max_length] + [max_length]
-    return Plan.grid(batch=DEFAULT_BATCH_SIZES, seq=seqs)
+    return Plan.grid(batch=batches, seq=seqs)
+
+
+def length_free(backend: Any) -> bool:
+    """True when ``backend`` (a name, with its default options, or an instance) shares one
+    artifact between buckets that differ only in length."""
+    if isinstance(backend, str):
+        return backend == "onnxruntime"
+    return "seq" in tuple(getattr(backend, "free_dims", ()))
 
 
 class SentenceEmbedder:
@@ -106,12 +128,12 @@ class SentenceEmbedder:
         once built; a batch job that runs every bucket it builds right away can use 0.
         """
         module, tokenizer, spec = lazy_default_encoder(model)
+        runtime = get_backend(backend, **dict(backend_options or {}))
         bucketed = BucketedModel(
             module,
             spec,
-            plan or default_text_plan(spec.meta["encoder"].max_length),
-            backend=backend,
-            backend_options=backend_options,
+            plan or default_text_plan(spec.meta["encoder"].max_length, runtime),
+            backend=runtime,
             overflow=overflow,
             cache=cache,
             warmup_runs=warmup_runs,
@@ -259,7 +281,7 @@ class SentenceEmbedder:
 
         if len(encoded) == 0:
             raise InputError("texts is empty; pass at least one text")
-        bar = tqdm(total=len(encoded), desc="embed", unit="text", disable=not progress)
+        bar = tqdm(total=len(encoded), desc="embed", unit="text") if progress else None
         rows = self.rows(encoded)
         lengths = [len(ids) for ids, _ in encoded]
         result: np.ndarray | None = None
@@ -269,7 +291,8 @@ class SentenceEmbedder:
             if result is None:
                 result = np.empty((len(encoded), embeddings[0].shape[-1]), dtype=np.float32)
             result[idx] = np.stack(embeddings)
-            bar.update(len(idx))
+            if bar is not None:
+                bar.update(len(idx))
 
         for bucket, part in self._runs(lengths):
             if bucket is None:  # longer than every bucket: the overflow policy, one by one
@@ -278,7 +301,8 @@ class SentenceEmbedder:
                 continue
             outs = self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part], bucket)
             put(part, [o["sentence_embedding"] for o in outs])
-        bar.close()
+        if bar is not None:
+            bar.close()
         return result  # type: ignore[return-value]  # encoded is non-empty, so it was set
 
     def buckets_for(self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> set[Bucket]:
@@ -288,8 +312,11 @@ class SentenceEmbedder:
     def _runs(self, lengths: Sequence[int]) -> Iterator[tuple[Bucket | None, list[int]]]:
         """The runs that embed texts of ``lengths``: (bucket, indices), sorted by length and
         grouped by the length edge they fit (every text of a group is covered by the same
-        buckets), each group cut by :meth:`Router.take`; ``(None, [i])`` for a text longer
-        than every bucket (the overflow policy's, one by one)."""
+        buckets), each group cut by :meth:`Router.take`, except that a group's last run
+        fills a smaller batch bucket exactly, if it holds at least half of the rows left,
+        rather than pad over 1/8 of a larger one;
+        ``(None, [i])`` for a text longer than every bucket (the overflow policy's, one by
+        one)."""
         groups: dict[int | None, list[int]] = {}
         for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
             groups.setdefault(self.router.queue_edge("seq", lengths[i]), []).append(i)
@@ -300,5 +327,21 @@ class SentenceEmbedder:
                 continue
             while idx:
                 bucket, n = self.router.take(len(idx), seq=edge)
+                if n == len(idx) and bucket[BATCH] - n > bucket[BATCH] // 8:
+                    # The group's last, partial run would be over 1/8 pad rows, which cost
+                    # as much as real ones: run a full smaller bucket now, the rest next,
+                    # where it takes at least half the rows (not many small runs instead).
+                    full = self._full_run(n, edge)
+                    if full is not None and 2 * full[1] >= n:
+                        bucket, n = full
                 part, idx = idx[:n], idx[n:]
                 yield bucket, part
+
+    def _full_run(self, rows: int, edge: int) -> tuple[Bucket, int] | None:
+        """The largest bucket at length ``edge`` that ``rows`` rows fill exactly, if any."""
+        for size in reversed(self.router.queue_edges(BATCH)):
+            if size <= rows:
+                bucket = self.router.route({BATCH: size, "seq": edge})
+                if bucket[BATCH] == size:
+                    return bucket, size
+        return None

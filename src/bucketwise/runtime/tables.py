@@ -18,12 +18,19 @@ from .stats import BucketStats
 __all__ = ["hits_table", "compile_table", "cache_table", "cache_rows", "age"]
 
 
-def hits_table(stats: BucketStats, plan: Plan) -> list[str]:
-    """Runs and share of runs per bucket of the plan, smallest first."""
+def hits_table(stats: BucketStats, plan: Plan, *, all_rows: int = 12) -> list[str]:
+    """Runs and share of runs per bucket of the plan, smallest first. A plan of more than
+    ``all_rows`` buckets lists only those that ran, and counts the rest."""
     lines = [f"  {'bucket':<22}{'runs':>8}{'share':>9}"]
+    idle = 0
     for bucket in sorted(plan.buckets, key=lambda b: b.sizes):
         hits = stats.hits.get(bucket, 0)
+        if hits == 0 and len(plan) > all_rows:
+            idle += 1
+            continue
         lines.append(f"  {bucket.label():<22}{hits:>8}{hits / max(stats.runs, 1):>9.1%}")
+    if idle:
+        lines.append(f"  ({idle} other buckets did not run)")
     return lines
 
 

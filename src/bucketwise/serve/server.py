@@ -27,15 +27,21 @@ _BACKSTOP = 60.0  # seconds past the drain deadline before uvicorn itself cancel
 
 def worst_drain_seconds(model: Any, max_queue: int) -> float:
     """How long a full queue takes to run: ``max_queue`` rows in runs of the largest batch
-    bucket, each as long as that bucket's warm-up run (or one run timed now): the worst
-    case, every row long."""
+    bucket, each as long as that bucket's warm-up run (else another bucket's, scaled by
+    volume; else one run timed now): the worst case, every row long."""
     from ..shapes import BATCH
 
     largest = max(model.router.maximal(), key=lambda b: b.volume)
     build = model.compile_report.builds.get(largest)
     runs = model.builder.warmup_runs
+    warmed = [b for b in model.compile_report.builds.values() if b.warmup_seconds > 0]
     if build is not None and runs > 0 and build.warmup_seconds > 0:
         took = build.warmup_seconds / runs  # its warm-up, timed at start
+    elif runs > 0 and warmed:
+        # Buckets over one shared session warm up once, at one of them: scale the largest
+        # warm-up timed by volume, and by 1.5 for attention's cost growing faster than length.
+        ref = max(warmed, key=lambda b: b.bucket.volume)
+        took = 1.5 * ref.warmup_seconds / runs * largest.volume / ref.bucket.volume
     else:
         artifact = model.artifact(largest)
         example = model.spec.example_inputs(largest)

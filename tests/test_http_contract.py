@@ -344,3 +344,19 @@ def test_v2_bad_requests_get_4xx_in_the_protocol_shape():
     for (case, status, needle), r in zip(cases, responses):
         assert r.status_code == status and needle in r.json()["error"], (case[1], r.text)
     assert responses[-1].status_code == 200  # and it keeps serving
+
+
+def test_the_drain_estimate_scales_a_warmed_bucket_when_the_largest_shared_its_warm_up():
+    """Buckets over one shared session warm up once; the drain estimate then scales the
+    largest warm-up timed by volume (x1.5) instead of running the largest bucket at start."""
+    from bucketwise import Bucket
+    from bucketwise.serve.server import worst_drain_seconds
+
+    model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16])).compile(progress=False)
+    builds = model.compile_report.builds
+    for b, r in builds.items():  # as if one session served them all, warmed at batch 1 x 8
+        r.warmup_seconds = 0.01 if b == Bucket(batch=1, seq=8) else 0.0
+    # The largest bucket (4 x 16) is 8 times the volume: 1.5 x 0.01 x 8 per run, 64 rows in runs of 4.
+    assert worst_drain_seconds(model, 64) == pytest.approx(16 * 1.5 * 0.01 * 8)
+    builds[Bucket(batch=4, seq=16)].warmup_seconds = 0.02  # its own warm-up, where it has one
+    assert worst_drain_seconds(model, 64) == pytest.approx(16 * 0.02)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,9 @@ class Plan:
         return cls.from_json(data)
 
     def __str__(self) -> str:
-        return f"Plan({len(self.buckets)} buckets over {'x'.join(self.dims)}: " + ", ".join(
-            str(b) for b in sorted(self.buckets, key=lambda b: b.sizes)
-        ) + ")"
+        """Every bucket, or for a full grid of more than 12, the sizes of each dim."""
+        head = f"Plan({len(self.buckets)} buckets over {'x'.join(self.dims)}: "
+        per_dim = [self.sizes(d) for d in self.dims]
+        if len(self.buckets) > 12 and len(self.buckets) == math.prod(len(s) for s in per_dim):
+            return head + " x ".join(f"{d} {','.join(map(str, s))}" for d, s in zip(self.dims, per_dim)) + ")"
+        return head + ", ".join(str(b) for b in sorted(self.buckets, key=lambda b: b.sizes)) + ")"

@@ -101,12 +101,11 @@ def run(args: argparse.Namespace) -> int:
         source = args.input or "built-in corpus"
         fine = length_free(args.backend)
         batch_sizes = args.batch_sizes or list(FINE_BATCH_SIZES if fine else DEFAULT_BATCH_SIZES)
-        if args.k is None:
-            args.k = 16 if fine else 4
     else:
         obs = read_shapes(args.input, dims=dims)
         source = args.input
         batch_sizes = args.batch_sizes
+        fine = False
     say(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
 
     cost = None
@@ -127,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.memory_budget and bytes_per_bucket is None:
         bytes_per_bucket, measured_shared = _measured_bytes_per_bucket(args, is_text, say)
         shared_bytes = shared_bytes if args.shared_bytes else measured_shared
-    k = 4 if args.k is None else args.k
+    # A length bucket costs no memory where lengths share a session: plan more of them.
+    k = args.k if args.k is not None else (16 if fine else 4)
     if args.neuron_weights:
         k = min(k, neuron_bucket_count(args.neuron_weights))
     p = plan(

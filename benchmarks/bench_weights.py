@@ -15,9 +15,11 @@ session per bucket (``free_dims=()``; ``share_weights=True, prepack=True``), wit
 ``prepack=False`` and with only the hot buckets prepacked; "free length" is the default,
 one session per batch size with the length free. OpenVINO: "blob" is this checkout's ``layout="blob"`` (a compiled blob
 per bucket, as every OpenVINO entry was before), "shared-ir" the default layout. The
-one-shape MiniLM weights are 87 MiB.
+one-shape MiniLM weights are 87 MiB. TorchScript: "torchscript before" is the code at
+``--ts-before REV`` (each cached bucket frozen with its own weights), "torchscript" this
+checkout (unfrozen traces whose weights are shared on load, then frozen).
 
-    python benchmarks/bench_weights.py [--before REV] [--sizes 1,4,10,20]
+    python benchmarks/bench_weights.py [--before REV] [--ts-before REV] [--sizes 1,4,10,20]
 Writes benchmarks/results/weights_once.json.
 """
 
@@ -54,6 +56,8 @@ def child(src: str, n: int, options: dict, cache_dir: str, backend: str = "onnxr
     from bucketwise.runtime.cache import ArtifactCache, resident_bytes
 
     module, _, spec = lazy_default_encoder(None)
+    if backend == "torchscript":
+        import torch  # noqa: F401  (imported before measuring: torch itself is not a bucket's memory)
     plan = Plan.grid(**LADDERS[n])
     if isinstance(options.get("prepack"), list):
         from bucketwise import Bucket
@@ -70,6 +74,10 @@ def child(src: str, n: int, options: dict, cache_dir: str, backend: str = "onnxr
     for bucket in (buckets[0], buckets[-1]):
         inputs = spec.example_inputs(bucket)
         artifact = bm.artifact(bucket)
+        if artifact.array_kind == "torch":
+            import torch
+
+            inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
         best = float("inf")
         for _ in range(5):
             t = time.perf_counter()
@@ -100,6 +108,7 @@ def run_child(src: Path, n: int, options: dict, cache: Path, backend: str) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="57378b5~1", help="the code before sharing (a git revision)")
+    parser.add_argument("--ts-before", default="2d5c6b2", help="TorchScript before its weights were shared on load")
     parser.add_argument("--sizes", default="1,4,10,20")
     parser.add_argument("--configs", help="only these configs, separated by ';' (e.g. 'after;openvino shared-ir')")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -109,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-weights-"))
-    old = work / "before"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.before],
-                   check=True, capture_output=True)
+    old, ts_old = work / "before", work / "ts-before"
     # "hot": prepack only the short batch-1 buckets, where most single short texts land
     # (MRPC's median is about 25 tokens); the rest run unpacked.
     hot = [{"batch": 1, "seq": 16}, {"batch": 1, "seq": 32}]
@@ -121,14 +128,21 @@ def main(argv: list[str] | None = None) -> int:
                ("after, prepack hot", ROOT / "src", "onnxruntime", {**static, "prepack": hot}),
                ("after, free length (default)", ROOT / "src", "onnxruntime", {}),
                ("openvino blob", ROOT / "src", "openvino", {"layout": "blob"}),
-               ("openvino shared-ir", ROOT / "src", "openvino", {})]
+               ("openvino shared-ir", ROOT / "src", "openvino", {}),
+               ("torchscript before", ts_old / "src", "torchscript", {}),
+               ("torchscript", ROOT / "src", "torchscript", {})]
     if args.configs:
         configs = [c for c in configs if c[0] in args.configs.split(";")]
+    for tree, rev in ((old, args.before), (ts_old, args.ts_before)):
+        if any(c[1] == tree / "src" for c in configs):
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+                           check=True, capture_output=True)
     results = []
     try:
         for name, src, backend, options in configs:
             for n in sizes:
-                cache = work / f"cache-{name if name.startswith(('before', 'openvino')) else 'after'}-{n}"
+                shared = not name.startswith(("before", "openvino", "torchscript"))  # one cache for "after" configs
+                cache = work / f"cache-{'after' if shared else name.replace(' ', '-')}-{n}"
                 run_child(src, n, options, cache, backend)  # fills the cache (a no-op when already full)
                 r = run_child(src, n, options, cache, backend)
                 r.update(config=name, backend=backend, buckets=n, disk_mib=disk_mib(cache))
@@ -136,13 +150,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<22} {n:>2} buckets: resident {r['resident_mib']:6.0f} MiB, disk {r['disk_mib']:6.0f} MiB, "
                       f"start {r['start_s']:5.2f} s, {r['latency_ms']} ({r['sources']})", flush=True)
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+        for tree in (old, ts_old):
+            if tree.exists():
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     by = {(r["config"], r["buckets"]): r for r in results}
     rows = []
     for r in results:
         items = list(r["latency_ms"].items())
         short, long = items[0], items[-1]
-        base = by.get(("openvino blob" if r["backend"] == "openvino" else "before", r["buckets"]))
+        baseline = {"openvino": "openvino blob", "torchscript": "torchscript before"}.get(r["backend"], "before")
+        base = by.get((baseline, r["buckets"]))
         ratio = " / ".join(f"{r['latency_ms'][k] / base['latency_ms'][k]:.2f}×" for k in r["latency_ms"]) if base else "-"
         rows.append([r["config"], r["buckets"], f"{r['resident_mib']:.0f}", f"{r['disk_mib']:.0f}", f"{r['start_s']:.2f}",
                      f"{short[0]} {short[1]:.2f}", f"{long[0]} {long[1]:.1f}", ratio])

@@ -414,17 +414,14 @@ def test_the_default_text_plan_is_fine_where_lengths_share_a_session():
 # -- real backends -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend, options", [
-    ("onnxruntime", {}), ("onnxruntime", {"free_dims": ["seq"]}), ("openvino", {}), ("openvino", {"layout": "blob"}),
-    ("torchscript", {}),
-])
-def test_real_backend_round_trip_through_the_cache(tmp_path, backend, options):
-    torch = pytest.importorskip("torch")
-    from bucketwise.backends.base import get_backend, is_available
+def _constant_storages(module) -> set[int]:
+    """Where a frozen TorchScript module's tensor constants (its weights) live in memory."""
+    return {n.output().toIValue().untyped_storage().data_ptr() for n in module.graph.nodes()
+            if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"}
 
-    if not is_available(backend):
-        pytest.skip(f"{backend} not installed")
-    from bucketwise import InputSpec, ModelSpec, OutputSpec
+
+def _torch_net():
+    torch = pytest.importorskip("torch")
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -436,12 +433,41 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend, options):
             h = self.proj(self.emb(ids)) * mask.unsqueeze(-1)
             return h, h.sum(1) / mask.sum(1, keepdim=True)
 
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def _jax_net():
+    """The same network in JAX, its weights as params (shared by every bucket)."""
+    from bucketwise.backends.jax import JaxModel
+
+    rng = np.random.default_rng(0)
+    params = {"emb": rng.normal(size=(50, 16)).astype(np.float32),
+              "proj": {"w": rng.normal(size=(16, 8)).astype(np.float32), "b": rng.normal(size=8).astype(np.float32)}}
+    return JaxModel(_jax_forward, params, name="tiny-jax")
+
+
+def _jax_forward(params, ids, mask):
+    h = (params["emb"][ids] @ params["proj"]["w"] + params["proj"]["b"]) * mask[..., None]
+    return h, h.sum(1) / mask.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("backend, options", [
+    ("onnxruntime", {}), ("onnxruntime", {"free_dims": ["seq"]}), ("openvino", {}), ("openvino", {"layout": "blob"}),
+    ("torchscript", {}), ("jax", {}),
+])
+def test_real_backend_round_trip_through_the_cache(tmp_path, backend, options):
+    from bucketwise.backends.base import get_backend, is_available
+
+    if not is_available(backend):
+        pytest.skip(f"{backend} not installed")
+    from bucketwise import InputSpec, ModelSpec, OutputSpec
+
     spec = ModelSpec(
         (InputSpec("ids", ("batch", "seq"), "int64"), InputSpec("mask", ("batch", "seq"), "int64", example=1)),
         (OutputSpec("tokens", ("batch", "seq", None)), OutputSpec("pooled", ("batch", None))),
     )
-    torch.manual_seed(0)
-    net = Net().eval()
+    net = _jax_net() if backend == "jax" else _torch_net()
     plan = Plan.grid(batch=[1, 2], seq=[8, 16])
     ids = np.random.default_rng(0).integers(1, 50, (2, 11))
     inputs = {"ids": ids, "mask": np.ones_like(ids)}
@@ -454,6 +480,13 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend, options):
         for bm in (cold, warm):
             assert len({id(bm.artifact(b).session) for b in plan.buckets}) == 2
             assert sum(r.warmup_seconds > 0 for r in bm.compile_report.builds.values()) == 2  # once a session
+    if backend == "torchscript":  # warm buckets point at one copy of the weights, as cold ones do
+        for bm in (cold, warm):
+            weights = [_constant_storages(bm.artifact(b).module) for b in plan.buckets]
+            assert all(w and w == weights[0] for w in weights), weights
+    if backend == "jax":  # every bucket's executable takes the one copy of the params on the device
+        for bm in (cold, warm):
+            assert len({id(bm.artifact(b).params["emb"]) for b in plan.buckets}) == 1
     ref = cold.reference(inputs)
     for name in ("tokens", "pooled"):
         np.testing.assert_allclose(warm(**inputs)[name], ref[name], atol=1e-5)
@@ -465,7 +498,8 @@ def test_real_backend_round_trip_through_the_cache(tmp_path, backend, options):
     inode = entry.path(victim).stat().st_ino
     artifacts = [e for e in cache.entries() if e.identity["kind"] == "artifact"]
     sharing = sum(any(e.path(f).stat().st_ino == inode for f in e.meta["files"]) for e in artifacts)
-    assert sharing == (4 if backend == "onnxruntime" else 1)
+    shared_files = getattr(get_backend(backend, **options), "shared_files", lambda folder: [])(entry.path("."))
+    assert sharing == (4 if backend == "onnxruntime" or (backend == "jax" and victim in shared_files) else 1)
     data = bytearray(entry.path(victim).read_bytes())
     data[len(data) // 2] ^= 0xFF
     entry.path(victim).write_bytes(bytes(data))

@@ -1,8 +1,8 @@
 """Optional dependencies in one place: import on demand, name the extra when missing.
 
 Nothing here imports an ML framework at import time. ``is_torch_module`` and
-``is_torch_tensor`` look at ``sys.modules``: an object can only be a torch object if torch
-is already loaded.
+``is_torch_tensor`` (and ``is_jax_array``) look at ``sys.modules``: an object can only be
+a torch (jax) object if torch (jax) is already loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import MissingDependencyError
 
-__all__ = ["require", "is_importable", "is_torch_module", "is_torch_tensor"]
+__all__ = ["require", "is_importable", "is_torch_module", "is_torch_tensor", "is_jax_array"]
 
 
 def require(module: str, extra: str, *, purpose: str | None = None) -> Any:
@@ -45,3 +45,9 @@ def is_torch_tensor(value: Any) -> bool:
     """True for a ``torch.Tensor``; never imports torch."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
+
+
+def is_jax_array(value: Any) -> bool:
+    """True for a ``jax.Array``; never imports jax."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(value, getattr(jax, "Array", ()))

@@ -3,7 +3,8 @@
 :func:`pad` writes a call's inputs once into buffers of the bucket's shape; :func:`pad_rows`
 writes single rows straight into them; :func:`unpad` and :func:`crop` cut each output back
 to the real size (with stride and side), and :func:`crop_row` cuts one row's outputs of a
-batched run. NumPy stays NumPy; a torch tensor stays a tensor on its device.
+batched run. NumPy stays NumPy; a torch tensor stays a tensor, a jax array a jax array, on
+its device.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def pad(spec: ModelSpec, inputs: Mapping[str, Any], bucket: Bucket) -> dict[str,
                     f"bucket {bucket!r} holds only {want}"
                 )
         full = s._fill_array(s.pad_value, target, like=arr)
-        full[_region(arr.shape, target, s.side, s.shape)] = arr
-        out[s.name] = full
+        out[s.name] = _arrays.put(full, _region(arr.shape, target, s.side, s.shape), arr)
     return out
 
 
@@ -61,10 +61,10 @@ def pad_rows(spec: ModelSpec, rows: Sequence[Mapping[str, Any]], bucket: Bucket)
             raise SpecError(f"input spec {s.name!r}: batching rows needs 'batch' as the first axis, got {s.shape}")
         target = s.padded_shape(bucket)
         first = rows[0][s.name]
-        full = s._fill_array(s.pad_value, target, like=first if _arrays.kind_of(first) == "torch" else None)
+        full = s._fill_array(s.pad_value, target, like=first if _arrays.kind_of(first) != "numpy" else None)
         for i, r in enumerate(rows):
             a = r[s.name]
-            full[(i,) + _region(a.shape, target[1:], s.side, s.shape[1:])] = a
+            full = _arrays.put(full, (i,) + _region(a.shape, target[1:], s.side, s.shape[1:]), a)
         out[s.name] = full
     return out
 
@@ -104,7 +104,7 @@ def crop(spec: ModelSpec, outputs: Mapping[str, Any], shape: Shape) -> dict[str,
         if o.hook is not None:
             result[o.name] = value
             continue
-        arr = value if isinstance(value, np.ndarray) or _arrays.kind_of(value) == "torch" else np.asarray(value)
+        arr = value if isinstance(value, np.ndarray) or _arrays.kind_of(value) != "numpy" else np.asarray(value)
         if not o.dims:
             result[o.name] = arr
             continue

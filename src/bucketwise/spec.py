@@ -316,8 +316,8 @@ def _check_bounds(s: InputSpec, arr: Any) -> None:
 
 
 def _as_array(value: Any, name: str) -> Any:
-    if isinstance(value, np.ndarray) or _arrays.kind_of(value) == "torch":
-        return value
+    if isinstance(value, np.ndarray) or _arrays.kind_of(value) != "numpy":
+        return value  # torch tensors and jax arrays stay where they are
     if isinstance(value, (list, tuple)):
         try:
             arr = np.asarray(value)
@@ -330,7 +330,7 @@ def _as_array(value: Any, name: str) -> Any:
             raise InputError(f"input {name!r} is a ragged list; pad its rows to one length first")
         return arr
     raise InputError(
-        f"input {name!r} is a {type(value).__name__}; pass a NumPy array or a torch tensor"
+        f"input {name!r} is a {type(value).__name__}; pass a NumPy array, a torch tensor or a jax array"
     )
 
 

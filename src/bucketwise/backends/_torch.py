@@ -8,6 +8,9 @@ from typing import Any
 import torch
 
 from ..errors import BackendError
+from .base import named_outputs
+
+__all__ = ["example_args", "is_module", "named_outputs", "positional", "Positional"]
 
 
 def is_module(model: Any) -> bool:
@@ -18,33 +21,6 @@ def example_args(spec: Any, bucket: Any) -> tuple[torch.Tensor, ...]:
     """The bucket's example inputs as positional tensors, for tracing and compiling."""
     example = spec.example_inputs(bucket)
     return tuple(torch.from_numpy(example[n]) for n in spec.input_names)
-
-
-def named_outputs(result: Any, names: Sequence[str]) -> dict[str, Any]:
-    """Normalise a model's return value (tensor, sequence or mapping) to {name: value}.
-    Values stay as the model returned them: tensors stay tensors, on their device."""
-    if isinstance(result, Mapping):
-        missing = [n for n in names if n not in result]
-        if missing:
-            raise BackendError(
-                f"model returned outputs {list(result)} but the spec names {list(names)}; "
-                f"missing {missing}. Fix the spec's output names"
-            )
-        values = [result[n] for n in names]
-    elif isinstance(result, (tuple, list)):
-        if len(result) < len(names):
-            raise BackendError(
-                f"model returned {len(result)} outputs but the spec names {len(names)} "
-                f"({list(names)}); fix the spec's outputs"
-            )
-        values = list(result[: len(names)])
-    else:
-        if len(names) != 1:
-            raise BackendError(
-                f"model returned one output but the spec names {len(names)} ({list(names)})"
-            )
-        values = [result]
-    return dict(zip(names, values))
 
 
 class Positional(torch.nn.Module):

@@ -11,8 +11,8 @@ that bucket's shape. The protocol declares everything the runtime calls:
 - ``compile(source, spec, bucket)``: the artifact of one bucket. Backends never change the
   bucket they are given: the router chose it.
 
-Artifacts declare ``array_kind``: ``"numpy"`` or ``"torch"``, what ``run`` takes and
-returns. The runner hands each artifact its own kind, so a torch tensor on a device goes
+Artifacts declare ``array_kind``: ``"numpy"``, ``"torch"`` or ``"jax"``, what ``run``
+takes and returns. The runner hands each artifact its own kind, so a torch tensor on a device goes
 through a torch backend without a host round trip.
 
 Model convention: ``model(**inputs)`` takes the spec's inputs by keyword and returns one
@@ -22,12 +22,12 @@ tensor, a tuple/list in the order of the spec's outputs, or a mapping by output 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from .._optional import is_importable, require
-from ..errors import ConfigError
+from ..errors import BackendError, ConfigError
 from ..shapes import Bucket
 from ..spec import ModelSpec
 
@@ -40,6 +40,7 @@ __all__ = [
     "backend_names",
     "is_available",
     "REQUIREMENTS",
+    "named_outputs",
 ]
 
 
@@ -53,7 +54,9 @@ class Artifact(Protocol):
     """
 
     bucket: Bucket
-    array_kind: Literal["numpy", "torch"]
+
+    @property
+    def array_kind(self) -> Literal["numpy", "torch", "jax"]: ...
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run on inputs of exactly the bucket's shape, of ``array_kind``; outputs keyed by
@@ -104,6 +107,33 @@ class CacheableBackend(Backend, Protocol):
     def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> Artifact: ...
 
 
+def named_outputs(result: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Normalise a model's return value (tensor, sequence or mapping) to {name: value}.
+    Values stay as the model returned them: tensors stay tensors, on their device."""
+    if isinstance(result, Mapping):
+        missing = [n for n in names if n not in result]
+        if missing:
+            raise BackendError(
+                f"model returned outputs {list(result)} but the spec names {list(names)}; "
+                f"missing {missing}. Fix the spec's output names"
+            )
+        values = [result[n] for n in names]
+    elif isinstance(result, (tuple, list)):
+        if len(result) < len(names):
+            raise BackendError(
+                f"model returned {len(result)} outputs but the spec names {len(names)} "
+                f"({list(names)}); fix the spec's outputs"
+            )
+        values = list(result[: len(names)])
+    else:
+        if len(names) != 1:
+            raise BackendError(
+                f"model returned one output but the spec names {len(names)} ({list(names)})"
+            )
+        values = [result]
+    return dict(zip(names, values))
+
+
 # name -> "module:attribute" (imported lazily) or a factory registered at run time.
 _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "eager": "bucketwise.backends.eager:EagerBackend",
@@ -111,6 +141,7 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "openvino": "bucketwise.backends.openvino:OpenVinoBackend",
     "torchscript": "bucketwise.backends.torchscript:TorchScriptBackend",
     "inductor": "bucketwise.backends.inductor:InductorBackend",
+    "jax": "bucketwise.backends.jax:JaxBackend",
 }
 
 # The optional packages each backend needs, and the extra that installs them. (The ONNX
@@ -122,6 +153,7 @@ REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "openvino": (("onnx", "openvino"), ("openvino", "openvino")),
     "torchscript": (("torch", "torch"),),
     "inductor": (("torch", "torch"),),
+    "jax": (("jax", "jax"), ("jaxlib", "jax")),
 }
 
 

@@ -112,7 +112,9 @@ class SentenceEmbedder:
         warmup_runs: int = 1,
     ) -> SentenceEmbedder:
         """An encoder (``model`` folder, default all-MiniLM-L6-v2) on ``backend`` with
-        ``plan`` (default buckets, up to the model's longest input), compiled.
+        ``plan`` (default buckets, up to the model's longest input), compiled. On the
+        ``jax`` backend the folder's BERT weights run as a JAX function
+        (:func:`~bucketwise.models.jax_bert.bert_encoder`).
 
         With a ``cache`` (an :class:`~bucketwise.runtime.cache.ArtifactCache` or folder),
         cached buckets are loaded instead of compiled, and the weights are loaded into
@@ -127,8 +129,13 @@ class SentenceEmbedder:
         ``warmup_runs`` (default 1) runs each artifact that many times on example inputs
         once built; a batch job that runs every bucket it builds right away can use 0.
         """
-        module, tokenizer, spec = lazy_default_encoder(model)
         runtime = get_backend(backend, **dict(backend_options or {}))
+        if runtime.name == "jax":  # the same weights, as a JAX function (BERT models)
+            from .jax_bert import bert_encoder
+
+            module, tokenizer, spec = bert_encoder(model)
+        else:
+            module, tokenizer, spec = lazy_default_encoder(model)
         bucketed = BucketedModel(
             module,
             spec,

@@ -164,6 +164,8 @@ def fingerprint(model: Any, spec: ModelSpec) -> str:
     - :class:`LazyModel`: its own fingerprint.
     - a path to an ``.onnx`` file: the file's bytes (weights and graph both live there).
     - a ``torch.nn.Module``: class, printed architecture and every state tensor's bytes.
+    - anything with a ``cache_fingerprint()`` method (a
+      :class:`~bucketwise.backends.jax.JaxModel`): what it returns.
 
     Anything else (a plain function) cannot be fingerprinted: wrap it in a
     :class:`LazyModel` with a fingerprint you choose.
@@ -172,11 +174,13 @@ def fingerprint(model: Any, spec: ModelSpec) -> str:
         base = model.fingerprint
     elif isinstance(model, (str, Path)) and Path(model).suffix == ".onnx" and Path(model).is_file():
         base = fingerprint_files(model)
+    elif callable(getattr(model, "cache_fingerprint", None)):
+        base = str(model.cache_fingerprint())
     else:
         if not is_torch_module(model):
             raise BackendError(
                 f"cannot fingerprint a {type(model).__name__} for the artifact cache; pass a "
-                "torch.nn.Module or an .onnx path, or wrap the model in "
+                "torch.nn.Module, an .onnx path or a JaxModel, or wrap the model in "
                 "LazyModel(load=..., fingerprint='...'), or run without a cache"
             )
         base = _module_fingerprint(model)

@@ -30,7 +30,8 @@ __all__ = ["Runner", "ArtifactSource", "not_compiled"]
 class ArtifactSource(Protocol):
     """What the runner needs of the builder: the built buckets and their artifacts."""
 
-    built: frozenset[Bucket]
+    @property
+    def built(self) -> frozenset[Bucket]: ...
 
     def artifact(self, bucket: Bucket) -> Artifact | None: ...
 

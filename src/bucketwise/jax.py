@@ -1,0 +1,145 @@
+"""``bucket_jit``: ``jax.jit`` that compiles once per bucket instead of once per shape.
+
+``jax.jit`` compiles a new executable for every distinct input shape. Fed text of natural
+lengths, that is one compile per length. ``bucket_jit`` wraps the same function with a
+:class:`~bucketwise.ModelSpec` and a :class:`~bucketwise.Plan`: each call is padded up
+to the smallest bucket that holds it, runs that bucket's executable, and comes back with
+the padding cropped off::
+
+    import bucketwise.jax as bwj
+
+    def encode(params, input_ids, attention_mask):
+        ...
+        return {"last_hidden_state": h, "sentence_embedding": e}
+
+    fast = bwj.bucket_jit(encode, spec=spec, plan=plan)
+    fast.compile(params)                        # optional: every bucket ahead of time
+    out = fast(params, input_ids=ids, attention_mask=mask)
+
+As with ``jax.jit``, the first call at a new bucket compiles it; :meth:`BucketedJit.compile`
+does it ahead of time (``fast.compiles`` counts them). ``params`` is an ordinary argument:
+new values of the same shapes (a training step) reuse the executables. jax arrays stay on
+their device; NumPy inputs are padded on the host. For serving, caching executables on
+disk and batching, use ``BucketedModel(JaxModel(encode, params), spec, plan,
+backend="jax")``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+
+from ._arrays import jax_dtype
+from .backends.base import Artifact
+from .backends.jax import JaxArtifact, JaxModel
+from .errors import ConfigError
+from .plans import Plan
+from .router import OverflowPolicy, Router
+from .runtime.runner import Runner
+from .runtime.stats import BucketStats
+from .shapes import Bucket
+from .spec import ModelSpec
+
+__all__ = ["bucket_jit", "BucketedJit", "JaxModel"]
+
+_PARAMS: contextvars.ContextVar[Any] = contextvars.ContextVar("bucketwise_jax_params")
+
+
+def bucket_jit(fn: Callable[..., Any], *, spec: ModelSpec, plan: Plan, overflow: OverflowPolicy = "error",
+               device: Any = None, compiler_options: Mapping[str, Any] | None = None) -> BucketedJit:
+    """``fn(params, **inputs)``, compiled once per bucket of ``plan``.
+
+    Args:
+        fn: a function of the params (any pytree) and the spec's inputs, by keyword,
+            returning one array, a tuple in the order of the spec's outputs, or a dict by
+            output name.
+        spec: the inputs' axes and pad values, the outputs' axes to crop.
+        plan: the buckets (e.g. from :func:`bucketwise.plan`).
+        overflow: a shape larger than every bucket: ``"error"``, ``"truncate"`` or
+            ``"fallback"`` (``jax.jit`` at the exact shape).
+        device: where executables run (a ``jax.Device``; jax's default when ``None``).
+        compiler_options: XLA options passed to ``Lowered.compile``.
+    """
+    return BucketedJit(fn, spec=spec, plan=plan, overflow=overflow, device=device, compiler_options=compiler_options)
+
+
+class BucketedJit:
+    """What :func:`bucket_jit` returns. Call it as ``f(params, **inputs)``."""
+
+    def __init__(self, fn: Callable[..., Any], *, spec: ModelSpec, plan: Plan, overflow: OverflowPolicy = "error",
+                 device: Any = None, compiler_options: Mapping[str, Any] | None = None) -> None:
+        if not callable(fn):
+            raise ConfigError(f"bucket_jit: fn must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.spec = spec
+        self.plan = plan
+        self.device = device if device is not None else jax.devices()[0]
+        self.compiler_options = dict(compiler_options or {})
+        self._apply = lambda params, inputs: fn(params, **inputs)
+        self._lock = threading.Lock()
+        self._executables: dict[tuple[Bucket, Any], Any] = {}
+        self.compiles = 0
+        self.runner = Runner(spec, Router(plan, overflow=overflow), _Source(self), self._eager)
+
+    @property
+    def stats(self) -> BucketStats:
+        """Bucket hits, padding waste and overflows since this function was made."""
+        return self.runner.stats
+
+    def __call__(self, params: Any, /, **inputs: Any) -> dict[str, Any]:
+        token = _PARAMS.set(params)
+        try:
+            return self.runner.run(inputs)
+        finally:
+            _PARAMS.reset(token)
+
+    def lower(self, params: Any, bucket: Bucket) -> Any:
+        """``jax.jit(fn).lower(...)`` at ``bucket``'s shapes: the ``Lowered`` to inspect."""
+        structs = {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype)) for s in self.spec.inputs}
+        return jax.jit(self._apply).lower(params, structs)
+
+    def compile(self, params: Any, buckets: Iterable[Bucket] | None = None) -> BucketedJit:
+        """Compile every bucket of the plan (or ``buckets``) for params like ``params`` now,
+        instead of at each bucket's first call. Returns ``self``."""
+        for bucket in self.plan.buckets if buckets is None else buckets:
+            self.executable(bucket, params)
+        return self
+
+    def executable(self, bucket: Bucket, params: Any) -> Any:
+        """The compiled executable of ``bucket`` for params shaped like ``params``."""
+        key = (bucket, _abstract(params))
+        with self._lock:
+            if key not in self._executables:
+                self._executables[key] = self.lower(params, bucket).compile(self.compiler_options or None)
+                self.compiles += 1
+            return self._executables[key]
+
+    def _eager(self) -> Any:
+        return JaxModel(functools.partial(self.fn, _PARAMS.get()))  # jax.jit at the exact shape
+
+
+class _Source:
+    """The runner's artifacts: each bucket's executable, bound to the params of the call."""
+
+    def __init__(self, owner: BucketedJit) -> None:
+        self.owner = owner
+
+    @property
+    def built(self) -> frozenset[Bucket]:
+        return frozenset(self.owner.plan.buckets)  # any bucket compiles on its first call
+
+    def artifact(self, bucket: Bucket) -> Artifact | None:
+        params = _PARAMS.get()
+        spec = self.owner.spec
+        return JaxArtifact(bucket, self.owner.executable(bucket, params), params, spec.input_names, spec.output_names)
+
+
+def _abstract(params: Any) -> Any:
+    """What an executable depends on in the params: their structure, shapes and dtypes."""
+    leaves, tree = jax.tree.flatten(params)
+    return tree, tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x)))) for x in leaves)

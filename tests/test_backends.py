@@ -182,3 +182,77 @@ def test_register_a_custom_backend():
 def test_torchscript_and_inductor_need_a_torch_module():
     with pytest.raises(BackendError, match="needs a torch.nn.Module"):
         BucketedModel(lambda **kw: kw, TEXT_SPEC, Plan.grid(batch=[1], seq=[4]), backend="torchscript").compile(progress=False)
+
+
+def test_unknown_backend_option_names_the_options_there_are():
+    from bucketwise.backends.base import BackendOptionError
+
+    with pytest.raises(BackendOptionError, match="has no option 'freez'.*options are freeze") as err:
+        get_backend("torchscript", freez=False)
+    assert isinstance(err.value, ConfigError) and isinstance(err.value, TypeError)
+    assert base.backend_options("jax" if base.is_available("jax") else "torchscript")
+
+
+def _fake_neuron(monkeypatch, compiler="2.21.0"):
+    """torch_neuronx and neuronxcc as test doubles: torch.jit.trace stands in for the
+    Neuron compiler (the SDK does not install here); every call is recorded."""
+    import contextlib
+    import sys
+    import types
+
+    calls = []
+    neuronx = types.ModuleType("torch_neuronx")
+    neuronx.__version__ = "2.9.0+test"
+
+    def trace(func, example_inputs, *, compiler_args=None, compiler_workdir=None, inline_weights_to_neff=True,
+              **rest):
+        calls.append(("trace", tuple(a.shape for a in example_inputs), compiler_args, inline_weights_to_neff, rest))
+        return torch.jit.trace(func, example_inputs, check_trace=False)
+
+    @contextlib.contextmanager
+    def neuron_cores_context(start_nc, nc_count=-1):
+        calls.append(("load on cores", start_nc, nc_count))
+        yield
+
+    neuronx.trace = trace
+    neuronx.experimental = types.SimpleNamespace(
+        neuron_cores_context=neuron_cores_context,
+        set_neuron_cores=lambda module, start_nc, nc_count: calls.append(("set cores", start_nc, nc_count)))
+    cc = types.ModuleType("neuronxcc")
+    cc.__version__ = compiler
+    monkeypatch.setitem(sys.modules, "torch_neuronx", neuronx)
+    monkeypatch.setitem(sys.modules, "neuronxcc", cc)
+    return calls
+
+
+def test_neuron_backend_traces_each_bucket_with_the_compiler_args_and_caches_by_compiler_version(
+        monkeypatch, tmp_path):
+    from bucketwise.runtime.cache import ArtifactCache
+
+    assert not base.is_available("neuron")  # the SDK is not installed here
+    with pytest.raises(MissingDependencyError, match="pip.repos.neuron.amazonaws.com"):
+        get_backend("neuron")
+    calls = _fake_neuron(monkeypatch)
+    plan = Plan.grid(batch=[1, 2], seq=[8, 32])
+    options = {"compiler_args": "--auto-cast matmult --optlevel 2", "start_nc": 1, "nc_count": 2}
+    cache = ArtifactCache(tmp_path)
+    cold = BucketedModel(TinyEncoder(), TEXT_SPEC, plan, backend=get_backend("neuron", **options), cache=cache)
+    cold.compile(progress=False)
+    traces = [c for c in calls if c[0] == "trace"]
+    assert sorted(t[1] for t in traces) == sorted([((b["batch"], b["seq"]),) * 2 for b in plan.buckets])
+    assert all(t[2] == ["--auto-cast", "matmult", "--optlevel", "2"] and t[3] is True for t in traces)
+    assert calls.count(("set cores", 1, 2)) == 4  # each fresh trace placed on NeuronCores 1-2
+    sample = text_samples(1)[0]
+    np.testing.assert_allclose(cold(**sample)["pooled"], cold.reference(sample)["pooled"], atol=1e-5)
+    calls.clear()
+    warm = BucketedModel(TinyEncoder(), TEXT_SPEC, plan, backend=get_backend("neuron", **options), cache=cache)
+    warm.compile(progress=False)
+    assert {r.source for r in warm.compile_report.builds.values()} == {"cache"}
+    assert calls == [("load on cores", 1, 2)] * 4  # loaded straight onto the cores, nothing traced
+    np.testing.assert_allclose(warm(**sample)["pooled"], cold.reference(sample)["pooled"], atol=1e-5)
+    _fake_neuron(monkeypatch, compiler="2.22.0")  # another neuronx-cc: other entries
+    again = BucketedModel(TinyEncoder(), TEXT_SPEC, plan, backend=get_backend("neuron"), cache=cache)
+    again.compile(progress=False)
+    assert {r.source for r in again.compile_report.builds.values()} == {"compiled"}
+    with pytest.raises(BackendError, match="nc_count needs start_nc"):
+        get_backend("neuron", nc_count=2)

@@ -306,3 +306,26 @@ def test_a_warm_start_imports_neither_torch_nor_transformers(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     assert "IMPORTED True" in runs[0].stdout  # the cold start exported the model with torch
     assert "IMPORTED False False" in runs[1].stdout and "(2 from the cache)" in runs[1].stdout
+
+
+def test_backend_options_from_the_command_line(tmp_path, capsys):
+    import argparse
+
+    from bucketwise.cli._common import parse_backend_option
+    from bucketwise.runtime.cache import ArtifactCache
+
+    assert parse_backend_option("device=GPU") == ("device", "GPU")
+    assert parse_backend_option('providers=["CUDAExecutionProvider"]') == ("providers", ["CUDAExecutionProvider"])
+    assert parse_backend_option("freeze=false") == ("freeze", False)
+    with pytest.raises(argparse.ArgumentTypeError, match="not KEY=VALUE"):
+        parse_backend_option("freeze")
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "options: freeze=True" in out and "neuron        not installed" in out
+    assert main(["compile", "--backend", "torchscript", "--backend-option", "freeze=false", "--batch-sizes", "1",
+                 "--seq-sizes", "16", "--cache-dir", str(tmp_path), "--no-progress"]) == 0
+    (entry,) = [e for e in ArtifactCache(tmp_path).entries() if e.identity["kind"] == "artifact"]
+    assert entry.identity["backend"]["options"]["freeze"] is False
+    assert main(["compile", "--backend", "torchscript", "--backend-option", "frieze=false",
+                 "--cache-dir", str(tmp_path), "--no-progress"]) == 2
+    assert "has no option 'frieze'" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from .._optional import is_importable, require
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, ConfigError, MissingDependencyError
 from ..shapes import Bucket
 from ..spec import ModelSpec
 
@@ -142,6 +142,7 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "torchscript": "bucketwise.backends.torchscript:TorchScriptBackend",
     "inductor": "bucketwise.backends.inductor:InductorBackend",
     "jax": "bucketwise.backends.jax:JaxBackend",
+    "neuron": "bucketwise.backends.neuron:NeuronBackend",
 }
 
 # The optional packages each backend needs, and the extra that installs them. (The ONNX
@@ -154,6 +155,14 @@ REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "torchscript": (("torch", "torch"),),
     "inductor": (("torch", "torch"),),
     "jax": (("jax", "jax"), ("jaxlib", "jax")),
+    # torch-neuronx comes from AWS's pip repository (INSTALL_HINTS).
+    "neuron": (("torch", "torch"), ("torch_neuronx", "neuron")),
+}
+
+# How to install a backend whose packages are not on PyPI alone.
+INSTALL_HINTS: dict[str, str] = {
+    "neuron": "pip install 'bucketwise[neuron]' --extra-index-url https://pip.repos.neuron.amazonaws.com "
+              "(on an Inf2 or Trn1/Trn2 instance, with the Neuron driver and runtime)",
 }
 
 
@@ -179,20 +188,54 @@ def backend_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_backend(name: str, **options: Any) -> Backend:
-    """A new backend instance. Unknown options raise ``TypeError`` naming them."""
+class BackendOptionError(ConfigError, TypeError):
+    """A backend was given an option it does not have (also a ``TypeError``, as an
+    unexpected keyword argument is)."""
+
+
+def _factory(name: str) -> Callable[..., Backend]:
     try:
         entry = _REGISTRY[name]
     except KeyError:
         raise ConfigError(
             f"unknown backend {name!r}; known backends: {', '.join(_REGISTRY)}"
         ) from None
-    for module, extra in REQUIREMENTS.get(name, ()):
-        require(module, extra, purpose=f"the {name!r} backend")
     if isinstance(entry, str):
         mod_name, _, attr = entry.partition(":")
         entry = getattr(importlib.import_module(mod_name), attr)
-    return entry(**options)
+    return entry
+
+
+def backend_options(name: str) -> dict[str, Any]:
+    """The options ``get_backend(name, ...)`` takes, with their defaults (imports the
+    backend's module, so its packages must be installed)."""
+    import inspect
+
+    factory = _factory(name)
+    params = inspect.signature(factory).parameters.values()
+    return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """A new backend instance. Unknown options raise :class:`BackendOptionError` naming
+    them and the options the backend has."""
+    if name not in _REGISTRY:
+        _factory(name)  # raises, naming the known backends
+    for module, extra in REQUIREMENTS.get(name, ()):
+        if name in INSTALL_HINTS and not is_importable(module):
+            raise MissingDependencyError(f"{module} is not installed for the {name!r} backend: {INSTALL_HINTS[name]}")
+        require(module, extra, purpose=f"the {name!r} backend")
+    factory = _factory(name)
+    if isinstance(_REGISTRY[name], str):  # a built-in backend: check option names first
+        known = backend_options(name)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise BackendOptionError(
+                f"backend {name!r} has no option {', '.join(map(repr, unknown))} (unexpected keyword); its "
+                f"options are {', '.join(known) or 'none'} (bucketwise backends lists them with defaults)"
+            )
+    return factory(**options)
 
 
 def is_available(name: str) -> bool:

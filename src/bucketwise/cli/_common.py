@@ -60,14 +60,40 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallbac
     return cache
 
 
+def parse_backend_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of --backend-option: the value as JSON where it parses (numbers,
+    true/false, lists, objects), else the string itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=VALUE; e.g. --backend-option device=GPU or "
+            "--backend-option 'providers=[\"CUDAExecutionProvider\"]'")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def backend_options(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
-    """Backend options the flags ask for (--prepack: ONNX Runtime only)."""
+    """Backend options the flags ask for: every --backend-option KEY=VALUE, and --prepack
+    (ONNX Runtime only)."""
+    options = dict(getattr(args, "backend_option", None) or [])
     prepack = getattr(args, "prepack", "all")
     if prepack == "all":
-        return {}
+        return options
     if args.backend != "onnxruntime":
         raise ConfigError(f"--prepack {prepack} is an onnxruntime option; the backend is {args.backend}")
-    return {"prepack": False if prepack == "none" else plan.hot_buckets(0.9)}
+    if "prepack" in options:
+        raise ConfigError("give --prepack or --backend-option prepack=..., not both")
+    return {**options, "prepack": False if prepack == "none" else plan.hot_buckets(0.9)}
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
+    parser.add_argument("--backend-option", type=parse_backend_option, action="append", metavar="KEY=VALUE",
+                        help="an option of the backend, repeatable; VALUE is read as JSON where it parses "
+                             "(e.g. device=GPU, 'providers=[\"CUDAExecutionProvider\"]', "
+                             "'compiler_args=[\"--optlevel\", \"2\"]'). bucketwise backends lists each backend's")
 
 
 def cache_at(args: argparse.Namespace) -> Any:
@@ -87,7 +113,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, 
                         help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)"
                         + ("; or an image model: resnet50, fasterrcnn, a torchvision name, file.py:function "
                            "(with --plan)" if images else ""))
-    parser.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
+    add_backend_options(parser)
     parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
     parser.add_argument("--batch-sizes", type=sizes, metavar="1,8",
                         help="batch buckets (default: 1,2,4,8,16,32 on onnxruntime, whose buckets of one batch size "

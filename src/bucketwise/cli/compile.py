@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import add_json_option, add_model_options, cache_from_args, image_plan, plan_from_args, printer, write_json
+from ._common import (
+    add_json_option,
+    add_model_options,
+    backend_options,
+    cache_from_args,
+    image_plan,
+    plan_from_args,
+    printer,
+    write_json,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.text import DEFAULT_MODEL_NAME, lazy_default_encoder
+    from ..backends.base import get_backend
+    from ..models.text import DEFAULT_MODEL_NAME, text_encoder
     from ..models.zoo import is_image_model_name, load_image_model
     from ..planning.io import parse_bytes
     from ..runtime.model import BucketedModel
@@ -45,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         plan = image_plan(args.plan, spec)
     else:
         plan = plan_from_args(args)
-        module, _, spec = lazy_default_encoder(args.model)
-    model = BucketedModel(module, spec, plan, backend=args.backend, cache=cache)
+        module, _, spec = text_encoder(args.backend, args.model)
+    backend = get_backend(args.backend, **backend_options(args, plan))
+    model = BucketedModel(module, spec, plan, backend=backend, cache=cache)
     try:
         model.compile(progress=not args.no_progress, workers=args.workers, memory_budget=budget)
     finally:

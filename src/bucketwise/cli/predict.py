@@ -10,9 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import backend_names
 from ..errors import ConfigError
-from ._common import add_cache_options, add_json_option, cache_from_args, image_plan, printer, write_json
+from ._common import (
+    add_backend_options,
+    add_cache_options,
+    add_json_option,
+    backend_options,
+    cache_from_args,
+    image_plan,
+    printer,
+    write_json,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          help="resnet50 (default), fasterrcnn, a torchvision model name, or path/to/file.py:function "
                               "returning (module, spec)")
     predict.add_argument("--plan", metavar="PLAN.json", help="image buckets (height x width)")
-    predict.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="default: onnxruntime")
+    add_backend_options(predict)
     predict.add_argument("--output", metavar="FILE", help="where to write (default predictions.jsonl, or .json for detectors)")
     predict.add_argument("--top-k", type=int, default=5, help="classes per image for classifiers (default 5)")
     predict.add_argument("--score-threshold", type=float, metavar="S",
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .._optional import require
+    from ..backends.base import get_backend
     from ..models.vision import ImageModel
     from ..models.zoo import load_image_model
     from ..planning.observe import image_files, unreadable_image
@@ -62,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     module, spec, kind = load_image_model(args.model, score_threshold=args.score_threshold)
     plan = image_plan(args.plan, spec)
     start = time.perf_counter()
-    bm = BucketedModel(module, spec, plan, backend=args.backend, cache=cache_from_args(args))
+    backend = get_backend(args.backend, **backend_options(args, plan))
+    bm = BucketedModel(module, spec, plan, backend=backend, cache=cache_from_args(args))
     bm.compile(progress=not args.no_progress)
     compile_s = time.perf_counter() - start
     images = ImageModel(bm, resize=args.resize)

@@ -17,6 +17,7 @@ from ..plans import Plan
 from ..router import OverflowPolicy
 from ..runtime.model import BucketedModel
 from ..shapes import BATCH, Bucket
+from ..spec import ModelSpec
 from .encoders import (
     DEFAULT_MODEL_NAME,
     encoder_spec,
@@ -47,6 +48,17 @@ FINE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 FINE_SEQ_SIZES = (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
 Text = str | tuple[str, str]
+
+
+def text_encoder(backend: str, path: str | None = None) -> tuple[Any, Any, ModelSpec]:
+    """The encoder in ``path`` (default all-MiniLM-L6-v2) as ``backend`` takes it, with its
+    tokenizer and spec: a lazily loaded torch module, or on ``jax`` the same BERT weights
+    as a JAX function (:func:`~bucketwise.models.jax_bert.bert_encoder`)."""
+    if backend == "jax":
+        from .jax_bert import bert_encoder
+
+        return bert_encoder(path)
+    return lazy_default_encoder(path)
 
 
 def default_text_plan(max_length: int | None = None, backend: Any = None) -> Plan:
@@ -130,12 +142,7 @@ class SentenceEmbedder:
         once built; a batch job that runs every bucket it builds right away can use 0.
         """
         runtime = get_backend(backend, **dict(backend_options or {}))
-        if runtime.name == "jax":  # the same weights, as a JAX function (BERT models)
-            from .jax_bert import bert_encoder
-
-            module, tokenizer, spec = bert_encoder(model)
-        else:
-            module, tokenizer, spec = lazy_default_encoder(model)
+        module, tokenizer, spec = text_encoder(runtime.name, model)
         bucketed = BucketedModel(
             module,
             spec,

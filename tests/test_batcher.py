@@ -292,3 +292,32 @@ def test_drain_fails_rows_not_started_by_the_deadline_with_a_retryable_error():
     assert first["total"] == row(30, 0)["input_ids"].sum()  # the started batch finished
     assert all(isinstance(w, QueueFullError) and "drain deadline" in str(w) for w in waiting)
     assert bm.stats.real_volume == 30  # the expired rows were never computed
+
+
+def test_adaptive_wait_runs_a_lone_request_at_once_and_waits_only_inside_a_burst():
+    bm, rec = compiled()
+
+    async def main():
+        fixed = Batcher(bm, max_delay=0.5)
+        adaptive = Batcher(bm, max_delay=0.5, adaptive=True)
+        loop = asyncio.get_running_loop()
+        took = {}
+        for name, b in (("fixed", fixed), ("adaptive", adaptive)):
+            start = loop.time()
+            for i in range(3):  # a lone client: each request after the previous answer
+                await b.submit(row(5, i))
+            took[name] = loop.time() - start
+        # Requests 0.1 ms apart while a run takes 5 ms: waiting fills the batch.
+        adaptive._gap, adaptive._run = 1e-4, 5e-3
+        hold_in_burst = adaptive._hold()
+        adaptive._gap = 3e-3  # 3 ms apart: more than a quarter of a run, so no wait
+        hold_sparse = adaptive._hold()
+        for b in (fixed, adaptive):
+            await b.close()
+        return took, hold_in_burst, hold_sparse
+
+    took, hold_in_burst, hold_sparse = asyncio.run(main())
+    assert took["fixed"] >= 1.5  # 3 x 0.5 s of waiting for company that never came
+    assert took["adaptive"] < 0.5  # no wait at all
+    assert hold_in_burst == pytest.approx(2e-4) and hold_sparse == 0.0
+    assert all(s[0] == 1 for s in rec.shapes)

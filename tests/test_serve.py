@@ -107,7 +107,7 @@ def test_graceful_shutdown_finishes_every_accepted_request(embedder):
 
     # Requests wait in the queue up to 3 s. uvicorn lets in-flight requests finish before
     # it runs the app's shutdown (which drains the batcher), so they end by max_delay.
-    app = create_app(embedder, ServeConfig(max_delay=3.0))
+    app = create_app(embedder, ServeConfig(max_delay=3.0, batch_wait="fixed"))
     server = Server(app)
     client = server.__enter__()
     batcher = app.state.service.batcher(embedder.model)

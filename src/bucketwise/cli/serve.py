@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     add_model_options(serve, images=True)
     serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
+    serve.add_argument("--batch-wait", choices=("adaptive", "fixed"), default="adaptive",
+                       help="adaptive (default): a batch that is not full waits only while requests keep arriving "
+                            "(a lone request runs at once), at most --max-delay-ms; fixed: it waits --max-delay-ms")
     serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
     serve.add_argument("--max-texts", type=int, default=256, help="texts per embeddings request at most")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="embeddings request body size at most")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     image = is_image_model_name(args.model)
     name = args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name)
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
-                         max_delay=args.max_delay_ms / 1e3, max_queue=args.max_queue, api_key=api_key,
+                         max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, max_queue=args.max_queue,
+                         api_key=api_key,
                          model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
                          allowed_hosts=hosts, request_timeout=args.request_timeout,
                          max_infer_bytes=args.max_infer_bytes)

@@ -73,6 +73,12 @@ class Batcher:
             least one more, with the batch on the first axis of every input; requests
             carry the other axes.
         max_delay: seconds the oldest request of a queue may wait before it flushes.
+        adaptive: wait only while waiting pays. A queue that cannot fill a batch flushes
+            as soon as requests stop arriving: at once when they come further apart than
+            a quarter of a run (a lone client, whose next request follows the answer),
+            else once none has come for twice the recent gap between them (a burst),
+            and never later than ``max_delay``. Off: every such queue waits
+            ``max_delay``.
         max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
         on_batch: called after each batch with a :class:`BatchEvent`.
     """
@@ -84,6 +90,7 @@ class Batcher:
         max_delay: float = 0.005,
         max_queue: int = 1024,
         on_batch: Callable[[BatchEvent], None] | None = None,
+        adaptive: bool = False,
     ) -> None:
         dims = tuple(d for d in model.plan.dims if d != BATCH)
         if BATCH not in model.plan.dims or not dims:
@@ -98,6 +105,10 @@ class Batcher:
         self.router = model.router
         self.dims = dims
         self.max_delay = max_delay
+        self.adaptive = adaptive
+        self._last_arrival = float("-inf")
+        self._gap = float("inf")  # recent seconds between requests (moving average)
+        self._run = 0.0  # recent seconds per run (moving average)
         self.max_queue = max_queue
         self.on_batch = on_batch
         # One queue per key, made when first used (a 2-D plan has up to |heights|×|widths|).
@@ -140,6 +151,7 @@ class Batcher:
         caller built it from the spec itself (e.g. ``SentenceEmbedder.rows``).
         """
         self.admit(1)
+        self._arrived()
         return await self._enqueue(row, validated)
 
     async def submit_many(self, rows: Sequence[Mapping[str, Any]], *, validated: bool = False) -> list[dict[str, Any]]:
@@ -147,6 +159,7 @@ class Batcher:
         :class:`QueueFullError` before queueing anything when they do not all fit, and no
         other request can take the room between the check and the queueing."""
         self.admit(len(rows))
+        self._arrived()  # one request, however many rows
         waits = [self._enqueue(row, validated) for row in rows]  # no await in between
         return list(await asyncio.gather(*waits))
 
@@ -219,25 +232,41 @@ class Batcher:
         out = await loop.run_in_executor(self._executor, self.model.run, batch)
         return {k: v[0] for k, v in out.items()}
 
+    def _arrived(self) -> None:
+        now = time.perf_counter()
+        gap = now - self._last_arrival
+        self._last_arrival = now
+        if gap != float("inf"):
+            self._gap = gap if self._gap == float("inf") else 0.8 * self._gap + 0.2 * gap
+
+    def _hold(self) -> float:
+        """Adaptive: how long after the last arrival a partial batch waits for another."""
+        if self._run <= 0 or self._gap >= 0.25 * self._run:
+            return 0.0  # requests come too far apart for waiting to fill a batch
+        return 2 * self._gap
+
     def _due(self, now: float) -> tuple[Key | None, float]:
         """The queue to flush now, and how long until the next one is due.
 
-        A queue is due when it holds a full batch or its oldest request has waited
-        ``max_delay``. Among due queues the one whose oldest request has waited longest
-        goes first, so a busy small bucket cannot starve a large one.
+        A queue is due when it holds a full batch, or its oldest request has waited
+        ``max_delay``, or (adaptive) requests have stopped arriving. Among due queues the
+        one whose oldest request has waited longest goes first, so a busy small bucket
+        cannot starve a large one.
         """
         due_key, due_time = None, float("inf")
         next_deadline = float("inf")
+        quiet_at = self._last_arrival + self._hold() if self.adaptive else float("inf")
         for key, q in self._queues.items():
             self._drop_gone(q)
             if not q:
                 continue
             head = q[0].enqueued
-            if len(q) >= self._full[key] or self._closing or now - head >= self.max_delay:
+            deadline = min(head + self.max_delay, quiet_at)
+            if len(q) >= self._full[key] or self._closing or now >= deadline:
                 if head < due_time:
                     due_key, due_time = key, head
             else:
-                next_deadline = min(next_deadline, head + self.max_delay - now)
+                next_deadline = min(next_deadline, deadline - now)
         if due_key is not None:
             return due_key, 0.0
         return None, next_deadline
@@ -298,6 +327,7 @@ class Batcher:
         start = time.perf_counter()
         outs = await loop.run_in_executor(self._executor, self.model.run_rows, rows, sizes, bucket)
         took = time.perf_counter() - start
+        self._run = took if self._run == 0 else 0.8 * self._run + 0.2 * took
         for p, out in zip(batch, outs):
             if not p.future.done():  # a caller that gave up is skipped, not an error
                 p.future.set_result(out)

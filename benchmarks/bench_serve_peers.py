@@ -1,0 +1,191 @@
+"""Serving side by side: `bucketwise serve` against a peer server, at 1, 8 and 64 clients.
+
+Two load mixes of held-out text (``heldout.py``: prose from installed packages' READMEs,
+which no test or default is fitted on), one text per request:
+
+- ``singles``: single sentences (median about 13 tokens);
+- ``mix``: the same, with 20% of requests made of 3-4 sentences joined (100-200 tokens).
+
+Servers (each a real process on 127.0.0.1, started fresh per round; rounds rotate the
+order, and the best round of each cell counts):
+
+- ``bucketwise adaptive``: ``bucketwise serve`` with its defaults (the batch waits only
+  while requests keep arriving);
+- ``bucketwise fixed 5 ms``: the same with ``--batch-wait fixed`` (every batch that is not
+  full waits 5 ms, the behaviour before);
+- ``infinity-emb (optimum)``: with ``--infinity VENV --infinity-model ONNX_DIR``, the peer
+  of issue 16, run as ``VENV/bin/infinity_emb v2 --model-id ONNX_DIR --engine optimum
+  --device cpu --pooling-method mean`` (install it in a separate venv: it pins its own
+  transformers).
+
+Each cell reports req/s, p50 and p99 latency (ms), errors and lost requests, the server
+process's CPU use (cores busy, from /proc) and its RSS at the end of the cell.
+
+    python benchmarks/bench_serve_peers.py [--seconds 20] [--rounds 2] [--clients 1,8,64]
+        [--infinity VENV --infinity-model ONNX_DIR]
+Writes benchmarks/results/serve_peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from _common import save, table
+from bench_serve import free_port
+from heldout import heldout_sets
+
+
+def load_mixes(seed: int = 0) -> dict[str, list[str]]:
+    short = heldout_sets(short=3000, medium=0, long=0, seed=seed)["short"]
+    rng = random.Random(seed)
+    mix = [" ".join(rng.sample(short, rng.choice((3, 4)))) if rng.random() < 0.2 else s for s in short]
+    return {"singles": short, "mix": mix}
+
+
+def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, str]:
+    """(process, base URL, embeddings path) of a ready server."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if name.startswith("bucketwise"):
+        extra = ["--batch-wait", "fixed"] if "fixed" in name else []
+        cmd = [sys.executable, "-m", "bucketwise.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--no-progress", *extra]
+        ready, path = "/readyz", "/v1/embeddings"
+    else:
+        cmd = [str(Path(args.infinity) / "bin" / "infinity_emb"), "v2", "--model-id", args.infinity_model,
+               "--engine", "optimum", "--device", "cpu", "--pooling-method", "mean", "--port", str(port),
+               "--host", "127.0.0.1"]
+        ready, path = "/health", "/embeddings"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(url + ready, timeout=1).status_code == 200:
+                return proc, url, path
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{name} did not become ready in 300 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(url: str, path: str, texts: list[str], clients: int, seconds: float, offset: int = 0) -> dict:
+    latencies: list[float] = []
+    counts = {"sent": 0, "ok": 0, "errors": 0, "lost": 0}
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker(w: int) -> None:
+            i = offset + w
+            while time.perf_counter() < stop:
+                text = texts[i % len(texts)]
+                i += clients
+                counts["sent"] += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post(path, json={"input": [text], "model": "all-MiniLM-L6-v2"})
+                except httpx.HTTPError:
+                    counts["lost"] += 1
+                    continue
+                if r.status_code == 200 and len(r.json()["data"]) == 1:
+                    counts["ok"] += 1
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    counts["errors"] += 1
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(clients)))
+        elapsed = time.perf_counter() - begin
+    lat = np.array(latencies) * 1e3
+    return {**counts, "seconds": elapsed, "throughput": counts["ok"] / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds per cell (default 20)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--servers", default="bucketwise adaptive,bucketwise fixed 5 ms",
+                        help="comma-separated; infinity-emb (optimum) is added when --infinity is given")
+    parser.add_argument("--infinity", metavar="VENV", help="a venv with infinity-emb[server,optimum] installed")
+    parser.add_argument("--infinity-model", metavar="ONNX_DIR", help="the optimum ONNX export of all-MiniLM-L6-v2")
+    args = parser.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    servers = [s.strip() for s in args.servers.split(",")]
+    if args.infinity:
+        if not args.infinity_model:
+            parser.error("--infinity needs --infinity-model (optimum-cli export onnx ... of the MiniLM folder)")
+        servers.append("infinity-emb (optimum)")
+    mixes = load_mixes()
+    results: list[dict] = []
+    for rnd in range(args.rounds):
+        order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+        for name in order:
+            proc, url, path = start(name, args)
+            try:
+                asyncio.run(load(url, path, mixes["mix"], 8, 2.0, offset=999))  # warm every bucket size a bit
+                for mix, texts in mixes.items():
+                    for n in clients:
+                        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+                        r = asyncio.run(load(url, path, texts, n, args.seconds, offset=rnd * 7919))
+                        r["server_cores_busy"] = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+                        r["server_rss_mib"] = rss_mib(proc.pid)
+                        results.append({"server": name, "mix": mix, "clients": n, "round": rnd, **r})
+                        print(f"round {rnd} {name:<24} {mix:<8} clients={n:<3} {r['throughput']:7.1f} req/s  "
+                              f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}  "
+                              f"lost {r['lost']}  cpu {r['server_cores_busy']:.2f}  rss {r['server_rss_mib']:.0f} MiB",
+                              flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(120)
+    best: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["server"], r["mix"], r["clients"])
+        if key not in best or r["throughput"] > best[key]["throughput"]:
+            best[key] = r
+    base_name = "infinity-emb (optimum)" if args.infinity else "bucketwise fixed 5 ms"
+    rows = []
+    for (name, mix, n), r in best.items():
+        base = best.get((base_name, mix, n))
+        rows.append([mix, n, name, f"{r['throughput']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                     f"{r['throughput'] / base['throughput']:.2f}×" if base else "-", r["errors"], r["lost"],
+                     f"{r['server_cores_busy']:.2f}", f"{r['server_rss_mib']:.0f}"])
+    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    print()
+    print(table(rows, ["mix", "clients", "server", "req/s", "p50 ms", "p99 ms", f"vs {base_name}", "errors", "lost",
+                       "cores busy", "RSS MiB"]))
+    path = save("serve_peers", {"seconds_per_cell": args.seconds, "rounds": args.rounds, "clients": clients,
+                                "servers": servers, "results": results,
+                                "best": [dict(r) for r in best.values()]})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,17 +61,22 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
         cmd = [sys.executable, "-m", "bucketwise.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--no-progress", *extra]
         ready, path = "/readyz", "/v1/embeddings"
+        cwd = None
     else:
-        cmd = [str(Path(args.infinity) / "bin" / "infinity_emb"), "v2", "--model-id", args.infinity_model,
+        # Run from the export's folder: infinity-emb 0.0.78 finds the .onnx file by a path
+        # relative to --model-id, which an absolute path breaks.
+        cmd = [str(Path(args.infinity).resolve() / "bin" / "infinity_emb"), "v2", "--model-id", ".",
                "--engine", "optimum", "--device", "cpu", "--pooling-method", "mean", "--port", str(port),
-               "--host", "127.0.0.1"]
+               "--host", "127.0.0.1", "--model-warmup"]
         ready, path = "/health", "/embeddings"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        cwd = args.infinity_model
+    log = open(Path(tempfile.gettempdir()) / f"bench-serve-peers-{port}.log", "wb")  # never a full pipe
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            raise RuntimeError(f"{name} exited: {Path(log.name).read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(url + ready, timeout=1).status_code == 200:
                 return proc, url, path
@@ -96,6 +102,7 @@ def rss_mib(pid: int) -> float:
 async def load(url: str, path: str, texts: list[str], clients: int, seconds: float, offset: int = 0) -> dict:
     latencies: list[float] = []
     counts = {"sent": 0, "ok": 0, "errors": 0, "lost": 0}
+    why: list[str] = []  # the exception of each lost request, the status of each error
     stop = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -108,20 +115,22 @@ async def load(url: str, path: str, texts: list[str], clients: int, seconds: flo
                 t = time.perf_counter()
                 try:
                     r = await client.post(path, json={"input": [text], "model": "all-MiniLM-L6-v2"})
-                except httpx.HTTPError:
+                except httpx.HTTPError as err:
                     counts["lost"] += 1
+                    why.append(f"{type(err).__name__}: {err}"[:200])
                     continue
                 if r.status_code == 200 and len(r.json()["data"]) == 1:
                     counts["ok"] += 1
                     latencies.append(time.perf_counter() - t)
                 else:
                     counts["errors"] += 1
+                    why.append(f"HTTP {r.status_code}: {r.text[:150]}")
 
         begin = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(clients)))
         elapsed = time.perf_counter() - begin
     lat = np.array(latencies) * 1e3
-    return {**counts, "seconds": elapsed, "throughput": counts["ok"] / elapsed,
+    return {**counts, "why": why[:20], "seconds": elapsed, "throughput": counts["ok"] / elapsed,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
 
@@ -144,11 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         servers.append("infinity-emb (optimum)")
     mixes = load_mixes()
     results: list[dict] = []
+    probes = mixes["mix"][:8]
+    reference: np.ndarray | None = None
+    parity: dict[str, float] = {}
     for rnd in range(args.rounds):
         order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
         for name in order:
             proc, url, path = start(name, args)
             try:
+                got = np.array([d["embedding"] for d in httpx.post(url + path, json={"input": probes, "model":
+                                "all-MiniLM-L6-v2"}, timeout=60).json()["data"]])
+                got /= np.linalg.norm(got, axis=1, keepdims=True)
+                reference = got if reference is None else reference
+                parity[name] = min(parity.get(name, 1.0), float((got * reference).sum(1).min()))
                 asyncio.run(load(url, path, mixes["mix"], 8, 2.0, offset=999))  # warm every bucket size a bit
                 for mix, texts in mixes.items():
                     for n in clients:
@@ -180,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows, ["mix", "clients", "server", "req/s", "p50 ms", "p99 ms", f"vs {base_name}", "errors", "lost",
                        "cores busy", "RSS MiB"]))
+    print("smallest cosine of each server's embeddings to the first server's:",
+          {k: round(v, 6) for k, v in parity.items()})
     path = save("serve_peers", {"seconds_per_cell": args.seconds, "rounds": args.rounds, "clients": clients,
-                                "servers": servers, "results": results,
+                                "servers": servers, "results": results, "min_cosine_to_first": parity,
                                 "best": [dict(r) for r in best.values()]})
     print(f"wrote {path}")
     return 0

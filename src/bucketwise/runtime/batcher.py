@@ -76,7 +76,7 @@ class Batcher:
         adaptive: wait only while waiting pays. A queue that cannot fill a batch flushes
             as soon as requests stop arriving: at once when they come further apart than
             a quarter of a run (a lone client, whose next request follows the answer),
-            else once none has come for twice the recent gap between them (a burst),
+            else once none has come for twice the recent gap between requests of a burst,
             and never later than ``max_delay``. Off: every such queue waits
             ``max_delay``.
         max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
@@ -236,8 +236,13 @@ class Batcher:
         now = time.perf_counter()
         gap = now - self._last_arrival
         self._last_arrival = now
-        if gap != float("inf"):
+        # Only gaps inside a burst count (shorter than a quarter of a run): clients that
+        # send when their answer comes back arrive in bursts after each run, and the pause
+        # between bursts says nothing about how soon the next request of a burst comes.
+        if gap < 0.25 * self._run:
             self._gap = gap if self._gap == float("inf") else 0.8 * self._gap + 0.2 * gap
+        elif gap > 4 * self._run:
+            self._gap = float("inf")  # a lull: no burst under way
 
     def _hold(self) -> float:
         """Adaptive: how long after the last arrival a partial batch waits for another."""

@@ -28,18 +28,18 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import BackendError, MissingDependencyError
 from ..shapes import Bucket
 from ..spec import ModelSpec
-from ._torch import example_args, named_outputs, positional
+from ._torch import example_args, positional
 from .base import INSTALL_HINTS
+from .torchscript import TorchScriptArtifact
 
 __all__ = ["NeuronBackend", "NeuronArtifact"]
 
@@ -65,17 +65,8 @@ def compiler_version() -> str:
             return "unknown"
 
 
-@dataclass
-class NeuronArtifact:
-    bucket: Bucket
-    module: Any
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    array_kind: Literal["torch"] = "torch"
-
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        with torch.inference_mode():
-            return named_outputs(self.module(*(inputs[n] for n in self.input_names)), self.output_names)
+# A traced Neuron module runs as any TorchScript module does: positional tensors in.
+NeuronArtifact = TorchScriptArtifact
 
 
 class NeuronBackend:

@@ -52,6 +52,7 @@ from .base import named_outputs
 __all__ = ["JaxModel", "JaxBackend", "JaxArtifact"]
 
 _SMALL = 1 << 20  # the artifact cache stores identical files from this size on once
+_ALIGN = 64  # params.bin aligns each leaf to this many bytes
 
 
 @dataclass(eq=False)
@@ -179,16 +180,19 @@ class JaxBackend:
                 self._params[key] = None if model.params is None else jax.device_put(model.params, self.device)
             return self._params[key]
 
-    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> JaxArtifact:
-        model = as_jax_model(model)
-        params = self._device_params(model)
+    def _executable(self, model: JaxModel, spec: ModelSpec, bucket: Bucket) -> Any:
+        """Lower and compile ``bucket``; the params enter as shapes only (no copy)."""
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(np.result_type(x))), model.params)
         structs = {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype)) for s in spec.inputs}
         try:
-            lowered = jax.jit(model.apply).lower(params, structs)
-            executable = lowered.compile(self.compiler_options or None)
+            return jax.jit(model.apply).lower(shapes, structs).compile(self.compiler_options or None)
         except Exception as err:
             raise BackendError(f"jax could not compile bucket {bucket!r}: {type(err).__name__}: {err}") from err
-        return JaxArtifact(bucket, executable, params, spec.input_names, spec.output_names)
+
+    def compile(self, model: Any, spec: ModelSpec, bucket: Bucket) -> JaxArtifact:
+        model = as_jax_model(model)
+        executable = self._executable(model, spec, bucket)
+        return JaxArtifact(bucket, executable, self._device_params(model), spec.input_names, spec.output_names)
 
     # -- cache ------------------------------------------------------------------------------
 
@@ -202,8 +206,8 @@ class JaxBackend:
 
     def compile_to(self, model: Any, spec: ModelSpec, bucket: Bucket, folder: Path) -> JaxArtifact:
         model = as_jax_model(model)
-        artifact = self.compile(model, spec, bucket)
-        payload, in_tree, out_tree = serialize_executable.serialize(artifact.executable)
+        executable = self._executable(model, spec, bucket)
+        payload, in_tree, out_tree = serialize_executable.serialize(executable)
         (folder / "executable.bin").write_bytes(payload)
         leaves, params_tree = jax.tree.flatten(model.params)
         (folder / "trees.pkl").write_bytes(pickle.dumps((in_tree, out_tree, params_tree)))
@@ -211,10 +215,13 @@ class JaxBackend:
         with open(folder / "params.bin", "wb") as f:
             for leaf in leaves:
                 a = np.ascontiguousarray(np.asarray(leaf))
+                f.write(b"\0" * (-f.tell() % _ALIGN))  # aligned: the CPU device can use the mapped bytes
                 index.append({"dtype": a.dtype.str, "shape": list(a.shape), "offset": f.tell()})
                 f.write(a.tobytes())
         (folder / "params.json").write_text(json.dumps(index))
-        return artifact
+        # The bucket runs on the params as a warm start has them: the cached file, mapped.
+        params = self._load_params(folder, params_tree)
+        return JaxArtifact(bucket, executable, params, spec.input_names, spec.output_names)
 
     def load(self, folder: Path, spec: ModelSpec, bucket: Bucket) -> JaxArtifact:
         try:
@@ -246,7 +253,11 @@ class JaxBackend:
                     count = int(np.prod(item["shape"], dtype=np.int64))
                     start = item["offset"]
                     data = raw[start:start + count * dtype.itemsize].view(dtype).reshape(item["shape"])
-                    leaves.append(jax.device_put(np.array(data), self.device))  # a copy: the map is released
+                    # On a CPU device jax uses the mapped, aligned bytes as they are (no
+                    # copy: the page cache holds the weights once, even across processes);
+                    # elsewhere it copies them to the device. Cache files never change in
+                    # place, so the mapping stays valid.
+                    leaves.append(jax.device_put(data, self.device))
                 self._params[key] = jax.tree.unflatten(tree, leaves)
             return self._params[key]
 

@@ -13,6 +13,8 @@ order, and the best round of each cell counts):
   while requests keep arriving);
 - ``bucketwise fixed 5 ms``: the same with ``--batch-wait fixed`` (every batch that is not
   full waits 5 ms, the behaviour before);
+- ``bucketwise 2 streams``: two batches at once, each ONNX Runtime run on one thread
+  (``--streams 2 --backend-option intra_op_threads=1``);
 - ``infinity-emb (optimum)``: with ``--infinity VENV --infinity-model ONNX_DIR``, the peer
   of issue 16, run as ``VENV/bin/infinity_emb v2 --model-id ONNX_DIR --engine optimum
   --device cpu --pooling-method mean`` (install it in a separate venv: it pins its own
@@ -22,8 +24,8 @@ Each cell reports req/s, p50 and p99 latency (ms), errors and lost requests, the
 process's CPU use (cores busy, from /proc) and its RSS at the end of the cell.
 
     python benchmarks/bench_serve_peers.py [--seconds 20] [--rounds 2] [--clients 1,8,64]
-        [--infinity VENV --infinity-model ONNX_DIR]
-Writes benchmarks/results/serve_peers.json.
+        [--infinity VENV --infinity-model ONNX_DIR] [--servers ...] [--out NAME]
+Writes benchmarks/results/serve_peers.json (or NAME.json).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if name.startswith("bucketwise"):
         extra = ["--batch-wait", "fixed"] if "fixed" in name else []
+        if "2 streams" in name:
+            extra += ["--streams", "2", "--backend-option", "intra_op_threads=1"]
         cmd = [sys.executable, "-m", "bucketwise.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--no-progress", *extra]
         ready, path = "/readyz", "/v1/embeddings"
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated; infinity-emb (optimum) is added when --infinity is given")
     parser.add_argument("--infinity", metavar="VENV", help="a venv with infinity-emb[server,optimum] installed")
     parser.add_argument("--infinity-model", metavar="ONNX_DIR", help="the optimum ONNX export of all-MiniLM-L6-v2")
+    parser.add_argument("--out", default="serve_peers", help="results file name in benchmarks/results (no .json)")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     servers = [s.strip() for s in args.servers.split(",")]
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                        "cores busy", "RSS MiB"]))
     print("smallest cosine of each server's embeddings to the first server's:",
           {k: round(v, 6) for k, v in parity.items()})
-    path = save("serve_peers", {"seconds_per_cell": args.seconds, "rounds": args.rounds, "clients": clients,
+    path = save(args.out, {"seconds_per_cell": args.seconds, "rounds": args.rounds, "clients": clients,
                                 "servers": servers, "results": results, "min_cosine_to_first": parity,
                                 "best": [dict(r) for r in best.values()]})
     print(f"wrote {path}")

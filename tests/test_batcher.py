@@ -321,3 +321,42 @@ def test_adaptive_wait_runs_a_lone_request_at_once_and_waits_only_inside_a_burst
     assert took["adaptive"] < 0.5  # no wait at all
     assert hold_in_burst == pytest.approx(2e-4) and hold_sparse == 0.0
     assert all(s[0] == 1 for s in rec.shapes)
+
+
+def test_two_streams_run_batches_at_once_and_every_caller_gets_its_rows():
+    import threading
+    import time
+
+    class Slow(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+        def __call__(self, input_ids, attention_mask):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.05)
+            with self.lock:
+                self.now -= 1
+            return super().__call__(input_ids, attention_mask)
+
+    rec = Slow()
+    bm = BucketedModel(rec, SPEC, Plan.grid(batch=[1, 2], seq=[8, 32]), warmup_runs=0).compile(progress=False)
+
+    async def main(streams):
+        b = Batcher(bm, max_delay=0.0, streams=streams)
+        rows = [row(4 if i % 2 else 20, i) for i in range(8)]
+        start = asyncio.get_running_loop().time()
+        outs = await asyncio.gather(*(b.submit(r) for r in rows))
+        took = asyncio.get_running_loop().time() - start
+        await b.close()
+        return rows, outs, took
+
+    rows, outs, two = asyncio.run(main(2))
+    for r, o in zip(rows, outs):
+        assert o["total"] == r["input_ids"].sum()
+    assert rec.most == 2
+    rec.most = 0
+    _, _, one = asyncio.run(main(1))
+    assert rec.most == 1 and two < one

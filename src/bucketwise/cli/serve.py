@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--batch-wait", choices=("adaptive", "fixed"), default="adaptive",
                        help="adaptive (default): a batch that is not full waits only while requests keep arriving "
                             "(a lone request runs at once), at most --max-delay-ms; fixed: it waits --max-delay-ms")
+    serve.add_argument("--streams", type=int, default=1,
+                       help="batches run at once (default 1); on a small CPU, 2 streams with "
+                            "--backend-option intra_op_threads=1 may serve more requests per second")
     serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
     serve.add_argument("--max-texts", type=int, default=256, help="texts per embeddings request at most")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="embeddings request body size at most")
@@ -63,12 +66,15 @@ def run(args: argparse.Namespace) -> int:
     hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
     if not hosts:
         raise ConfigError("--allowed-hosts is empty; name at least one host, or '*' for any")
+    if args.streams < 1:
+        raise ConfigError(f"--streams must be at least 1, got {args.streams}")
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
     image = is_image_model_name(args.model)
     name = args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name)
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
-                         max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, max_queue=args.max_queue,
+                         max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, streams=args.streams,
+                         max_queue=args.max_queue,
                          api_key=api_key,
                          model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
                          allowed_hosts=hosts, request_timeout=args.request_timeout,

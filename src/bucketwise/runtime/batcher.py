@@ -81,6 +81,9 @@ class Batcher:
             ``max_delay``.
         max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
         on_batch: called after each batch with a :class:`BatchEvent`.
+        streams: batches run at once, each in its own worker thread (1: one at a time).
+            Two streams of single-threaded runs can beat one multi-threaded run on a
+            small CPU; give the backend as many intra-op threads as a stream should use.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Batcher:
         max_queue: int = 1024,
         on_batch: Callable[[BatchEvent], None] | None = None,
         adaptive: bool = False,
+        streams: int = 1,
     ) -> None:
         dims = tuple(d for d in model.plan.dims if d != BATCH)
         if BATCH not in model.plan.dims or not dims:
@@ -99,8 +103,10 @@ class Batcher:
             if s.shape[0] != BATCH:
                 raise ConfigError(f"the batcher needs the batch on the first axis of every input; "
                                   f"input {s.name!r} has axes {s.shape}")
-        if max_delay < 0 or max_queue < 1:
-            raise ConfigError(f"max_delay must be >= 0 and max_queue >= 1, got {max_delay}, {max_queue}")
+        if max_delay < 0 or max_queue < 1 or streams < 1:
+            raise ConfigError(f"max_delay must be >= 0, max_queue and streams >= 1; got {max_delay}, {max_queue}, "
+                              f"{streams}")
+        self.streams = streams
         self.model = model
         self.router = model.router
         self.dims = dims
@@ -117,7 +123,9 @@ class Batcher:
         self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketwise-infer")
+        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="bucketwise-infer")
+        self._slots = asyncio.Semaphore(streams)  # batches running at once
+        self._running: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -287,9 +295,13 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()  # a free stream, before choosing what runs on it
             key, wait = self._due(time.perf_counter())
             if key is None:
+                self._slots.release()
                 if self._closing and self._queued == 0:
+                    if self._running:
+                        await asyncio.gather(*self._running)
                     return
                 self._wake.clear()
                 try:
@@ -298,12 +310,22 @@ class Batcher:
                     pass
                 continue
             batch, bucket = self._take(key)
-            try:
-                await self._run_batch(batch, bucket, loop)
-            except Exception as err:  # never lose a request: each caller gets the error
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
+            task = loop.create_task(self._run_guarded(batch, bucket, loop))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            if self.streams == 1:
+                await task  # one at a time: what runs next is chosen after this one ends
+
+    async def _run_guarded(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await self._run_batch(batch, bucket, loop)
+        except Exception as err:  # never lose a request: each caller gets the error
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+        finally:
+            self._slots.release()
+            self._wake.set()  # a stream is free: queues that waited for one may run
 
     def _take(self, key: Key) -> tuple[list[_Pending], Bucket]:
         q = self._queues[key]

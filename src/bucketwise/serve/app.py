@@ -51,6 +51,7 @@ class ServeConfig:
     max_rows: int = 256  # rows (batch axis) per v2 infer request
     max_delay: float = 0.005  # seconds the oldest queued request may wait for its batch
     batch_wait: str = "adaptive"  # "adaptive": wait only while requests keep coming; "fixed": max_delay
+    streams: int = 1  # batches running at once, per model
     max_queue: int = 1024  # rows waiting at once, per model, before 503
     api_key: str | None = None  # bearer token; None: no auth
     model_name: str = "all-MiniLM-L6-v2"
@@ -78,7 +79,7 @@ class Service:
         for model in self.models:
             batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
                               on_batch=functools.partial(self.on_batch, model=model),
-                              adaptive=self.config.batch_wait == "adaptive")
+                              adaptive=self.config.batch_wait == "adaptive", streams=self.config.streams)
             batcher.start()
             self.batchers[id(model)] = batcher
         yield

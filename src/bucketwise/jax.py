@@ -34,9 +34,8 @@ from typing import Any
 
 import jax
 
-from ._arrays import jax_dtype
 from .backends.base import Artifact
-from .backends.jax import JaxArtifact, JaxModel
+from .backends.jax import JaxArtifact, JaxModel, input_structs
 from .errors import ConfigError
 from .plans import Plan
 from .router import OverflowPolicy, Router
@@ -51,7 +50,7 @@ _PARAMS: contextvars.ContextVar[Any] = contextvars.ContextVar("bucketwise_jax_pa
 
 
 def bucket_jit(fn: Callable[..., Any], *, spec: ModelSpec, plan: Plan, overflow: OverflowPolicy = "error",
-               device: Any = None, compiler_options: Mapping[str, Any] | None = None) -> BucketedJit:
+               compiler_options: Mapping[str, Any] | None = None) -> BucketedJit:
     """``fn(params, **inputs)``, compiled once per bucket of ``plan``.
 
     Args:
@@ -62,23 +61,21 @@ def bucket_jit(fn: Callable[..., Any], *, spec: ModelSpec, plan: Plan, overflow:
         plan: the buckets (e.g. from :func:`bucketwise.plan`).
         overflow: a shape larger than every bucket: ``"error"``, ``"truncate"`` or
             ``"fallback"`` (``jax.jit`` at the exact shape).
-        device: where executables run (a ``jax.Device``; jax's default when ``None``).
         compiler_options: XLA options passed to ``Lowered.compile``.
     """
-    return BucketedJit(fn, spec=spec, plan=plan, overflow=overflow, device=device, compiler_options=compiler_options)
+    return BucketedJit(fn, spec=spec, plan=plan, overflow=overflow, compiler_options=compiler_options)
 
 
 class BucketedJit:
     """What :func:`bucket_jit` returns. Call it as ``f(params, **inputs)``."""
 
     def __init__(self, fn: Callable[..., Any], *, spec: ModelSpec, plan: Plan, overflow: OverflowPolicy = "error",
-                 device: Any = None, compiler_options: Mapping[str, Any] | None = None) -> None:
+                 compiler_options: Mapping[str, Any] | None = None) -> None:
         if not callable(fn):
             raise ConfigError(f"bucket_jit: fn must be callable, got {type(fn).__name__}")
         self.fn = fn
         self.spec = spec
         self.plan = plan
-        self.device = device if device is not None else jax.devices()[0]
         self.compiler_options = dict(compiler_options or {})
         self._apply = lambda params, inputs: fn(params, **inputs)
         self._lock = threading.Lock()
@@ -100,8 +97,7 @@ class BucketedJit:
 
     def lower(self, params: Any, bucket: Bucket) -> Any:
         """``jax.jit(fn).lower(...)`` at ``bucket``'s shapes: the ``Lowered`` to inspect."""
-        structs = {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype)) for s in self.spec.inputs}
-        return jax.jit(self._apply).lower(params, structs)
+        return jax.jit(self._apply).lower(params, input_structs(self.spec, bucket))
 
     def compile(self, params: Any, buckets: Iterable[Bucket] | None = None) -> BucketedJit:
         """Compile every bucket of the plan (or ``buckets``) for params like ``params`` now,

@@ -49,7 +49,7 @@ from ..shapes import Bucket
 from ..spec import ModelSpec
 from .base import named_outputs
 
-__all__ = ["JaxModel", "JaxBackend", "JaxArtifact"]
+__all__ = ["JaxModel", "JaxBackend", "JaxArtifact", "input_structs"]
 
 _SMALL = 1 << 20  # the artifact cache stores identical files from this size on once
 _ALIGN = 64  # params.bin aligns each leaf to this many bytes
@@ -127,6 +127,11 @@ def as_jax_model(model: Any) -> JaxModel:
     )
 
 
+def input_structs(spec: ModelSpec, bucket: Bucket) -> dict[str, Any]:
+    """The spec's inputs at ``bucket``'s shape, as jax lowers a function for them."""
+    return {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype)) for s in spec.inputs}
+
+
 @dataclass
 class JaxArtifact:
     bucket: Bucket
@@ -161,8 +166,8 @@ class JaxBackend:
             raise BackendError(f"jax: no {device!r} device here ({err}); jax sees {jax.devices()}") from err
         self.compiler_options = dict(compiler_options or {})
         self._lock = threading.Lock()
-        self._params: dict[Any, Any] = {}  # id(model) or (device, inode) of params.bin -> params on the device
-        self._keep: list[Any] = []  # the models behind id() keys, so an id is never reused
+        # a JaxModel (hashed by identity) or the key of a params.bin -> its params on the device
+        self._params: dict[Any, Any] = {}
 
     def export_key(self) -> dict[str, Any]:
         return {}
@@ -174,18 +179,15 @@ class JaxBackend:
 
     def _device_params(self, model: JaxModel) -> Any:
         with self._lock:
-            key = id(model)
-            if key not in self._params:
-                self._keep.append(model)
-                self._params[key] = None if model.params is None else jax.device_put(model.params, self.device)
-            return self._params[key]
+            if model not in self._params:
+                self._params[model] = None if model.params is None else jax.device_put(model.params, self.device)
+            return self._params[model]
 
     def _executable(self, model: JaxModel, spec: ModelSpec, bucket: Bucket) -> Any:
         """Lower and compile ``bucket``; the params enter as shapes only (no copy)."""
         shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(np.result_type(x))), model.params)
-        structs = {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype)) for s in spec.inputs}
         try:
-            return jax.jit(model.apply).lower(shapes, structs).compile(self.compiler_options or None)
+            return jax.jit(model.apply).lower(shapes, input_structs(spec, bucket)).compile(self.compiler_options or None)
         except Exception as err:
             raise BackendError(f"jax could not compile bucket {bucket!r}: {type(err).__name__}: {err}") from err
 
@@ -267,4 +269,3 @@ class JaxBackend:
     def close(self) -> None:
         with self._lock:
             self._params.clear()
-            self._keep.clear()

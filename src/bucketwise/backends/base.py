@@ -209,9 +209,12 @@ def _factory(name: str) -> Callable[..., Backend]:
 def backend_options(name: str) -> dict[str, Any]:
     """The options ``get_backend(name, ...)`` takes, with their defaults (imports the
     backend's module, so its packages must be installed)."""
+    return _options_of(_factory(name))
+
+
+def _options_of(factory: Callable[..., Backend]) -> dict[str, Any]:
     import inspect
 
-    factory = _factory(name)
     params = inspect.signature(factory).parameters.values()
     return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
@@ -228,7 +231,7 @@ def get_backend(name: str, **options: Any) -> Backend:
         require(module, extra, purpose=f"the {name!r} backend")
     factory = _factory(name)
     if isinstance(_REGISTRY[name], str):  # a built-in backend: check option names first
-        known = backend_options(name)
+        known = _options_of(factory)
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise BackendOptionError(

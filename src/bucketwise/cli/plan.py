@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--grid", type=_grid, default="auto",
                       help="bucket sizes are multiples of this (e.g. 8, 16, 64); 1: any size; default auto: "
                            "8 for sequences, 32 for image sides")
-    plan.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,8)")
+    plan.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="batch buckets to combine with the planned ones (texts default: 1,2,4,8,16,32 on onnxruntime, "
+                           "1,8 elsewhere)")
     plan.add_argument("--memory-budget", metavar="BYTES",
                       help="total artifact memory, e.g. 2GB; per bucket: --bytes-per-bucket (and --shared-bytes), "
                            "else the sizes measured in the cache by `bucketwise compile`")

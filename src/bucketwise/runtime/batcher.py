@@ -113,7 +113,7 @@ class Batcher:
         self.max_delay = max_delay
         self.adaptive = adaptive
         self._last_arrival = float("-inf")
-        self._gap = float("inf")  # recent seconds between requests (moving average)
+        self._gap = float("inf")  # recent seconds between requests inside a burst (moving average)
         self._run = 0.0  # recent seconds per run (moving average)
         self.max_queue = max_queue
         self.on_batch = on_batch

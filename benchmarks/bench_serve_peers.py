@@ -15,6 +15,8 @@ order, and the best round of each cell counts):
   full waits 5 ms, the behaviour before);
 - ``bucketwise 2 streams``: two batches at once, each ONNX Runtime run on one thread
   (``--streams 2 --backend-option intra_op_threads=1``);
+- ``bucketwise @REV``: ``bucketwise serve`` with its defaults, run from a git worktree of
+  commit REV (the code before a change, side by side with it);
 - ``infinity-emb (optimum)``: with ``--infinity VENV --infinity-model ONNX_DIR``, the peer
   of issue 16, run as ``VENV/bin/infinity_emb v2 --model-id ONNX_DIR --engine optimum
   --device cpu --pooling-method mean`` (install it in a separate venv: it pins its own
@@ -46,6 +48,8 @@ from _common import save, table
 from bench_serve import free_port
 from heldout import heldout_sets
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def load_mixes(seed: int = 0) -> dict[str, list[str]]:
     short = heldout_sets(short=3000, medium=0, long=0, seed=seed)["short"]
@@ -62,6 +66,12 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
         extra = ["--batch-wait", "fixed"] if "fixed" in name else []
         if "2 streams" in name:
             extra += ["--streams", "2", "--backend-option", "intra_op_threads=1"]
+        if "@" in name:  # the code of another commit, from a worktree
+            tree = Path(tempfile.gettempdir()) / f"bench-serve-peers-{name.split('@')[1]}"
+            if not tree.exists():
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
+                                name.split("@")[1]], check=True, capture_output=True)
+            env["PYTHONPATH"] = str(tree / "src")
         cmd = [sys.executable, "-m", "bucketwise.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--no-progress", *extra]
         ready, path = "/readyz", "/v1/embeddings"

@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "(default: twice a full --max-queue of the largest bucket, timed at start, at least 30)")
     serve.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
                        help="seconds a client may take to send its request body (default 30; then 408)")
+    serve.add_argument("--keep-alive-timeout", type=float, default=75.0, metavar="S",
+                       help="seconds an idle client connection stays open (default 75: longer than clients' and load "
+                            "balancers' own idle limits, so they close first and no request meets a closing connection)")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -97,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     drain = args.drain_timeout if args.drain_timeout is not None else max(30.0, 2 * worst_drain_seconds(model, args.max_queue))
     print(f"serving {name} on http://{args.host}:{args.port} at {routes} ({args.backend}, {model.plan}); "
           f"drain timeout {drain:.0f} s")
-    return run_server(app, host=args.host, port=args.port, drain_timeout=drain)
+    if args.keep_alive_timeout <= 0:
+        raise ConfigError(f"--keep-alive-timeout must be > 0 seconds, got {args.keep_alive_timeout}")
+    return run_server(app, host=args.host, port=args.port, drain_timeout=drain, keep_alive=args.keep_alive_timeout)
 
 
 def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -56,9 +56,18 @@ def worst_drain_seconds(model: Any, max_queue: int) -> float:
     return math.ceil(max_queue / rows) * took
 
 
-def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_level: str = "warning") -> int:
+# Seconds an idle keep-alive connection stays open. Longer than clients' own idle limits
+# (httpx 5 s, aiohttp 15 s, an AWS load balancer 60 s), so the client closes first: when
+# both sides close at the same moment (uvicorn's default is 5 s, as httpx's), a request
+# sent on the connection the server is closing is reset, and lost to the client.
+KEEP_ALIVE_SECONDS = 75.0
+
+
+def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_level: str = "warning",
+               keep_alive: float = KEEP_ALIVE_SECONDS) -> int:
     """Serve ``app`` (from :func:`~bucketwise.serve.create_app`) until SIGTERM/SIGINT, drain,
-    and return 0 (the exit code of a clean drain)."""
+    and return 0 (the exit code of a clean drain). Idle connections stay open ``keep_alive``
+    seconds."""
     uvicorn = require("uvicorn", "serve", purpose="bucketwise serve")
     service = app.state.service
 
@@ -82,7 +91,7 @@ def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_leve
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive,
                             timeout_graceful_shutdown=drain_timeout + _BACKSTOP)
     DrainingServer(config).run()
     return 0

@@ -24,6 +24,7 @@ def test_the_package_and_pillow_alone_plan_from_an_image_folder(tmp_path):
     assert install.returncode == 0, install.stderr[-3000:]
     freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, env=env).stdout.lower()
     assert "torch" not in freeze and "pillow" in freeze and "scipy" in freeze
+    assert not any(line.startswith("ray==") for line in freeze.splitlines())  # the [ray] extra only: the core install does not grow
     out = tmp_path / "plan.json"
     proc = subprocess.run([str(venv / "bin" / "bucketwise"), "plan", str(COCO), "--k", "4", "--grid", "32",
                            "--output", str(out)], capture_output=True, text=True, env=env, timeout=600)

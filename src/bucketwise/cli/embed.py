@@ -23,7 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     embed.add_argument("--input", metavar="FILE", help="one text per line, or JSONL (.jsonl): strings, [a, b] pairs or {\"text\": ...}")
-    embed.add_argument("--output", metavar="FILE.npy", help="save the embeddings (texts x the model's dimension, float32)")
+    embed.add_argument("--output", metavar="FILE.npy", help="save the embeddings (texts x the model's dimension, float32); "
+                       "with --ray, a folder name writes Parquet shards (id, text, embedding) instead")
+    embed.add_argument("--ray", type=int, metavar="ACTORS",
+                       help="embed on Ray (Ray Data map_batches over this many actors, each with the compiled buckets; "
+                            "a local Ray starts unless RAY_ADDRESS names a cluster). Needs bucketwise[ray]")
     add_model_options(embed)
     embed.add_argument("--limit", type=int, metavar="N", help="embed only the first N texts")
     add_json_option(embed, "the report")
@@ -36,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import read_texts
     from ..models.text import DEFAULT_MODEL_NAME, SentenceEmbedder
 
+    if args.ray is not None:
+        return _run_on_ray(args)
     if args.output and Path(args.output).suffix != ".npy":
         raise InputError(f"--output {args.output!r} must end in .npy (embeddings are saved with numpy.save)")
     plan = plan_from_args(args)
@@ -79,6 +85,59 @@ def run(args: argparse.Namespace) -> int:
         "stats": stats.as_dict(),
     })
     embedder.model.close()
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    """``embed --ray N``: the texts through Ray Data actors; throughput, and the output
+    as .npy (input order) or Parquet shards (id, text, embedding)."""
+    from .. import ray as bwr
+    from ..corpus import stdlib_docstrings
+    from ..data import read_texts
+    from ..errors import ConfigError
+    from ..models.text import DEFAULT_MODEL_NAME
+
+    if args.ray < 1:
+        raise ConfigError(f"--ray must be at least 1 actor, got {args.ray}")
+    if args.plan and (args.batch_sizes or args.seq_sizes):
+        raise ConfigError("--plan and --batch-sizes/--seq-sizes exclude each other; give one")
+    say = printer(args)
+    if args.input:
+        texts = read_texts(Path(args.input))
+        source = args.input
+    else:
+        texts = stdlib_docstrings(limit=args.limit or None)
+        source = "built-in corpus: Python standard library docstrings"
+    texts = texts[: args.limit] if args.limit else texts
+    if any(not isinstance(t, str) for t in texts):
+        raise InputError("--ray embeds single texts; the input has pairs")
+    kwargs = {"model": args.model, "backend": args.backend, "plan": args.plan,
+              "batch_sizes": tuple(args.batch_sizes or ()), "seq_sizes": tuple(args.seq_sizes or ()),
+              "backend_options": dict(getattr(args, "backend_option", None) or []),
+              "cache_dir": args.cache_dir, "overflow": args.overflow, "concurrency": args.ray}
+    ray = bwr.require_ray()
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    start = time.perf_counter()
+    if args.output and Path(args.output).suffix != ".npy":
+        data = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+        bwr.embed_dataset(data, **kwargs).write_parquet(args.output)
+        dim = None
+    else:
+        embeddings = bwr.embed_texts(texts, **kwargs)
+        dim = embeddings.shape[1]
+        if args.output:
+            import numpy as np
+
+            np.save(args.output, embeddings)
+    seconds = time.perf_counter() - start
+    say(f"model    {args.model or DEFAULT_MODEL_NAME} on Ray, {args.ray} actors ({args.backend})")
+    say(f"input    {len(texts)} texts from {source}")
+    say(f"speed    {len(texts) / seconds:,.1f} texts/s ({seconds:.2f} s, actor start and bucket loads included)")
+    if args.output:
+        say(f"wrote    {args.output}" + (f" ({len(texts)} x {dim} float32)" if dim else " (Parquet shards: id, text, embedding)"))
+    write_json(args.json, {"model": args.model or DEFAULT_MODEL_NAME, "backend": args.backend, "ray_actors": args.ray,
+                           "texts": len(texts), "seconds": seconds, "texts_per_second": len(texts) / seconds})
     return 0
 
 

@@ -27,7 +27,7 @@ and ``Request`` is imported lazily, inside :func:`create_app`.)
 import asyncio
 import functools
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +71,9 @@ class Service:
         self.metrics = Metrics()
         self.batchers: dict[int, Batcher] = {}
         self.draining = False
+        # Called after each batch with (event, model), beside the Prometheus series: e.g.
+        # bucketwise.ray mirrors them into Ray's metrics.
+        self.batch_listeners: list[Callable[[BatchEvent, Any], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,6 +113,8 @@ class Service:
             m.queue_seconds.observe(q)
         m.inference_seconds.observe(ev.inference_seconds)
         m.sync_model(model.stats, id(model))
+        for listener in self.batch_listeners:
+            listener(ev, model)
 
     # -- the edge ------------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ alternated, best round counts:
 
 - ``bucketwise serve``: one server process (the baseline);
 - ``ray serve, 1 replica``: ``bucketwise.ray:app`` behind Ray's HTTP proxy;
-- ``ray serve, 2 replicas``: the same with two replicas, each ONNX Runtime run on one thread
-  (two replicas of two threads each would fight over two cores).
+- ``ray serve, 2 replicas``: the same with two replicas of one CPU each (so one ONNX Runtime
+  thread each: two replicas of two threads would fight over two cores); one replica has 2.
 
 Embedding a corpus (held-out sentences and paragraphs, repeated to ``--texts``):
 
@@ -58,9 +58,9 @@ def serve_cells(args: argparse.Namespace, texts: list[str], cache: str) -> list[
                     proc, base, path = start("bucketwise adaptive", args)
                 else:
                     replicas = 1 if "1 replica" in name else 2
-                    options = {**SIZES, "num_replicas": replicas, "cache_dir": cache, "num_cpus": 1}
-                    if replicas == 2:
-                        options["backend_options"] = {"intra_op_threads": 1}
+                    # The cluster's 2 CPUs: one replica of 2 (two ONNX Runtime threads, as the
+                    # single process), or two of 1 (one thread each).
+                    options = {**SIZES, "num_replicas": replicas, "cache_dir": cache, "num_cpus": 2 // replicas}
                     serve.run(bwr.app(options), name="bucketwise", route_prefix="/")
                     base, path = url, "/v1/embeddings"
                     assert httpx.get(url + "/readyz", timeout=30).status_code == 200
@@ -107,9 +107,7 @@ def data_cells(args: argparse.Namespace, texts: list[str], cache: str) -> list[d
         for actors in (1, 2):
             for attempt in ("first", "again"):
                 options: dict = {"batch_sizes": (1, 2, 4, 8, 16, 32), "cache_dir": cache, "concurrency": actors,
-                                 "batch_size": 2000}
-                if actors == 2:
-                    options["backend_options"] = {"intra_op_threads": 1}
+                                 "batch_size": 2000, "num_cpus": 2 // actors}  # threads follow num_cpus
                 start_t = time.perf_counter()
                 got = bwr.embed_texts(texts, **options)
                 seconds = time.perf_counter() - start_t

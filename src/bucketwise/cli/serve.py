@@ -49,6 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--keep-alive-timeout", type=float, default=75.0, metavar="S",
                        help="seconds an idle client connection stays open (default 75: longer than clients' and load "
                             "balancers' own idle limits, so they close first and no request meets a closing connection)")
+    serve.add_argument("--traffic-file", metavar="PATH.json",
+                       help="write the shapes served (as GET /shapes gives them) to this file every --traffic-every "
+                            "seconds and at exit; `bucketwise plan PATH.json` plans buckets from it")
+    serve.add_argument("--traffic-every", type=float, default=60.0, metavar="S", help="seconds between writes (default 60)")
+    serve.add_argument("--traffic-half-life", type=float, default=3600.0, metavar="S",
+                       help="seconds for a served shape's weight to halve, so the histogram follows drift (default 3600)")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -71,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--allowed-hosts is empty; name at least one host, or '*' for any")
     if args.streams < 1:
         raise ConfigError(f"--streams must be at least 1, got {args.streams}")
+    if args.traffic_every <= 0 or args.traffic_half_life <= 0:
+        raise ConfigError(f"--traffic-every and --traffic-half-life must be > 0 seconds, got {args.traffic_every} "
+                          f"and {args.traffic_half_life}")
+    if args.traffic_file:
+        folder = Path(args.traffic_file).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ConfigError(f"--traffic-file {args.traffic_file}: its folder {str(folder)!r} does not exist or "
+                              "cannot be written; name a file in a writable folder")
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
     image = is_image_model_name(args.model)
@@ -81,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                          api_key=api_key,
                          model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
                          allowed_hosts=hosts, request_timeout=args.request_timeout,
-                         max_infer_bytes=args.max_infer_bytes)
+                         max_infer_bytes=args.max_infer_bytes, traffic_file=args.traffic_file,
+                         traffic_every=args.traffic_every, traffic_half_life=args.traffic_half_life)
     if image:
         model = _image_model(args)
         app = create_app(None, config, models={name: model})

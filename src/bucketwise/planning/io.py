@@ -33,8 +33,9 @@ def read_shapes(path: str | Path, *, dims: tuple[str, ...] | None = None) -> Obs
     """Observed shapes from CSV, JSON or NPY (a folder is read as images).
 
     - CSV: one column of sizes, or a header naming the dims (plus an optional ``count``).
-    - JSON: a list of sizes, a list of shape objects, ``{"size": count}``, or
-      ``{"histogram": [[size, count], ...]}``.
+    - JSON: a list of sizes, a list of shape objects, ``{"size": count}``,
+      ``{"histogram": [[size, count], ...]}``, or a server's traffic shapes
+      (``{"dims": [...], "shapes": [[...], ...], "counts": [...]}``: ``GET /shapes``).
     - NPY: a 1-D array of sizes, or an ``(n, d)`` array with ``dims``.
     """
     p = Path(path)
@@ -56,6 +57,10 @@ def read_shapes(path: str | Path, *, dims: tuple[str, ...] | None = None) -> Obs
             data = json.loads(p.read_text())
         except json.JSONDecodeError as err:
             raise InputError(f"{str(p)!r} is not valid JSON: {err}") from None
+        if isinstance(data, dict) and ("shapes" in data and "dims" in data):
+            from .traffic import read_traffic
+
+            return read_traffic(data, repr(str(p)))
         if isinstance(data, dict) and "histogram" in data:
             return Observations.from_histogram([tuple(x) for x in data["histogram"]], dim=dim)
         if isinstance(data, dict):

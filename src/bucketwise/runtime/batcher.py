@@ -63,6 +63,7 @@ class BatchEvent:
     real_positions: int
     queue_seconds: list[float]
     inference_seconds: float
+    sizes: list[dict[str, int]] = field(default_factory=list)  # each row's own size per non-batch dim
 
 
 class Batcher:
@@ -360,4 +361,4 @@ class Batcher:
                 p.future.set_result(out)
         if self.on_batch is not None:
             self.on_batch(BatchEvent(len(batch), bucket, sum(math.prod(p.sizes.values()) for p in batch),
-                                     [start - p.enqueued for p in batch], took))
+                                     [start - p.enqueued for p in batch], took, sizes))

@@ -9,6 +9,8 @@ Routes:
   (:mod:`bucketwise.serve.kserve`);
 - ``GET /healthz``, ``GET /readyz`` (200 once every input has a warm bucket: all of them,
   or after a lazy start the largest), ``GET /metrics``, ``GET /openapi.json``.
+- ``GET /shapes`` (``/shapes/NAME`` with several models): the shapes served, a histogram
+  decayed with ``traffic_half_life``, in the format ``bucketwise plan`` reads.
 
 At the edge, before any route: the ``Host`` header must be one of
 :attr:`ServeConfig.allowed_hosts` (DNS rebinding), bodies are read with a size limit while
@@ -30,11 +32,14 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .._optional import require
 from ..errors import ConfigError
+from ..planning.traffic import TrafficShapes
 from ..runtime.batcher import Batcher, BatchEvent
+from ..shapes import BATCH
 from ._common import Reject
 from .metrics import Metrics
 
@@ -60,6 +65,9 @@ class ServeConfig:
     # Host headers answered (DNS rebinding); "*" answers any. Ports are ignored.
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
     request_timeout: float = 30.0  # seconds a client may take to send its body (408 after)
+    traffic_half_life: float = 3600.0  # seconds for a served shape's weight in GET /shapes to halve
+    traffic_file: str | None = None  # where the traffic shapes are written (every traffic_every s and at exit)
+    traffic_every: float = 60.0
 
 
 class Service:
@@ -74,6 +82,10 @@ class Service:
         # Called after each batch with (event, model), beside the Prometheus series: e.g.
         # bucketwise.ray mirrors them into Ray's metrics.
         self.batch_listeners: list[Callable[[BatchEvent, Any], None]] = []
+        # The shapes each model served, decayed (GET /shapes; the file `bucketwise plan` reads).
+        self.traffic = {id(m): TrafficShapes([d for d in m.plan.dims if d != BATCH],
+                                             half_life=config.traffic_half_life) for m in models}
+        self.names: dict[str, Any] = {}  # served name -> model (set by create_app)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,9 +97,28 @@ class Service:
                               adaptive=self.config.batch_wait == "adaptive", streams=self.config.streams)
             batcher.start()
             self.batchers[id(model)] = batcher
+        writer = asyncio.get_running_loop().create_task(self._write_traffic_every()) if self.config.traffic_file else None
         yield
         # Every admitted request is finished (or, past a drain deadline, answered 503) first.
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        if writer is not None:
+            writer.cancel()
+            self.write_traffic()
+
+    async def _write_traffic_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.traffic_every)
+            await asyncio.to_thread(self.write_traffic)
+
+    def write_traffic(self) -> list[Path]:
+        """Write each served model's traffic shapes to ``config.traffic_file`` (with
+        several models, one file each: ``NAME`` before the suffix)."""
+        path = Path(self.config.traffic_file or "traffic.json")
+        written = []
+        for name, model in self.names.items():
+            target = path if len(self.names) == 1 else path.with_name(f"{path.stem}.{name}{path.suffix}")
+            written.append(self.traffic[id(model)].write(target))
+        return written
 
     def begin_drain(self, timeout: float) -> None:
         """Stop admitting; rows not started within ``timeout`` seconds get a 503."""
@@ -113,6 +144,9 @@ class Service:
             m.queue_seconds.observe(q)
         m.inference_seconds.observe(ev.inference_seconds)
         m.sync_model(model.stats, id(model))
+        traffic = self.traffic[id(model)]
+        for sizes in ev.sizes:
+            traffic.record(sizes)
         for listener in self.batch_listeners:
             listener(ev, model)
 
@@ -251,6 +285,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         raise ConfigError("create_app needs an embedder or models to serve")
     distinct = list({id(m): m for m in served.values()}.values())
     service = Service(config, distinct, JSONResponse)
+    service.names = dict(served)
     v2 = KServeV2(served, config, service)
     app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]
@@ -292,6 +327,23 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         buckets = sum(len(m.plan) for m in distinct)
         compiled = sum(len(m.builder.built) for m in distinct)
         return JSONResponse({"ready": ready, "buckets": buckets, "compiled": compiled}, status_code=200 if ready else 503)
+
+    def traffic_of(name: str | None) -> Any:
+        if name is None and len(service.names) == 1:
+            name = next(iter(service.names))
+        if name not in service.names:
+            raise Reject(404, f"model {name!r} is not served here; GET /shapes/NAME with one of "
+                              f"{', '.join(sorted(service.names))}", "not_found", reason="model")
+        return JSONResponse(service.traffic[id(service.names[name])].to_json())
+
+    @app.get("/shapes", name="shapes", responses={404: {"model": ErrorResponse}})
+    async def shapes() -> Any:
+        """The shapes served (decayed histogram), the file `bucketwise plan` reads."""
+        return traffic_of(None)
+
+    @app.get("/shapes/{name}", name="shapes_of", responses={404: {"model": ErrorResponse}})
+    async def shapes_of(name: str) -> Any:
+        return traffic_of(name)
 
     @app.get("/metrics", name="metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})

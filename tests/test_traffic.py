@@ -1,0 +1,106 @@
+"""Traffic shapes: the decayed histogram a server keeps of what it served, its file, and
+`bucketwise plan` reading it."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bucketwise.errors import ConfigError, InputError
+from bucketwise.planning.io import read_shapes
+from bucketwise.planning.traffic import TrafficShapes
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_weights_halve_every_half_life_so_the_histogram_follows_drift():
+    clock = Clock()
+    t = TrafficShapes(["seq"], half_life=10.0, clock=clock)
+    for _ in range(100):
+        t.record({"seq": 12})
+    clock.now = 30.0  # three half-lives later: the short texts weigh 100 / 8
+    for _ in range(50):
+        t.record({"seq": 200})
+    w = t.weights()
+    assert w[(12,)] == pytest.approx(12.5) and w[(200,)] == pytest.approx(50.0)
+    assert t.rows == 150
+    clock.now = 1e6  # far later: weights stay finite and the shares stay right
+    t.record({"seq": 200})
+    w = t.weights()
+    assert all(math.isfinite(v) for v in w.values()) and w[(200,)] == pytest.approx(1.0)
+
+
+def test_bins_are_bounded_and_the_lightest_folds_into_a_covering_shape():
+    t = TrafficShapes(["height", "width"], max_bins=3)
+    for shape, n in (((100, 100), 5), ((200, 200), 5), ((300, 300), 5), ((150, 120), 1)):
+        for _ in range(n):
+            t.record({"height": shape[0], "width": shape[1]})
+    w = t.weights()
+    assert len(w) == 3 and (150, 120) not in w
+    assert w[(200, 200)] == pytest.approx(6.0)  # the smallest shape that covers it
+    assert sum(w.values()) == pytest.approx(16.0)  # nothing lost
+    # The largest shape is never folded away: every shape served stays covered.
+    t.record({"height": 400, "width": 50})
+    assert max(k[0] for k in t.weights()) == 400 and max(k[1] for k in t.weights()) >= 300
+
+
+def test_the_file_is_what_bucketwise_plan_reads(tmp_path):
+    t = TrafficShapes(["seq"])
+    for n in (5, 5, 9, 40):
+        t.record({"seq": n})
+    path = t.write(tmp_path / "traffic.json")
+    obs = read_shapes(path)
+    assert obs.dims == ("seq",) and dict(zip(obs.shapes[:, 0].tolist(), obs.counts.round(6).tolist())) == \
+        {5: 2.0, 9: 1.0, 40: 1.0}
+    from bucketwise.cli import main
+
+    assert main(["plan", str(path), "--k", "2", "--output", str(tmp_path / "plan.json")]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert max(b["seq"] for b in plan["buckets"]) >= 40
+
+
+def test_a_bad_traffic_file_or_setting_is_named(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"dims": ["seq"], "shapes": [[4], [8]], "counts": [1.0]}))
+    with pytest.raises(InputError, match="2 shapes but 1 counts"):
+        read_shapes(bad)
+    bad.write_text(json.dumps({"dims": ["seq"], "shapes": [[4]], "counts": [0.0]}))
+    with pytest.raises(InputError, match="no traffic"):
+        read_shapes(bad)
+    with pytest.raises(ConfigError, match="half_life"):
+        TrafficShapes(["seq"], half_life=0)
+    with pytest.raises(ConfigError, match="no traffic recorded"):
+        TrafficShapes(["seq"]).observations()
+    assert np.all(TrafficShapes(["seq"]).to_json()["counts"] == [])
+
+
+def test_a_server_reports_the_shapes_it_served_and_writes_them_at_exit(tmp_path):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from serve_double import ThreadServer, make_embedder
+
+    from bucketwise.serve import ServeConfig, create_app
+
+    embedder, _ = make_embedder()
+    path = tmp_path / "traffic.json"
+    app = create_app(embedder, ServeConfig(traffic_file=str(path), traffic_every=3600))
+    texts = ["one two three", "a b", "a b", " ".join(["w"] * 10)]  # 5, 4, 4 and 12 tokens
+    with ThreadServer(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        for text in texts:
+            assert httpx.post(f"{url}/v1/embeddings", json={"input": [text]}).status_code == 200
+        body = httpx.get(f"{url}/shapes").json()
+        assert httpx.get(f"{url}/shapes/all-MiniLM-L6-v2").json()["shapes"] == body["shapes"]
+        missing = httpx.get(f"{url}/shapes/other")
+        assert missing.status_code == 404 and "all-MiniLM-L6-v2" in missing.text
+    assert body["dims"] == ["seq"] and body["rows_recorded"] == 4
+    assert {s[0]: round(c, 3) for s, c in zip(body["shapes"], body["counts"])} == {4: 2.0, 5: 1.0, 12: 1.0}
+    written = read_shapes(path)  # written at shutdown, read as `bucketwise plan` reads it
+    assert sorted(written.shapes[:, 0].tolist()) == [4, 5, 12]

@@ -55,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--traffic-every", type=float, default=60.0, metavar="S", help="seconds between writes (default 60)")
     serve.add_argument("--traffic-half-life", type=float, default=3600.0, metavar="S",
                        help="seconds for a served shape's weight to halve, so the histogram follows drift (default 3600)")
+    serve.add_argument("--replan-every", type=float, metavar="S",
+                       help="every S seconds, plan the length buckets again from the traffic served (GET /shapes); "
+                            "when the new plan cuts the expected padded positions per text by --replan-min-gain, build "
+                            "it in the background and swap it in (requests in flight finish on the old buckets)")
+    serve.add_argument("--replan-min-gain", type=float, default=0.1, metavar="FRACTION",
+                       help="smallest cut in expected positions per text that makes a swap (default 0.1)")
+    serve.add_argument("--replan-min-rows", type=int, default=100, metavar="N",
+                       help="texts served since the last re-plan before another is tried (default 100)")
+    serve.add_argument("--plans-dir", metavar="DIR", help="write each swapped-in plan there as plan.gen<N>.json")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -85,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError(f"--traffic-file {args.traffic_file}: its folder {str(folder)!r} does not exist or "
                               "cannot be written; name a file in a writable folder")
+    if args.replan_every is not None and args.replan_every <= 0:
+        raise ConfigError(f"--replan-every must be > 0 seconds, got {args.replan_every}")
+    if not 0 < args.replan_min_gain < 1:
+        raise ConfigError(f"--replan-min-gain must be a fraction between 0 and 1, got {args.replan_min_gain}")
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
     image = is_image_model_name(args.model)
@@ -96,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
                          model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
                          allowed_hosts=hosts, request_timeout=args.request_timeout,
                          max_infer_bytes=args.max_infer_bytes, traffic_file=args.traffic_file,
-                         traffic_every=args.traffic_every, traffic_half_life=args.traffic_half_life)
+                         traffic_every=args.traffic_every, traffic_half_life=args.traffic_half_life,
+                         replan_every=args.replan_every, replan_min_gain=args.replan_min_gain,
+                         replan_min_rows=args.replan_min_rows, plans_dir=args.plans_dir)
     if image:
         model = _image_model(args)
         app = create_app(None, config, models={name: model})

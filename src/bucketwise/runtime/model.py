@@ -180,6 +180,13 @@ class BucketedModel:
     def close(self) -> None:
         self.builder.close()
 
+    def with_plan(self, plan: Plan) -> BucketedModel:
+        """A new, uncompiled BucketedModel of the same model, spec, backend, cache and
+        overflow policy over ``plan`` (a lazily loaded model stays unloaded until a bucket
+        must be compiled): what a re-plan builds before it swaps."""
+        return BucketedModel(self.builder._model, self.spec, plan, backend=self.backend, overflow=self.overflow,
+                             warmup_runs=self.builder.warmup_runs, cache=self.cache)
+
     def __enter__(self) -> BucketedModel:
         return self
 

@@ -68,6 +68,10 @@ class ServeConfig:
     traffic_half_life: float = 3600.0  # seconds for a served shape's weight in GET /shapes to halve
     traffic_file: str | None = None  # where the traffic shapes are written (every traffic_every s and at exit)
     traffic_every: float = 60.0
+    replan_every: float | None = None  # seconds between re-plans of the embedder's buckets; None: never
+    replan_min_gain: float = 0.1  # a new plan must cut expected positions per row by this share
+    replan_min_rows: int = 100  # rows served since the last re-plan before another is tried
+    plans_dir: str | None = None  # where each generation's plan is written (plan.gen<N>.json)
 
 
 class Service:
@@ -86,24 +90,59 @@ class Service:
         self.traffic = {id(m): TrafficShapes([d for d in m.plan.dims if d != BATCH],
                                              half_life=config.traffic_half_life) for m in models}
         self.names: dict[str, Any] = {}  # served name -> model (set by create_app)
+        self._successor: dict[int, Any] = {}  # a model swapped out -> the one that replaced it
+        self.replanner: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         for model in self.models:
-            batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
-                              on_batch=functools.partial(self.on_batch, model=model),
-                              adaptive=self.config.batch_wait == "adaptive", streams=self.config.streams)
-            batcher.start()
-            self.batchers[id(model)] = batcher
-        writer = asyncio.get_running_loop().create_task(self._write_traffic_every()) if self.config.traffic_file else None
+            self._start_batcher(model)
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(self._write_traffic_every()) if self.config.traffic_file else None
+        replanning = loop.create_task(self.replanner.run()) if self.replanner is not None else None
         yield
+        if replanning is not None:
+            replanning.cancel()
         # Every admitted request is finished (or, past a drain deadline, answered 503) first.
-        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        await asyncio.gather(*(b.close() for b in list(self.batchers.values())))
         if writer is not None:
             writer.cancel()
             self.write_traffic()
+
+    def _start_batcher(self, model: Any) -> None:
+        batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
+                          on_batch=functools.partial(self.on_batch, model=model),
+                          adaptive=self.config.batch_wait == "adaptive", streams=self.config.streams)
+        batcher.start()
+        if self.draining:
+            batcher.drain(0.0)
+        self.batchers[id(model)] = batcher
+
+    def add_model(self, fresh: Any, *, like: Any) -> None:
+        """Serve ``fresh`` (compiled) in place of ``like`` from now on: its own batcher, the
+        same traffic histogram and names; ``like`` keeps its batcher until
+        :meth:`remove_model` (its queue finishes there)."""
+        self.traffic[id(fresh)] = self.traffic[id(like)]
+        self.models.append(fresh)
+        self._start_batcher(fresh)
+        self._successor[id(like)] = fresh
+        for name, model in list(self.names.items()):
+            if model is like:
+                self.names[name] = fresh
+
+    def remove_model(self, old: Any) -> None:
+        """Forget a model swapped out whose batcher has closed."""
+        self.batchers.pop(id(old), None)
+        self.models[:] = [m for m in self.models if m is not old]
+        self.traffic.pop(id(old), None)
+
+    def current(self, model: Any) -> Any:
+        """``model``, or what replaced it in a swap (and so on)."""
+        while id(model) in self._successor:
+            model = self._successor[id(model)]
+        return model
 
     async def _write_traffic_every(self) -> None:
         while True:
@@ -127,14 +166,16 @@ class Service:
             batcher.drain(timeout)
 
     def batcher(self, model: Any) -> Batcher:
-        batcher = self.batchers.get(id(model))
+        """The batcher of ``model``, or of the model that replaced it: take it right before
+        submitting (no await between), so a swap never hands a request a closing batcher."""
+        batcher = self.batchers.get(id(self.current(model)))
         if batcher is None:
             raise Reject(503, "the server is starting; retry shortly", "server_busy",
                          headers={"Retry-After": str(self.config.retry_after)}, reason="starting")
         return batcher
 
     def has_batcher(self, model: Any) -> bool:
-        return id(model) in self.batchers
+        return id(self.current(model)) in self.batchers
 
     def on_batch(self, ev: BatchEvent, model: Any) -> None:
         m = self.metrics
@@ -285,7 +326,14 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         raise ConfigError("create_app needs an embedder or models to serve")
     distinct = list({id(m): m for m in served.values()}.values())
     service = Service(config, distinct, JSONResponse)
-    service.names = dict(served)
+    service.names = served  # the same dict KServe v2 reads: a swap updates both
+    if config.replan_every is not None:
+        if embedder is None:
+            raise ConfigError("re-planning (replan_every) needs a text embedder to serve")
+        from .replan import Replanner
+
+        service.replanner = Replanner(service, embedder, every=config.replan_every, min_gain=config.replan_min_gain,
+                                      min_rows=config.replan_min_rows, plans_dir=config.plans_dir)
     v2 = KServeV2(served, config, service)
     app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]

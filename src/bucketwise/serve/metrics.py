@@ -34,6 +34,13 @@ class Metrics:
             ["wanted", "used"], registry=r)
         self.compiled = prom.Gauge("bucketwise_compiled_buckets", "Buckets built and warm", registry=r)
         self.queued = prom.Gauge("bucketwise_queued_rows", "Rows waiting in the batcher", registry=r)
+        # Re-planning (serve --replan-every).
+        self.plan_generation = prom.Gauge("bucketwise_plan_generation", "Plan in service: 0 at start, +1 per swap", registry=r)
+        self.plan_swaps = prom.Counter("bucketwise_plan_swaps_total", "Plans swapped in from live traffic", registry=r)
+        self.replan_failures = prom.Counter("bucketwise_replan_failures_total", "Re-plans that failed (the plan stayed)", registry=r)
+        self.build_seconds = prom.Gauge("bucketwise_plan_build_seconds", "Build time of the last plan swapped in", registry=r)
+        self.expected_waste = prom.Gauge("bucketwise_expected_padding_waste",
+                                         "Padding waste the plan in service is expected to have on the served traffic", registry=r)
         self._compiled: dict[Any, int] = {}
         self._seen: dict[tuple[Any, str, Any], int] = {}  # (model, counter, key) -> last value carried over
 

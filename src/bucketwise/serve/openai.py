@@ -184,7 +184,7 @@ class OpenAIEmbeddings:
 
     async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
         embedder = self.embedder
-        batcher = self.service.batcher(embedder.model)
+        self.service.batcher(embedder.model)  # 503 while starting, before tokenizing
         try:
             # Tokenizing a long text takes a while: off the event loop, so /healthz still answers.
             encoded = await asyncio.to_thread(self._tokenize, texts)
@@ -195,7 +195,9 @@ class OpenAIEmbeddings:
             raise Reject(400, str(err), param="input") from None
         rows = embedder.rows(encoded)
         try:
-            outs = await batcher.submit_many(rows, validated=True)  # all or nothing
+            # The batcher is taken here, with no await before submitting: a plan swapped in
+            # while the text was tokenized is the one it runs on.
+            outs = await self.service.batcher(embedder.model).submit_many(rows, validated=True)  # all or nothing
         except QueueFullError as err:
             raise self.service.busy(err) from None
         return encoded, list(outs)

@@ -1,0 +1,75 @@
+"""Re-planning from live traffic and the hot swap, on a real server (uvicorn, the app,
+the batcher) over the serve test double (tests/serve_double.py): traffic shifts from
+short texts to longer ones, the server plans again, builds in the background and swaps,
+and no request fails."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from serve_double import SPEC, ThreadServer, WordTokenizer, embed  # noqa: E402
+
+from bucketwise import BucketedModel, Plan  # noqa: E402
+from bucketwise.models.text import SentenceEmbedder  # noqa: E402
+from bucketwise.serve import ServeConfig, create_app  # noqa: E402
+from bucketwise.serve.replan import expected_padding  # noqa: E402
+
+
+def test_expected_padding_counts_each_row_at_its_bucket():
+    plan = Plan.grid(batch=[1], seq=[8, 32])
+    per_row, waste = expected_padding(plan, np.array([4, 12, 40]), np.array([1.0, 1.0, 2.0]))
+    assert per_row == pytest.approx((8 + 32 + 2 * 40) / 4)  # 40 is above the top: its own size
+    assert waste == pytest.approx(1 - (4 + 12 + 80) / 120)
+
+
+def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
+    model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=0).compile(progress=False)
+    embedder = SentenceEmbedder(model, WordTokenizer())
+    config = ServeConfig(replan_every=0.3, replan_min_rows=30, plans_dir=str(tmp_path))
+    app = create_app(embedder, config)
+    failures, answers, phase = [], [], {"long": False}
+    stop = threading.Event()
+
+    with ThreadServer(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
+
+        def client():
+            with httpx.Client(base_url=url, timeout=30) as http:
+                while not stop.is_set():
+                    words = 10 if phase["long"] else 2  # 12 tokens, else 4
+                    r = http.post("/v1/embeddings", json={"input": [" ".join(["word"] * words)]})
+                    if r.status_code != 200:
+                        failures.append((r.status_code, r.text[:200]))
+                    else:
+                        answers.append((words + 2, r.json()["data"][0]["embedding"]))
+
+        workers = [threading.Thread(target=client) for _ in range(6)]
+        for w in workers:
+            w.start()
+        time.sleep(0.6)
+        assert embedder.model is model  # short texts fit the plan: no swap
+        phase["long"] = True
+        deadline = time.time() + 20
+        while embedder.model is model and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.8)  # traffic on the new buckets
+        assert id(model) not in app.state.service.batchers  # the old buckets were released once drained
+        stop.set()
+        for w in workers:
+            w.join()
+        metrics = httpx.get(f"{url}/metrics").text
+
+    fresh = embedder.model
+    assert fresh is not model, "the plan was never swapped"
+    assert failures == []
+    assert all(a[1][1] == a[0] for a in answers)  # every answer counts its own tokens
+    assert sorted(fresh.plan.sizes("seq")) == [16, 32] and sorted(fresh.plan.sizes("batch")) == [1, 4]
+    # Long texts padded to 32 before (waste 62%), to 16 after (25%).
+    assert fresh.stats.padding_waste < model.stats.padding_waste - 0.2
+    assert "bucketwise_plan_generation 1.0" in metrics and "bucketwise_plan_swaps_total 1.0" in metrics
+    assert Plan.load(tmp_path / "plan.gen1.json").sizes("seq") == fresh.plan.sizes("seq")

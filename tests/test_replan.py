@@ -73,3 +73,32 @@ def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
     assert fresh.stats.padding_waste < model.stats.padding_waste - 0.2
     assert "bucketwise_plan_generation 1.0" in metrics and "bucketwise_plan_swaps_total 1.0" in metrics
     assert Plan.load(tmp_path / "plan.gen1.json").sizes("seq") == fresh.plan.sizes("seq")
+
+
+@pytest.mark.slow
+def test_a_swap_on_onnx_runtime_keeps_serving_on_the_shared_sessions():
+    # The new model shares the old one's backend (one ONNX Runtime session per batch size):
+    # retiring the old model must not close it (it once did, and the server died).
+    pytest.importorskip("onnxruntime")
+    from bucketwise.models.text import load_default_encoder
+
+    module, tokenizer, spec = load_default_encoder()
+    model = BucketedModel(module, spec, Plan.grid(batch=[1, 4], seq=[8, 64]), backend="onnxruntime").compile(
+        progress=False)
+    embedder = SentenceEmbedder(model, tokenizer)
+    text = "a sentence of about twelve tokens, long enough for this"
+    want = embedder.embed([text])[0]
+    app = create_app(embedder, ServeConfig(replan_every=0.2, replan_min_rows=10))
+    with ThreadServer(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        statuses = []
+        deadline = time.time() + 60
+        while (embedder.model is model or id(model) in app.state.service.batchers) and time.time() < deadline:
+            statuses.append(httpx.post(f"{url}/v1/embeddings", json={"input": [text]}, timeout=30).status_code)
+        assert embedder.model is not model and sorted(embedder.model.plan.sizes("seq")) == [16, 64]
+        time.sleep(0.5)  # the old model released
+        for _ in range(10):
+            r = httpx.post(f"{url}/v1/embeddings", json={"input": [text]}, timeout=30)
+            assert r.status_code == 200
+            np.testing.assert_allclose(r.json()["data"][0]["embedding"], want, atol=1e-5)
+    assert set(statuses) == {200}

@@ -472,13 +472,17 @@ class Builder:
             self._background.join(timeout)
         return self.ready
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Stop background builds and drop the artifacts; the backend stays open."""
         self._closing.set()
         if self._background is not None:
             self._background.join()
         with self._lock:
             self._artifacts.clear()
             self.built = frozenset()
+
+    def close(self) -> None:
+        self.release()
         self.backend.close()
         if self._workdir is not None:
             self._workdir.cleanup()

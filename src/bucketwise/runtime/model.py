@@ -180,6 +180,12 @@ class BucketedModel:
     def close(self) -> None:
         self.builder.close()
 
+    def release(self) -> None:
+        """Drop this model's artifacts without closing its backend, which a model made by
+        :meth:`with_plan` shares (closing it would close the artifacts both use): what a
+        swapped-out model does. Memory no other model holds is freed as it is collected."""
+        self.builder.release()
+
     def with_plan(self, plan: Plan) -> BucketedModel:
         """A new, uncompiled BucketedModel of the same model, spec, backend, cache and
         overflow policy over ``plan`` (a lazily loaded model stays unloaded until a bucket

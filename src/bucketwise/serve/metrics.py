@@ -38,6 +38,7 @@ class Metrics:
         self.plan_generation = prom.Gauge("bucketwise_plan_generation", "Plan in service: 0 at start, +1 per swap", registry=r)
         self.plan_swaps = prom.Counter("bucketwise_plan_swaps_total", "Plans swapped in from live traffic", registry=r)
         self.replan_failures = prom.Counter("bucketwise_replan_failures_total", "Re-plans that failed (the plan stayed)", registry=r)
+        self.planner_seconds = prom.Counter("bucketwise_planner_seconds_total", "Time spent re-planning (not building)", registry=r)
         self.build_seconds = prom.Gauge("bucketwise_plan_build_seconds", "Build time of the last plan swapped in", registry=r)
         self.expected_waste = prom.Gauge("bucketwise_expected_padding_waste",
                                          "Padding waste the plan in service is expected to have on the served traffic", registry=r)

@@ -91,7 +91,9 @@ class Replanner:
 
     async def step(self) -> bool:
         """One re-plan: propose, build in a thread, swap. True when a new plan went into service."""
+        planning = time.perf_counter()
         found = self.propose()
+        self.service.metrics.planner_seconds.inc(time.perf_counter() - planning)
         if found is None:
             return False
         proposal, new, now, new_waste = found
@@ -129,4 +131,5 @@ class Replanner:
     async def _retire(self, old: Any, batcher: Any) -> None:
         await batcher.close()  # every request it admitted is answered first
         self.service.remove_model(old)
-        await asyncio.to_thread(old.close)
+        # Released, not closed: the new model shares its backend (ONNX Runtime sessions).
+        await asyncio.to_thread(old.release)

@@ -236,16 +236,10 @@ def replica_app(options: RayServeOptions) -> Any:
 
 def text_plan(options: RayServeOptions | Any) -> Any:
     """The plan ``options`` name: a plan file, sizes over the backend's default, or the default."""
-    from .models.text import default_text_plan
-    from .plans import Plan
+    from .models.text import text_plan as plan_of
 
-    if options.plan:
-        return Plan.load(options.plan)
-    default = default_text_plan(backend=options.backend)
-    if options.batch_sizes or options.seq_sizes:
-        return Plan.grid(batch=list(options.batch_sizes) or default.sizes("batch"),
-                         seq=list(options.seq_sizes) or default.sizes("seq"))
-    return default
+    return plan_of(options.plan, batch_sizes=options.batch_sizes, seq_sizes=options.seq_sizes,
+                   backend=options.backend)
 
 
 def threads_for(backend: str, backend_options: Mapping[str, Any], num_cpus: float) -> dict[str, Any]:
@@ -309,14 +303,15 @@ class EmbedActor:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         from .models.text import SentenceEmbedder
+        from .models.text import text_plan as plan_of
         from .runtime.cache import ArtifactCache
 
         opts = dict(options)
         opts.setdefault("num_cpus", 1.0)
         self.text_column = opts.pop("text_column")
         self.output_column = opts.pop("output_column")
-        plan = text_plan(_PlanArgs(opts.get("plan"), tuple(opts.get("batch_sizes") or ()),
-                                   tuple(opts.get("seq_sizes") or ()), opts["backend"]))
+        plan = plan_of(opts.get("plan"), batch_sizes=opts.get("batch_sizes") or (),
+                       seq_sizes=opts.get("seq_sizes") or (), backend=opts["backend"])
         self.embedder = SentenceEmbedder.default(backend=opts["backend"], plan=plan, model=opts.get("model"),
                                                  backend_options=threads_for(opts["backend"],
                                                                              opts.get("backend_options") or {},
@@ -334,14 +329,6 @@ class EmbedActor:
         return {**batch, self.output_column: vectors}
 
 
-@dataclass(frozen=True)
-class _PlanArgs:
-    plan: str | None
-    batch_sizes: tuple[int, ...]
-    seq_sizes: tuple[int, ...]
-    backend: str
-
-
 def embed_dataset(
     dataset: Any,
     *,
@@ -349,7 +336,7 @@ def embed_dataset(
     output_column: str = "embedding",
     model: str | None = None,
     backend: str = "onnxruntime",
-    plan: str | None = None,
+    plan: Any = None,
     batch_sizes: Sequence[int] = (),
     seq_sizes: Sequence[int] = (),
     backend_options: Mapping[str, Any] | None = None,
@@ -362,7 +349,9 @@ def embed_dataset(
 ) -> Any:
     """``dataset`` (a Ray Dataset with a ``text_column`` of strings) with an
     ``output_column`` of sentence embeddings, computed by ``concurrency`` actors, each with
-    a compiled bucketed encoder (loaded from ``cache_dir`` when warm). ``batch_size`` rows
+    a compiled bucketed encoder (loaded from ``cache_dir`` when warm) over ``plan`` (a
+    :class:`~bucketwise.Plan` or a plan file), else ``batch_sizes``/``seq_sizes`` over the
+    backend's default grid, else the default buckets. ``batch_size`` rows
     go to an actor at a time and are sorted by length there. Row order across blocks is
     Ray Data's (keep an id column, or set ``preserve_order``); :func:`embed_texts` returns
     input order. The result is lazy, as Ray Datasets are: write it with

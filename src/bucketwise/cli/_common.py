@@ -26,18 +26,13 @@ def sizes(text: str) -> list[int]:
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
-    from ..models.text import default_text_plan
+    from ..models.text import text_plan
 
-    if args.plan:
-        if args.batch_sizes or args.seq_sizes:
-            raise ConfigError("--plan and --batch-sizes/--seq-sizes exclude each other; give one")
-        return Plan.load(args.plan)
+    if args.plan and (args.batch_sizes or args.seq_sizes):
+        raise ConfigError("--plan and --batch-sizes/--seq-sizes exclude each other; give one")
     # The default follows the backend: finer where buckets share one length-free session.
-    backend = getattr(args, "backend", None)
-    if args.batch_sizes or args.seq_sizes:
-        default = default_text_plan(backend=backend)
-        return Plan.grid(batch=args.batch_sizes or default.sizes("batch"), seq=args.seq_sizes or default.sizes("seq"))
-    return default_text_plan(backend=backend)
+    return text_plan(args.plan, batch_sizes=args.batch_sizes or (), seq_sizes=args.seq_sizes or (),
+                     backend=getattr(args, "backend", None))
 
 
 def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallback: bool = False) -> Any:

@@ -99,8 +99,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
 
     if args.ray < 1:
         raise ConfigError(f"--ray must be at least 1 actor, got {args.ray}")
-    if args.plan and (args.batch_sizes or args.seq_sizes):
-        raise ConfigError("--plan and --batch-sizes/--seq-sizes exclude each other; give one")
+    plan = plan_from_args(args)
     say = printer(args)
     if args.input:
         texts = read_texts(Path(args.input))
@@ -111,8 +110,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     texts = texts[: args.limit] if args.limit else texts
     if any(not isinstance(t, str) for t in texts):
         raise InputError("--ray embeds single texts; the input has pairs")
-    kwargs = {"model": args.model, "backend": args.backend, "plan": args.plan,
-              "batch_sizes": tuple(args.batch_sizes or ()), "seq_sizes": tuple(args.seq_sizes or ()),
+    kwargs = {"model": args.model, "backend": args.backend, "plan": plan,
               "backend_options": dict(getattr(args, "backend_option", None) or []),
               "cache_dir": args.cache_dir, "overflow": args.overflow, "concurrency": args.ray}
     ray = bwr.require_ray()

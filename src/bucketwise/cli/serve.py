@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError(f"--traffic-file {args.traffic_file}: its folder {str(folder)!r} does not exist or "
                               "cannot be written; name a file in a writable folder")
+    if args.keep_alive_timeout <= 0:
+        raise ConfigError(f"--keep-alive-timeout must be > 0 seconds, got {args.keep_alive_timeout}")
     if args.replan_every is not None and args.replan_every <= 0:
         raise ConfigError(f"--replan-every must be > 0 seconds, got {args.replan_every}")
     if not 0 < args.replan_min_gain < 1:
@@ -130,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
     drain = args.drain_timeout if args.drain_timeout is not None else max(30.0, 2 * worst_drain_seconds(model, args.max_queue))
     print(f"serving {name} on http://{args.host}:{args.port} at {routes} ({args.backend}, {model.plan}); "
           f"drain timeout {drain:.0f} s")
-    if args.keep_alive_timeout <= 0:
-        raise ConfigError(f"--keep-alive-timeout must be > 0 seconds, got {args.keep_alive_timeout}")
     return run_server(app, host=args.host, port=args.port, drain_timeout=drain, keep_alive=args.keep_alive_timeout)
 
 

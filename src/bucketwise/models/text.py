@@ -81,6 +81,19 @@ def default_text_plan(max_length: int | None = None, backend: Any = None) -> Pla
     return Plan.grid(batch=batches, seq=seqs)
 
 
+def text_plan(plan: Any = None, *, batch_sizes: Sequence[int] = (), seq_sizes: Sequence[int] = (),
+              backend: Any = None) -> Plan:
+    """The buckets a command or a config names: ``plan`` (a :class:`Plan` or a plan file),
+    else batch and length sizes over the backend's default grid (either may be left empty),
+    else the backend's default plan. Callers check that ``plan`` and sizes are not both given."""
+    if plan:
+        return plan if isinstance(plan, Plan) else Plan.load(plan)
+    default = default_text_plan(backend=backend)
+    if batch_sizes or seq_sizes:
+        return Plan.grid(batch=list(batch_sizes) or default.sizes("batch"), seq=list(seq_sizes) or default.sizes("seq"))
+    return default
+
+
 def length_free(backend: Any) -> bool:
     """True when ``backend`` (a name, with its default options, or an instance) shares one
     artifact between buckets that differ only in length."""

@@ -68,8 +68,8 @@ class Replanner:
 
     def propose(self) -> tuple[Any, float, float, float] | None:
         """(new plan, its expected positions per row, the current plan's, the new plan's
-        expected padding waste) when the traffic
-        since the last plan is enough and the gain beats ``min_gain``; else None."""
+        expected padding waste) when the traffic since the last plan is enough and the gain
+        beats ``min_gain``; else None."""
         model = self.embedder.model
         traffic = self.service.traffic[id(model)]
         if traffic.rows - self._rows_at_last < self.min_rows:

@@ -251,3 +251,22 @@ def test_embed_cli_on_ray_writes_npy_in_input_order_and_parquet_shards(local_ray
     for i, text, vector in zip(table["id"], table["text"], table["embedding"]):
         assert text == texts[i]
         np.testing.assert_allclose(np.asarray(vector, np.float32), want[i], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_data_runs_another_architecture_as_one_process_does(local_ray, tmp_path, mrpc_dir):
+    # A model the project is not tuned to: a tiny RoBERTa (byte-level BPE, no token types,
+    # last-token pooling, a Dense layer) with random weights, from tests/tiny_encoders.py.
+    pytest.importorskip("sentence_transformers")
+    import tiny_encoders as te
+
+    from bucketwise.models.text import SentenceEmbedder
+
+    folder = str(te.build("roberta-lasttoken-dense-normalize", tmp_path))
+    lines = (mrpc_dir / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()[1:]
+    texts = [" ".join(line.split("\t")[3].split()[: 3 + i % 12]) for i, line in enumerate(lines[:400])]
+    got = bwr.embed_texts(texts, model=folder, concurrency=2, batch_size=100, cache_dir=str(local_ray))
+    local = SentenceEmbedder.default(model=folder, cache=str(local_ray), progress=False)
+    want = local.embed(texts)
+    assert got.shape == want.shape == (400, 16)
+    assert float(np.abs(got - want).max()) <= 1e-5

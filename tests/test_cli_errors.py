@@ -66,6 +66,13 @@ CASES = [
     ("--prepack on a backend that has no such option",
      lambda t: ["embed", "--prepack", "none", "--backend", "openvino", "--no-cache", "--limit", "1"],
      "is an onnxruntime option"),
+    ("--replan-build-share outside (0, 1]",
+     lambda t: ["serve", "--replan-every", "60", "--replan-build-share", "0"], "--replan-build-share must be a fraction"),
+    ("--replan-memory-budget that is not a size",
+     lambda t: ["serve", "--replan-every", "60", "--replan-memory-budget", "lots"],
+     "--replan-memory-budget: cannot read 'lots' as a size"),
+    ("--replan-compile-budget of 0",
+     lambda t: ["serve", "--replan-every", "60", "--replan-compile-budget", "0"], "--replan-compile-budget must be > 0"),
     ("--cache-max-size that is not a size",
      lambda t: ["embed", "--cache-max-size", "lots", "--limit", "1"], "cannot read 'lots' as a size"),
 ]

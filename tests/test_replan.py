@@ -30,6 +30,14 @@ def test_expected_padding_counts_each_row_at_its_bucket():
 def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
     model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=0).compile(progress=False)
     embedder = SentenceEmbedder(model, WordTokenizer())
+    # Every compile from now on, by thread: the new plan shares this backend.
+    compiled_on, real_compile = [], model.backend.compile
+
+    def recording_compile(*args, **kwargs):
+        compiled_on.append(threading.current_thread().name)
+        return real_compile(*args, **kwargs)
+
+    model.backend.compile = recording_compile
     config = ServeConfig(replan_every=0.3, replan_min_rows=30, plans_dir=str(tmp_path))
     app = create_app(embedder, config)
     failures, answers, phase = [], [], {"long": False}
@@ -73,6 +81,75 @@ def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
     assert fresh.stats.padding_waste < model.stats.padding_waste - 0.2
     assert "bucketwise_plan_generation 1.0" in metrics and "bucketwise_plan_swaps_total 1.0" in metrics
     assert Plan.load(tmp_path / "plan.gen1.json").sizes("seq") == fresh.plan.sizes("seq")
+    # Nothing compiled on the request path: every compile ran in the re-planner's build thread.
+    assert compiled_on and set(compiled_on) == {"bucketwise-replan_0"}
+    assert "bucketwise_plan_build_resident_bytes" in metrics and "bucketwise_plan_build_peak_resident_bytes" in metrics
+
+
+def shifted_server(config, model, until, rounds=60):
+    """Serve ``model`` under ``config``; send short then 12-token texts; then wait (at most
+    30 s) for ``until`` in /metrics. The embedder, the statuses and the metrics."""
+    embedder = SentenceEmbedder(model, WordTokenizer())
+    app = create_app(embedder, config)
+    statuses = []
+    with ThreadServer(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for i in range(rounds):
+                words = 10 if i >= 10 else 2
+                statuses.append(http.post("/v1/embeddings", json={"input": [" ".join(["word"] * words)] * 4}).status_code)
+                time.sleep(0.02)
+            deadline = time.time() + 30
+            while until not in (metrics := http.get("/metrics").text) and time.time() < deadline:
+                statuses.append(http.post("/v1/embeddings", json={"input": ["word " * 10]}).status_code)
+                time.sleep(0.1)
+    return embedder, statuses, metrics
+
+
+def test_a_replan_over_the_compile_budget_is_not_built():
+    model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=0).compile(progress=False)
+    config = ServeConfig(replan_every=0.2, replan_min_rows=30, replan_compile_budget=1e-9)
+    embedder, statuses, metrics = shifted_server(config, model, 'bucketwise_replans_rejected_total{reason="compile_budget"}')
+    assert embedder.model is model and set(statuses) == {200}
+    assert 'bucketwise_replans_rejected_total{reason="compile_budget"}' in metrics
+    assert "bucketwise_plan_swaps_total 0.0" in metrics
+
+
+def test_a_replan_over_the_memory_budget_is_dropped_and_the_plan_stays():
+    held = {}
+
+    def hungry_embed(input_ids, attention_mask, token_type_ids):
+        # Each new shape keeps 40 MiB resident (pages written), as a compiled bucket would;
+        # above glibc's largest mmap threshold (32 MiB), so it is always fresh memory.
+        if input_ids.shape not in held:
+            held[input_ids.shape] = np.ones(40 << 20, dtype=np.uint8)
+        return embed(input_ids, attention_mask, token_type_ids)
+
+    model = BucketedModel(hungry_embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=1).compile(
+        progress=False)
+    config = ServeConfig(replan_every=0.2, replan_min_rows=30, replan_memory_budget=16 << 20)
+    embedder, statuses, metrics = shifted_server(config, model, 'bucketwise_replans_rejected_total{reason="memory_budget"}')
+    assert embedder.model is model and set(statuses) == {200}
+    assert 'bucketwise_replans_rejected_total{reason="memory_budget"}' in metrics
+    assert "bucketwise_plan_swaps_total 0.0" in metrics
+
+
+def test_the_build_pauses_between_buckets_to_its_share_of_the_time():
+    from bucketwise.serve.replan import Replanner
+
+    def slow_embed(input_ids, attention_mask, token_type_ids):
+        time.sleep(0.05)
+        return embed(input_ids, attention_mask, token_type_ids)
+
+    model = BucketedModel(slow_embed, SPEC, Plan.grid(batch=[1], seq=[8]), warmup_runs=1).compile(progress=False)
+    fresh = model.with_plan(Plan.grid(batch=[1, 4], seq=[16, 32]))  # 4 buckets, each warmed up once: >= 0.2 s
+    replanner = Replanner(None, None, every=1.0, build_share=0.5)
+    start = time.perf_counter()
+    replanner._build(fresh)
+    took = time.perf_counter() - start
+    assert fresh.ready
+    busy = sum(b.seconds + b.warmup_seconds for b in fresh.compile_report.builds.values())
+    assert busy >= 0.2 and took >= 1.9 * busy  # as long paused as built
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..planning.io import parse_bytes
 from ._common import add_model_options, backend_options, cache_from_args, image_plan, plan_from_args
 
 
@@ -64,6 +65,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--replan-min-rows", type=int, default=100, metavar="N",
                        help="texts served since the last re-plan before another is tried (default 100)")
     serve.add_argument("--plans-dir", metavar="DIR", help="write each swapped-in plan there as plan.gen<N>.json")
+    serve.add_argument("--replan-compile-budget", type=float, metavar="S",
+                       help="seconds a re-plan's new buckets may take to build, estimated from what this model's "
+                            "buckets took; a re-plan over it is not built (default: no limit)")
+    serve.add_argument("--replan-memory-budget", metavar="BYTES",
+                       help="memory a re-planned model's artifacts may hold resident (e.g. 2GiB), measured as they "
+                            "build; over it the build is dropped and the plan in service stays (default: no limit)")
+    serve.add_argument("--replan-build-share", type=float, default=0.5, metavar="FRACTION",
+                       help="most share of the wall time a re-plan's build may run: it pauses after each bucket, "
+                            "leaving the cores to requests (default 0.5; 1: no pause)")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -98,6 +108,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--keep-alive-timeout must be > 0 seconds, got {args.keep_alive_timeout}")
     if args.replan_every is not None and args.replan_every <= 0:
         raise ConfigError(f"--replan-every must be > 0 seconds, got {args.replan_every}")
+    if not 0 < args.replan_build_share <= 1:
+        raise ConfigError(f"--replan-build-share must be a fraction in (0, 1] (1: no pause), got {args.replan_build_share}")
+    if args.replan_compile_budget is not None and args.replan_compile_budget <= 0:
+        raise ConfigError(f"--replan-compile-budget must be > 0 seconds, got {args.replan_compile_budget}")
+    replan_memory = None
+    if args.replan_memory_budget:
+        try:
+            replan_memory = parse_bytes(args.replan_memory_budget)
+        except InputError as err:
+            raise ConfigError(f"--replan-memory-budget: {err}") from None
+        if replan_memory <= 0:
+            raise ConfigError(f"--replan-memory-budget must be more than 0 bytes, got {args.replan_memory_budget!r}")
     if not 0 < args.replan_min_gain < 1:
         raise ConfigError(f"--replan-min-gain must be a fraction between 0 and 1, got {args.replan_min_gain}")
     if args.drain_timeout is not None and args.drain_timeout < 0:
@@ -113,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
                          max_infer_bytes=args.max_infer_bytes, traffic_file=args.traffic_file,
                          traffic_every=args.traffic_every, traffic_half_life=args.traffic_half_life,
                          replan_every=args.replan_every, replan_min_gain=args.replan_min_gain,
-                         replan_min_rows=args.replan_min_rows, plans_dir=args.plans_dir)
+                         replan_min_rows=args.replan_min_rows, plans_dir=args.plans_dir,
+                         replan_compile_budget=args.replan_compile_budget, replan_memory_budget=replan_memory,
+                         replan_build_share=args.replan_build_share)
     if image:
         model = _image_model(args)
         app = create_app(None, config, models={name: model})

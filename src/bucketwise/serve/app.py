@@ -72,6 +72,9 @@ class ServeConfig:
     replan_min_gain: float = 0.1  # a new plan must cut expected positions per row by this share
     replan_min_rows: int = 100  # rows served since the last re-plan before another is tried
     plans_dir: str | None = None  # where each generation's plan is written (plan.gen<N>.json)
+    replan_compile_budget: float | None = None  # seconds a re-plan's new buckets may take to build; None: any
+    replan_memory_budget: float | None = None  # bytes a re-planned model's artifacts may hold; None: any
+    replan_build_share: float = 0.5  # most share of the wall time a re-plan's build runs (it pauses between buckets)
 
 
 class Service:
@@ -333,7 +336,10 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         from .replan import Replanner
 
         service.replanner = Replanner(service, embedder, every=config.replan_every, min_gain=config.replan_min_gain,
-                                      min_rows=config.replan_min_rows, plans_dir=config.plans_dir)
+                                      min_rows=config.replan_min_rows, plans_dir=config.plans_dir,
+                                      compile_budget=config.replan_compile_budget,
+                                      memory_budget=config.replan_memory_budget,
+                                      build_share=config.replan_build_share)
     v2 = KServeV2(served, config, service)
     app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]

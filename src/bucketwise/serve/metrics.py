@@ -40,6 +40,16 @@ class Metrics:
         self.replan_failures = prom.Counter("bucketwise_replan_failures_total", "Re-plans that failed (the plan stayed)", registry=r)
         self.planner_seconds = prom.Counter("bucketwise_planner_seconds_total", "Time spent re-planning (not building)", registry=r)
         self.build_seconds = prom.Gauge("bucketwise_plan_build_seconds", "Build time of the last plan swapped in", registry=r)
+        self.build_resident = prom.Gauge(
+            "bucketwise_plan_build_resident_bytes",
+            "Growth of the process's resident memory over the build of the last plan swapped in", registry=r)
+        self.build_peak_resident = prom.Gauge(
+            "bucketwise_plan_build_peak_resident_bytes",
+            "Peak resident memory of the process during the build of the last plan swapped in (Linux)", registry=r)
+        self.replans_rejected = prom.Counter(
+            "bucketwise_replans_rejected_total",
+            "Re-plans that would have paid but were not built: over the compile or memory budget", ["reason"],
+            registry=r)
         self.expected_waste = prom.Gauge("bucketwise_expected_padding_waste",
                                          "Padding waste the plan in service is expected to have on the served traffic", registry=r)
         self._compiled: dict[Any, int] = {}

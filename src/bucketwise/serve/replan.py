@@ -11,8 +11,20 @@ event loop: new requests go to a new batcher over the new buckets, and the old b
 finishes what it had queued before its buckets are released. Each generation's plan is
 written to ``plans_dir`` as ``plan.gen<N>.json`` when one is given.
 
-Not done here (issue 18): a memory or compile-time budget for the build, and a limit on
-how much CPU the build may take from inference while it runs.
+The build is held to what the server can spare:
+
+- ``compile_budget``: seconds the buckets new to a proposal are expected to take to
+  build, estimated from what this model's buckets cost (each one's compile or load time
+  and warm-up, from its compile report); a proposal over it is not built, and counted in
+  ``bucketwise_replans_rejected_total{reason="compile_budget"}``;
+- ``memory_budget``: bytes the new plan's artifacts may hold resident, measured bucket by
+  bucket as they build; over it, the build is dropped and the plan in service stays;
+- ``build_share``: the build pauses after each bucket so that it runs at most this share
+  of the wall time (0.5: a bucket that took 2 s is followed by a 2 s pause), leaving the
+  cores to inference between buckets.
+
+The build runs in its own thread, ``bucketwise-replan``; requests never compile (a bucket
+is served only once built and warm).
 """
 
 from __future__ import annotations
@@ -20,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError, MemoryBudgetError
 from ..planning import plan as make_plan
+from ..runtime.cache import resident_bytes
 from ..shapes import BATCH
 
 __all__ = ["Replanner", "expected_padding"]
@@ -49,27 +64,37 @@ class Replanner:
     """Periodic re-planning and hot swap of one served :class:`SentenceEmbedder`."""
 
     def __init__(self, service: Any, embedder: Any, *, every: float, min_gain: float = 0.1, min_rows: int = 100,
-                 plans_dir: str | None = None) -> None:
+                 plans_dir: str | None = None, compile_budget: float | None = None,
+                 memory_budget: float | None = None, build_share: float = 0.5) -> None:
+        if not 0 < build_share <= 1:
+            raise ConfigError(f"build_share must be a fraction in (0, 1], got {build_share}")
         self.service, self.embedder = service, embedder
         self.every, self.min_gain, self.min_rows = every, min_gain, min_rows
         self.plans_dir = Path(plans_dir) if plans_dir else None
+        self.compile_budget, self.memory_budget, self.build_share = compile_budget, memory_budget, build_share
         self.generation = 0
         self._rows_at_last = 0
         self._retiring: set[asyncio.Task] = set()
+        # Builds run here, never on the event loop or an inference thread.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketwise-replan")
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            try:
-                await self.step()
-            except Exception:  # a failed re-plan leaves the plan in service as it was
-                log.exception("bucketwise: re-planning failed; the current plan stays")
-                self.service.metrics.replan_failures.inc()
+        try:
+            while True:
+                await asyncio.sleep(self.every)
+                try:
+                    await self.step()
+                except Exception:  # a failed re-plan leaves the plan in service as it was
+                    log.exception("bucketwise: re-planning failed; the current plan stays")
+                    self.service.metrics.replan_failures.inc()
+        finally:
+            self._builder.shutdown(wait=False, cancel_futures=True)
 
     def propose(self) -> tuple[Any, float, float, float] | None:
         """(new plan, its expected positions per row, the current plan's, the new plan's
         expected padding waste) when the traffic since the last plan is enough and the gain
-        beats ``min_gain``; else None."""
+        beats ``min_gain``; else None. Thread-safe: the traffic histogram is read under its
+        lock, and the planner touches nothing shared."""
         model = self.embedder.model
         traffic = self.service.traffic[id(model)]
         if traffic.rows - self._rows_at_last < self.min_rows:
@@ -89,24 +114,59 @@ class Replanner:
             return None
         return proposal, new, now, new_waste
 
+    def build_estimate(self, proposal: Any) -> float:
+        """Seconds the buckets of ``proposal`` that the model in service lacks are expected
+        to take to build: their count times the mean cost of a bucket of this model (its
+        compile or load time plus warm-up, from the compile report)."""
+        model = self.embedder.model
+        builds = list(model.compile_report.builds.values())
+        if not builds:
+            return 0.0
+        per_bucket = sum(b.seconds + b.warmup_seconds for b in builds) / len(builds)
+        new = [b for b in proposal.buckets if b not in set(model.plan.buckets)]
+        return len(new) * per_bucket
+
     async def step(self) -> bool:
         """One re-plan: propose, build in a thread, swap. True when a new plan went into service."""
+        loop = asyncio.get_running_loop()
+        m = self.service.metrics
         planning = time.perf_counter()
-        found = self.propose()
-        self.service.metrics.planner_seconds.inc(time.perf_counter() - planning)
+        found = await loop.run_in_executor(self._builder, self.propose)
+        m.planner_seconds.inc(time.perf_counter() - planning)
         if found is None:
             return False
         proposal, new, now, new_waste = found
+        if self.compile_budget is not None:
+            estimate = self.build_estimate(proposal)
+            if estimate > self.compile_budget:
+                m.replans_rejected.labels(reason="compile_budget").inc()
+                log.warning("bucketwise: a re-plan (expected positions per row %.1f -> %.1f) would take about %.1f s "
+                            "to build, over the compile budget of %.1f s; the current plan stays (raise "
+                            "--replan-compile-budget to allow it)", now, new, estimate, self.compile_budget)
+                return False
         old = self.embedder.model
-        started = time.perf_counter()
         fresh = old.with_plan(proposal)
-        await asyncio.to_thread(fresh.compile, progress=False)  # off the event loop and the inference thread
+        before = resident_bytes()
+        reset_peak()
+        started = time.perf_counter()
+        try:
+            await loop.run_in_executor(self._builder, self._build, fresh)
+        except MemoryBudgetError as err:
+            m.replans_rejected.labels(reason="memory_budget").inc()
+            log.warning("bucketwise: a re-plan's buckets did not fit the memory budget; the current plan stays: %s",
+                        err)
+            await loop.run_in_executor(self._builder, fresh.release)
+            return False
         build_s = time.perf_counter() - started
+        after, peak = resident_bytes(), peak_resident_bytes()
         self.swap(fresh)
-        m = self.service.metrics
         m.plan_generation.set(self.generation)
         m.plan_swaps.inc()
         m.build_seconds.set(build_s)
+        if before is not None and after is not None:
+            m.build_resident.set(after - before)
+        if peak is not None:
+            m.build_peak_resident.set(peak)
         m.expected_waste.set(new_waste)
         if self.plans_dir is not None:
             self.plans_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +174,22 @@ class Replanner:
         log.warning("bucketwise: plan generation %d in service (expected positions per row %.1f -> %.1f; "
                     "built in %.1f s): %s", self.generation, now, new, build_s, proposal)
         return True
+
+    def _build(self, fresh: Any) -> None:
+        """Build ``fresh`` bucket by bucket (most traffic first), pausing after each so the
+        build takes at most ``build_share`` of the wall time; then check the memory budget
+        over what was measured. Runs in the ``bucketwise-replan`` thread."""
+        measure = self.memory_budget is not None
+        for bucket in fresh.builder._ordered(fresh.plan.buckets):
+            if bucket in fresh.builder.built:
+                continue  # built with an earlier one (the buckets that cover every shape come first)
+            took = time.perf_counter()
+            fresh.compile(progress=False, workers=1, only=[bucket], measure_memory=measure)
+            took = time.perf_counter() - took
+            if self.build_share < 1:
+                time.sleep(took * (1 - self.build_share) / self.build_share)
+        if self.memory_budget is not None:
+            fresh.compile(progress=False, workers=1, memory_budget=self.memory_budget)
 
     def swap(self, fresh: Any) -> None:
         """Put ``fresh`` (compiled) into service at once; the old model's batcher finishes
@@ -133,3 +209,23 @@ class Replanner:
         self.service.remove_model(old)
         # Released, not closed: the new model shares its backend (ONNX Runtime sessions).
         await asyncio.to_thread(old.release)
+
+
+def reset_peak() -> None:
+    """Start a new peak of this process's resident memory (Linux: ``/proc/self/clear_refs``
+    5 resets ``VmHWM``); elsewhere nothing."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_resident_bytes() -> int | None:
+    """This process's peak resident memory since :func:`reset_peak` (Linux ``VmHWM``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -15,6 +15,8 @@ order, and the best round of each cell counts):
   full waits 5 ms, the behaviour before);
 - ``bucketwise 2 streams``: two batches at once, each ONNX Runtime run on one thread
   (``--streams 2 --backend-option intra_op_threads=1``);
+- ``bucketwise 2 streams shared``: two batches at once on the default threads (each
+  run may use every intra-op thread; two runs at once share the cores);
 - ``bucketwise @REV``: ``bucketwise serve`` with its defaults, run from a git worktree of
   commit REV (the code before a change, side by side with it);
 - ``infinity-emb (optimum)``: with ``--infinity VENV --infinity-model ONNX_DIR``, the peer
@@ -23,7 +25,9 @@ order, and the best round of each cell counts):
   transformers).
 
 Each cell reports req/s, p50 and p99 latency (ms), errors and lost requests, the server
-process's CPU use (cores busy, from /proc) and its RSS at the end of the cell.
+process's CPU use (cores busy, from /proc) and its RSS at the end of the cell; for
+bucketwise, also its own mean queue wait, run time per batch and rows per batch (from
+its /metrics over the cell).
 
     python benchmarks/bench_serve_peers.py [--seconds 20] [--rounds 2] [--clients 1,8,64]
         [--infinity VENV --infinity-model ONNX_DIR] [--servers ...] [--out NAME]
@@ -65,7 +69,9 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
     if name.startswith("bucketwise"):
         extra = ["--batch-wait", "fixed"] if "fixed" in name else []
         if "2 streams" in name:
-            extra += ["--streams", "2", "--backend-option", "intra_op_threads=1"]
+            extra += ["--streams", "2"]
+            if "shared" not in name:
+                extra += ["--backend-option", "intra_op_threads=1"]
         if "@" in name:  # the code of another commit, from a worktree
             tree = Path(tempfile.gettempdir()) / f"bench-serve-peers-{name.split('@')[1]}"
             if not tree.exists():
@@ -99,6 +105,36 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"{name} did not become ready in 300 s")
+
+
+SERVER_SUMS = ("bucketwise_queue_seconds_sum", "bucketwise_queue_seconds_count", "bucketwise_inference_seconds_sum",
+               "bucketwise_batch_rows_sum", "bucketwise_batches_total")
+
+
+def server_sums(url: str) -> dict[str, float] | None:
+    """bucketwise's own batch figures from /metrics (None for a peer)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in SERVER_SUMS:
+            found[name] = float(value)
+    return found if len(found) == len(SERVER_SUMS) else None
+
+
+def batch_figures(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+    """Mean queue wait (ms), inference per batch (ms) and rows per batch over a cell."""
+    if not before or not after:
+        return {}
+    d = {k: after[k] - before[k] for k in SERVER_SUMS}
+    batches = d["bucketwise_batches_total"] or 1.0
+    return {"queue_ms": 1e3 * d["bucketwise_queue_seconds_sum"] / (d["bucketwise_queue_seconds_count"] or 1.0),
+            "inference_ms": 1e3 * d["bucketwise_inference_seconds_sum"] / batches,
+            "rows_per_batch": d["bucketwise_batch_rows_sum"] / batches,
+            "batches_per_s": d["bucketwise_batches_total"]}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,15 +220,20 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(load(url, path, mixes["mix"], 8, 2.0, offset=999))  # warm every bucket size a bit
                 for mix, texts in mixes.items():
                     for n in clients:
+                        sums = server_sums(url) if name.startswith("bucketwise") else None
                         cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                         r = asyncio.run(load(url, path, texts, n, args.seconds, offset=rnd * 7919))
                         r["server_cores_busy"] = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+                        r.update(batch_figures(sums, server_sums(url) if sums else None))
+                        if "batches_per_s" in r:
+                            r["batches_per_s"] /= r["seconds"]
                         r["server_rss_mib"] = rss_mib(proc.pid)
                         results.append({"server": name, "mix": mix, "clients": n, "round": rnd, **r})
                         print(f"round {rnd} {name:<24} {mix:<8} clients={n:<3} {r['throughput']:7.1f} req/s  "
                               f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}  "
-                              f"lost {r['lost']}  cpu {r['server_cores_busy']:.2f}  rss {r['server_rss_mib']:.0f} MiB",
-                              flush=True)
+                              f"lost {r['lost']}  cpu {r['server_cores_busy']:.2f}  rss {r['server_rss_mib']:.0f} MiB"
+                              + (f"  queue {r['queue_ms']:.2f} ms  run {r['inference_ms']:.2f} ms  "
+                                 f"{r['rows_per_batch']:.2f} rows/batch" if "queue_ms" in r else ""), flush=True)
             finally:
                 proc.terminate()
                 proc.wait(120)

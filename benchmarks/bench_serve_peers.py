@@ -10,13 +10,16 @@ Servers (each a real process on 127.0.0.1, started fresh per round; rounds rotat
 order, and the best round of each cell counts):
 
 - ``bucketwise adaptive``: ``bucketwise serve`` with its defaults (the batch waits only
-  while requests keep arriving);
+  while requests keep arriving; two streams, the second only beside a small batch);
+- ``bucketwise 1 stream``: the same with ``--streams 1`` (one batch at a time, the
+  default before 2026-11-24);
 - ``bucketwise fixed 5 ms``: the same with ``--batch-wait fixed`` (every batch that is not
   full waits 5 ms, the behaviour before);
 - ``bucketwise 2 streams``: two batches at once, each ONNX Runtime run on one thread
   (``--streams 2 --backend-option intra_op_threads=1``);
-- ``bucketwise 2 streams shared``: two batches at once on the default threads (each
-  run may use every intra-op thread; two runs at once share the cores);
+- ``bucketwise 2 streams shared``: ``--streams 2`` stated (the default now): two batches
+  at once on the default threads (each run may use every intra-op thread; two runs at
+  once share the cores);
 - ``bucketwise @REV``: ``bucketwise serve`` with its defaults, run from a git worktree of
   commit REV (the code before a change, side by side with it);
 - ``infinity-emb (optimum)``: with ``--infinity VENV --infinity-model ONNX_DIR``, the peer
@@ -72,6 +75,8 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
             extra += ["--streams", "2"]
             if "shared" not in name:
                 extra += ["--backend-option", "intra_op_threads=1"]
+        if "1 stream" in name:
+            extra += ["--streams", "1"]
         if "@" in name:  # the code of another commit, from a worktree
             tree = Path(tempfile.gettempdir()) / f"bench-serve-peers-{name.split('@')[1]}"
             if not tree.exists():

@@ -49,10 +49,12 @@ def embed(input_ids, attention_mask, token_type_ids):
 def make_embedder(run_seconds=0.0):
     """The embedder, and a one-item list counting the real rows the model computed."""
     rows = [0]
+    lock = threading.Lock()  # two streams run batches at once
 
     def slow_embed(input_ids, attention_mask, token_type_ids):
         time.sleep(run_seconds)
-        rows[0] += int((attention_mask.sum(axis=1) > 0).sum())
+        with lock:
+            rows[0] += int((attention_mask.sum(axis=1) > 0).sum())
         return embed(input_ids, attention_mask, token_type_ids)
 
     model = BucketedModel(slow_embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16]), warmup_runs=0).compile(progress=False)

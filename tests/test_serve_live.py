@@ -51,8 +51,9 @@ def flood(port, n, texts_per_request=1):
 @pytest.mark.parametrize("drain", ["long", "short"])
 def test_sigterm_finishes_admitted_requests_and_exits_zero(drain):
     port = free_port()
-    # 40 ms per batch of at most 4 rows: 64 rows take ~0.65 s to run.
-    proc = start(port, "--run-ms", "40", "--drain-timeout", "30" if drain == "long" else "0.2")
+    # 100 ms per batch of at most 4 rows, two batches at once (the default streams): 64
+    # rows take ~0.8 s to run, far past the short drain's 0.2 s.
+    proc = start(port, "--run-ms", "100", "--drain-timeout", "30" if drain == "long" else "0.2")
     pool, futures = flood(port, 32, texts_per_request=2)
     deadline = time.time() + 30
     while queued(port) < 40 and time.time() < deadline:  # most rows admitted and waiting

@@ -27,6 +27,7 @@ keeps the cores for the runtime's own threads.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import time
 from collections import deque
@@ -83,8 +84,11 @@ class Batcher:
         max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
         on_batch: called after each batch with a :class:`BatchEvent`.
         streams: batches run at once, each in its own worker thread (1: one at a time).
-            Two streams of single-threaded runs can beat one multi-threaded run on a
-            small CPU; give the backend as many intra-op threads as a stream should use.
+            A second batch starts beside a running one only while the batches running
+            hold at most ``overlap_rows`` rows: small runs leave cores idle (a runtime
+            splits them poorly over its threads), which a second run fills; large ones
+            use the cores already.
+        overlap_rows: see ``streams``.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Batcher:
         on_batch: Callable[[BatchEvent], None] | None = None,
         adaptive: bool = False,
         streams: int = 1,
+        overlap_rows: int = 4,
     ) -> None:
         dims = tuple(d for d in model.plan.dims if d != BATCH)
         if BATCH not in model.plan.dims or not dims:
@@ -124,9 +129,17 @@ class Batcher:
         self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="bucketwise-infer")
+        # One thread per stream, and a batch takes the lowest free one, so batches that run
+        # one at a time always run on the same thread. (A shared pool hands work to its
+        # threads in turn; ONNX Runtime called from alternating threads ran a lone client's
+        # batches 20-30% slower: 7.5-9.1 ms against 6.2-6.9 ms.)
+        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bucketwise-infer-{i}")
+                           for i in range(streams)]
+        self._free = list(range(streams))  # streams not running a batch (a heap)
         self._slots = asyncio.Semaphore(streams)  # batches running at once
         self._running: set[asyncio.Task] = set()
+        self.overlap_rows = overlap_rows
+        self._rows_running = 0
         self._task: asyncio.Task | None = None
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -231,20 +244,26 @@ class Batcher:
             await self._task
         if self._expiry is not None:
             self._expiry.cancel()
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     # -- internals ------------------------------------------------------------------------
 
     async def _run_alone(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         batch = {k: v[None] for k, v in arrays.items()}
         loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._executor, self.model.run, batch)
+        out = await loop.run_in_executor(self._executors[0], self.model.run, batch)
         return {k: v[0] for k, v in out.items()}
 
     def _arrived(self) -> None:
         now = time.perf_counter()
         gap = now - self._last_arrival
         self._last_arrival = now
+        if self._queued == 0 and not self._running:
+            # Nothing queued or running: no burst under way (a lone client, whose request
+            # follows its answer), however short the gaps of an earlier burst were.
+            self._gap = float("inf")
+            return
         # Only gaps inside a burst count (shorter than a quarter of a run): clients that
         # send when their answer comes back arrive in bursts after each run, and the pause
         # between bursts says nothing about how soon the next request of a burst comes.
@@ -297,6 +316,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()  # a free stream, before choosing what runs on it
+            if self._running and self._rows_running > self.overlap_rows:
+                # The running batches are large enough to use the cores: wait for one to end.
+                self._slots.release()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             key, wait = self._due(time.perf_counter())
             if key is None:
                 self._slots.release()
@@ -311,20 +336,24 @@ class Batcher:
                     pass
                 continue
             batch, bucket = self._take(key)
-            task = loop.create_task(self._run_guarded(batch, bucket, loop))
+            stream = heapq.heappop(self._free)
+            task = loop.create_task(self._run_guarded(batch, bucket, loop, stream))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
             if self.streams == 1:
                 await task  # one at a time: what runs next is chosen after this one ends
 
-    async def _run_guarded(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop) -> None:
+    async def _run_guarded(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop,
+                           stream: int) -> None:
         try:
-            await self._run_batch(batch, bucket, loop)
+            await self._run_batch(batch, bucket, loop, self._executors[stream])
         except Exception as err:  # never lose a request: each caller gets the error
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)
         finally:
+            self._rows_running -= len(batch)
+            heapq.heappush(self._free, stream)
             self._slots.release()
             self._wake.set()  # a stream is free: queues that waited for one may run
 
@@ -347,13 +376,15 @@ class Batcher:
             batch.append(oldest.popleft())
             free -= 1
         self._queued -= len(batch)
+        self._rows_running += len(batch)
         return batch, bucket
 
-    async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop) -> None:
+    async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop,
+                         executor: ThreadPoolExecutor) -> None:
         rows = [p.row for p in batch]
         sizes = [p.sizes for p in batch]
         start = time.perf_counter()
-        outs = await loop.run_in_executor(self._executor, self.model.run_rows, rows, sizes, bucket)
+        outs = await loop.run_in_executor(executor, self.model.run_rows, rows, sizes, bucket)
         took = time.perf_counter() - start
         self._run = took if self._run == 0 else 0.8 * self._run + 0.2 * took
         for p, out in zip(batch, outs):

@@ -56,7 +56,7 @@ class ServeConfig:
     max_rows: int = 256  # rows (batch axis) per v2 infer request
     max_delay: float = 0.005  # seconds the oldest queued request may wait for its batch
     batch_wait: str = "adaptive"  # "adaptive": wait only while requests keep coming; "fixed": max_delay
-    streams: int = 1  # batches running at once, per model
+    streams: int = 2  # batches running at once, per model (a second only beside a small one)
     max_queue: int = 1024  # rows waiting at once, per model, before 503
     api_key: str | None = None  # bearer token; None: no auth
     model_name: str = "all-MiniLM-L6-v2"

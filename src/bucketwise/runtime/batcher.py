@@ -85,10 +85,11 @@ class Batcher:
         on_batch: called after each batch with a :class:`BatchEvent`.
         streams: batches run at once, each in its own worker thread (1: one at a time).
             A second batch starts beside a running one only while the batches running
-            hold at most ``overlap_rows`` rows: small runs leave cores idle (a runtime
-            splits them poorly over its threads), which a second run fills; large ones
-            use the cores already.
-        overlap_rows: see ``streams``.
+            hold at most ``overlap_rows`` rows and ``overlap_positions`` padded positions
+            (bucket volume): small runs leave cores idle (a runtime splits them poorly
+            over its threads), which a second run fills; large ones use the cores
+            already, and a run beside them would only slow them down.
+        overlap_rows, overlap_positions: see ``streams``.
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class Batcher:
         adaptive: bool = False,
         streams: int = 1,
         overlap_rows: int = 4,
+        overlap_positions: int = 128,
     ) -> None:
         dims = tuple(d for d in model.plan.dims if d != BATCH)
         if BATCH not in model.plan.dims or not dims:
@@ -139,7 +141,9 @@ class Batcher:
         self._slots = asyncio.Semaphore(streams)  # batches running at once
         self._running: set[asyncio.Task] = set()
         self.overlap_rows = overlap_rows
+        self.overlap_positions = overlap_positions
         self._rows_running = 0
+        self._volume_running = 0
         self._task: asyncio.Task | None = None
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -316,7 +320,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()  # a free stream, before choosing what runs on it
-            if self._running and self._rows_running > self.overlap_rows:
+            if self._running and (self._rows_running > self.overlap_rows
+                                  or self._volume_running > self.overlap_positions):
                 # The running batches are large enough to use the cores: wait for one to end.
                 self._slots.release()
                 self._wake.clear()
@@ -353,6 +358,7 @@ class Batcher:
                     p.future.set_exception(err)
         finally:
             self._rows_running -= len(batch)
+            self._volume_running -= math.prod(size for _, size in bucket.sizes)
             heapq.heappush(self._free, stream)
             self._slots.release()
             self._wake.set()  # a stream is free: queues that waited for one may run
@@ -377,6 +383,7 @@ class Batcher:
             free -= 1
         self._queued -= len(batch)
         self._rows_running += len(batch)
+        self._volume_running += math.prod(size for _, size in bucket.sizes)
         return batch, bucket
 
     async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop,

@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="adaptive (default): a batch that is not full waits only while requests keep arriving "
                             "(a lone request runs at once), at most --max-delay-ms; fixed: it waits --max-delay-ms")
     serve.add_argument("--streams", type=int, default=2,
-                       help="batches run at once (default 2: a second batch starts only beside a small one, of at "
-                            "most 4 rows, filling the cores a small run leaves idle); 1: one at a time")
+                       help="batches run at once (default 2: a second batch starts only beside small ones, of at "
+                            "most 4 rows and 128 padded positions, filling the cores a small run leaves idle); "
+                            "1: one at a time")
     serve.add_argument("--max-queue", type=int, default=1024, help="rows queued at most; beyond it 503 + Retry-After")
     serve.add_argument("--max-texts", type=int, default=256, help="texts per embeddings request at most")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="embeddings request body size at most")

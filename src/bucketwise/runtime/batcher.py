@@ -342,6 +342,8 @@ class Batcher:
                 continue
             batch, bucket = self._take(key)
             stream = heapq.heappop(self._free)
+            self._rows_running += len(batch)
+            self._volume_running += bucket.volume
             task = loop.create_task(self._run_guarded(batch, bucket, loop, stream))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -358,7 +360,7 @@ class Batcher:
                     p.future.set_exception(err)
         finally:
             self._rows_running -= len(batch)
-            self._volume_running -= math.prod(size for _, size in bucket.sizes)
+            self._volume_running -= bucket.volume
             heapq.heappush(self._free, stream)
             self._slots.release()
             self._wake.set()  # a stream is free: queues that waited for one may run
@@ -382,8 +384,6 @@ class Batcher:
             batch.append(oldest.popleft())
             free -= 1
         self._queued -= len(batch)
-        self._rows_running += len(batch)
-        self._volume_running += math.prod(size for _, size in bucket.sizes)
         return batch, bucket
 
     async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop,

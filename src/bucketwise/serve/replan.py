@@ -123,8 +123,8 @@ class Replanner:
         if not builds:
             return 0.0
         per_bucket = sum(b.seconds + b.warmup_seconds for b in builds) / len(builds)
-        new = [b for b in proposal.buckets if b not in set(model.plan.buckets)]
-        return len(new) * per_bucket
+        have = set(model.plan.buckets)
+        return sum(b not in have for b in proposal.buckets) * per_bucket
 
     async def step(self) -> bool:
         """One re-plan: propose, build in a thread, swap. True when a new plan went into service."""

@@ -385,8 +385,8 @@ class Overlap(Recorder):
 
 
 def test_batches_run_one_at_a_time_always_run_on_the_first_stream():
-    # A pool hands work to its threads in turn; ONNX Runtime called from alternating
-    # threads ran a lone client's batches 20-30% slower.
+    # A shared pool hands work to its threads in turn; one thread per stream keeps batches
+    # that run one at a time on one thread.
     rec = Overlap(0.0)
     bm = BucketedModel(rec, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=0).compile(progress=False)
     rec.runs.clear()

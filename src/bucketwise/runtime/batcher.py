@@ -132,9 +132,10 @@ class Batcher:
         self._wake = asyncio.Event()
         self._closing = False
         # One thread per stream, and a batch takes the lowest free one, so batches that run
-        # one at a time always run on the same thread. (A shared pool hands work to its
-        # threads in turn; ONNX Runtime called from alternating threads ran a lone client's
-        # batches 20-30% slower: 7.5-9.1 ms against 6.2-6.9 ms.)
+        # one at a time always run on the same thread (a shared pool hands work to its
+        # threads in turn). With a shared pool, a lone client's batches ran 7.5-9.1 ms
+        # against 6.2-6.9 ms for one stream; this and the lone-arrival flush in _arrived
+        # together made the two level (not measured apart).
         self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bucketwise-infer-{i}")
                            for i in range(streams)]
         self._free = list(range(streams))  # streams not running a batch (a heap)

@@ -179,3 +179,48 @@ def test_a_swap_on_onnx_runtime_keeps_serving_on_the_shared_sessions():
             assert r.status_code == 200
             np.testing.assert_allclose(r.json()["data"][0]["embedding"], want, atol=1e-5)
     assert set(statuses) == {200}
+
+
+@pytest.mark.slow
+def test_another_architecture_replans_under_the_official_openai_client(tmp_path, mrpc_dir):
+    # A model the project is not tuned to (a tiny RoBERTa: byte-level BPE, no token types,
+    # last-token pooling, Dense, Normalize; random weights), on ONNX Runtime, driven by the
+    # openai package, on MRPC sentences: traffic moves from 2-3 words to 10-14, the server
+    # re-plans and swaps, every answer matches sentence-transformers before and after.
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("sentence_transformers")
+    import tiny_encoders as te
+    from sentence_transformers import SentenceTransformer
+
+    folder = te.build("roberta-lasttoken-dense-normalize", tmp_path)
+    lines = (mrpc_dir / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()[1:200]
+    words = [line.split("\t")[3].split() for line in lines]
+    short = [" ".join(w[:2 + i % 2]) for i, w in enumerate(words)]
+    long = [" ".join(w[:10 + i % 5]) for i, w in enumerate(words) if len(w) >= 14]
+    reference = SentenceTransformer(str(folder), device="cpu")
+    embedder = SentenceEmbedder.default(model=str(folder), plan=Plan.grid(batch=[1, 4], seq=[8, 48]), progress=False)
+    model = embedder.model
+    app = create_app(embedder, ServeConfig(replan_every=0.3, replan_min_rows=20, model_name="tiny-roberta",
+                                           model_aliases=()))
+    with ThreadServer(app) as server:
+        client = openai.OpenAI(api_key="unused", base_url=f"http://127.0.0.1:{server.port}/v1", max_retries=0)
+
+        def check(texts):
+            got = client.embeddings.create(model="tiny-roberta", input=texts)
+            vectors = np.array([d.embedding for d in got.data], dtype=np.float32)
+            want = reference.encode(texts, convert_to_numpy=True)
+            np.testing.assert_allclose(vectors, want, atol=1e-5)
+
+        for i in range(0, 40, 4):
+            check(short[i:i + 4])
+        deadline = time.time() + 60
+        i = 0
+        while embedder.model is model and time.time() < deadline:
+            check(long[i % len(long):i % len(long) + 4] or long[:4])
+            i += 4
+        assert embedder.model is not model, "the plan was never swapped"
+        assert max(embedder.model.plan.sizes("seq")) == 48  # the top length kept
+        for i in range(0, 40, 4):
+            check(long[i:i + 4])  # served by the new buckets
+        assert embedder.model.stats.calls > 0

@@ -82,6 +82,39 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving():
     assert 'bucketwise_rejections_total{reason="too_large"} 2.0' in metrics
 
 
+def test_float_numbers_are_the_float32_values_that_base64_carries_in_at_most_9_digits():
+    # The double's means (e.g. 14/3) have 16 significant digits as float64 reprs of float32.
+    texts = ["one two three", "four five six seven", "a bb ccc dddd eeeee ffffff g"]
+    app = create_app(make_embedder())
+    floats, b64 = call(app, [post({"input": texts}), post({"input": texts, "encoding_format": "base64"})])
+    assert floats.status_code == 200 and b64.status_code == 200
+    import base64
+    import re
+
+    for f, b in zip(floats.json()["data"], b64.json()["data"]):
+        assert np.asarray(f["embedding"], dtype=np.float32).tobytes() == base64.b64decode(b["embedding"])
+    body = floats.text.split('"data":', 1)[1].split('"model"', 1)[0]
+    numbers = re.findall(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", body.replace('"index":', '"index":x'))
+    digits = [len(n.split("e")[0].split("E")[0].replace("-", "").replace(".", "").lstrip("0")) for n in numbers]
+    assert max(digits) <= 9, numbers  # float32's shortest round-trip form, not float64's 17 digits
+
+
+def test_nan_or_infinite_embeddings_are_refused_with_a_500_and_the_server_keeps_serving():
+    def overflowing(input_ids, attention_mask, token_type_ids):
+        out = embed(input_ids, attention_mask, token_type_ids)
+        out[(input_ids > 11).any(axis=1)] = np.inf  # a word of 10+ letters overflows, as fp16 can
+        return out
+
+    model = BucketedModel(overflowing, SPEC, Plan.grid(batch=[1, 4], seq=[8, 16]), warmup_runs=0)
+    app = create_app(SentenceEmbedder(model.compile(progress=False), WordTokenizer()))
+    for fmt in ("float", "base64"):
+        bad, good, metrics = call(app, [post({"input": ["fine", "extraordinary"], "encoding_format": fmt}),
+                                        post({"input": "fine words", "encoding_format": fmt}), ("GET", "/metrics", {})])
+        assert bad.status_code == 500 and "NaN or infinite values for input [1]" in bad.json()["error"]["message"]
+        assert good.status_code == 200
+    assert 'bucketwise_rejections_total{reason="non_finite"} 2.0' in metrics.text
+
+
 def test_truncate_policy_serves_long_texts_and_counts_them():
     app = create_app(make_embedder(overflow="truncate"), ServeConfig())
     r, metrics = call(app, [post({"input": "word " * 20}), ("GET", "/metrics", {})])

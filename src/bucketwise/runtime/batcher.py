@@ -20,8 +20,10 @@ that timed out) are dropped when their queue flushes, not computed. :meth:`Batch
 stops admission and, at a deadline, fails the rows that have not started with
 :class:`QueueFullError` (a 503 to retry elsewhere) instead of computing them.
 
-Inference runs in a single worker thread, off the event loop; one model run at a time
-keeps the cores for the runtime's own threads.
+Inference runs off the event loop, in one worker thread per stream (``streams``): with
+one, a model run at a time keeps the cores for the runtime's own threads; with two (the
+server's default), a second batch starts only beside small running ones, whose runs leave
+cores idle.
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     from starlette.exceptions import HTTPException
 
     from .kserve import InferenceRequest, InferenceResponse, KServeV2, ModelMetadata, V2Error
-    from .openai import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, ModelList, OpenAIEmbeddings
+    from .openai import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, ModelList, OpenAIEmbeddings, json_response_class
 
     served = dict(models or {})
     if embedder is not None:
@@ -407,6 +407,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
 
     if embedder is not None:
         openai = OpenAIEmbeddings(embedder, config, service)
+        EmbeddingsJSON = json_response_class()
 
         @app.get("/v1/models", name="models", response_model=ModelList)
         async def list_models() -> Any:
@@ -415,7 +416,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         @app.post("/v1/embeddings", name="embeddings", openapi_extra=body_schema(EmbeddingsRequest),
                   responses={200: {"model": EmbeddingsResponse}, **errors})
         async def embeddings(request: Request) -> Any:
-            return JSONResponse(await openai.embeddings(request))
+            return EmbeddingsJSON(await openai.embeddings(request))
 
     # -- KServe v2 ---------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import BucketOverflowError, InputError, QueueFullError
 from ._common import Reject, first_error
 
-__all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
-           "parse_texts"]
+__all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "check_finite",
+           "encode_embedding", "json_response_class", "parse_texts"]
 
 
 class EmbeddingsRequest(BaseModel):
@@ -128,14 +128,46 @@ def parse_texts(body: bytes, config: Any) -> tuple[EmbeddingsRequest, list[str]]
 
 
 def encode_embedding(vector: Any, fmt: str) -> Any:
-    """One embedding as OpenAI sends it: a list of floats, or base64 of little-endian float32."""
+    """One embedding as OpenAI sends it: float32 numbers (a float32 array, which
+    :func:`json_response_class` writes as a JSON list, each number the shortest decimal
+    that reads back as the same float32), or base64 of little-endian float32."""
     import base64
 
     import numpy as np
 
     if fmt == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return np.asarray(vector, dtype=np.float32).astype(float).tolist()
+    return np.asarray(vector, dtype=np.float32)
+
+
+def check_finite(vectors: Any) -> None:
+    """Refuse (500) embeddings with NaN or infinity: wrong output is never sent, and JSON
+    has no number for them."""
+    import numpy as np
+
+    finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
+    if not finite.all():
+        bad = [int(i) for i in np.flatnonzero(~finite)]
+        raise Reject(500, f"the model returned NaN or infinite values for input {bad[:10]}; the embeddings are "
+                     "not sent. Check the model (its export, its backend, the precision it runs at)",
+                     "server_error", reason="non_finite")
+
+
+def json_response_class() -> Any:
+    """A JSONResponse written by orjson: numpy arrays as lists, float32 numbers as the
+    shortest decimal that reads back exactly (half the bytes of float64's 17 digits), at
+    about a tenth of the json module's time for a 384-float embedding."""
+    from fastapi.responses import JSONResponse
+
+    from .._optional import require
+
+    orjson = require("orjson", "serve", purpose="the server's JSON responses")
+
+    class OrjsonResponse(JSONResponse):
+        def render(self, content: Any) -> bytes:
+            return bytes(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    return OrjsonResponse
 
 
 class OpenAIEmbeddings:
@@ -157,6 +189,7 @@ class OpenAIEmbeddings:
         encoded, outs = await self._embed(texts)
         vectors = [o["sentence_embedding"] for o in outs]
         self._check_dimensions(req.dimensions, len(vectors[0]))
+        check_finite(vectors)
         self.service.metrics.texts.inc(len(texts))
         tokens = sum(len(ids) for ids, _ in encoded)
         return {

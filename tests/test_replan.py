@@ -152,6 +152,36 @@ def test_the_build_pauses_between_buckets_to_its_share_of_the_time():
     assert busy >= 0.2 and took >= 1.9 * busy  # as long paused as built
 
 
+def test_closing_stops_a_build_under_way_at_its_next_bucket():
+    # A server that stops mid-build must not leave the build running behind it (it raced
+    # the next model's ONNX export in this suite, and would hold a process up at exit).
+    import asyncio
+
+    from bucketwise.serve.replan import Replanner
+
+    runs = []
+
+    def slow_embed(input_ids, attention_mask, token_type_ids):
+        runs.append(time.perf_counter())
+        time.sleep(0.3)
+        return embed(input_ids, attention_mask, token_type_ids)
+
+    model = BucketedModel(slow_embed, SPEC, Plan.grid(batch=[1], seq=[8]), warmup_runs=1).compile(progress=False)
+    fresh = model.with_plan(Plan.grid(batch=[1, 4], seq=[16, 32]))  # 4 buckets of >= 0.3 s, paused as long
+    replanner = Replanner(None, None, every=1.0, build_share=0.5)
+
+    async def main():
+        build = asyncio.get_running_loop().run_in_executor(replanner._builder, replanner._build, fresh)
+        await asyncio.sleep(0.4)  # the first bucket built, in its pause
+        await replanner.close()
+        closed = time.perf_counter()
+        return await build, closed
+
+    built, closed = asyncio.run(main())
+    assert built is False and not fresh.ready and not fresh.builder.built  # stopped, what it built released
+    assert 1 <= len(runs) < 4 and max(runs) < closed  # no bucket built after close returned
+
+
 @pytest.mark.slow
 def test_a_swap_on_onnx_runtime_keeps_serving_on_the_shared_sessions():
     # The new model shares the old one's backend (one ONNX Runtime session per batch size):

@@ -108,6 +108,7 @@ class Service:
         yield
         if replanning is not None:
             replanning.cancel()
+            await self.replanner.close()  # a build under way stops at its next bucket
         # Every admitted request is finished (or, past a drain deadline, answered 503) first.
         await asyncio.gather(*(b.close() for b in list(self.batchers.values())))
         if writer is not None:

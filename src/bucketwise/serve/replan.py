@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,6 +78,7 @@ class Replanner:
         self._retiring: set[asyncio.Task] = set()
         # Builds run here, never on the event loop or an inference thread.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketwise-replan")
+        self._stop = threading.Event()  # set by close(): a build stops at its next bucket
 
     async def run(self) -> None:
         try:
@@ -88,7 +90,15 @@ class Replanner:
                     log.exception("bucketwise: re-planning failed; the current plan stays")
                     self.service.metrics.replan_failures.inc()
         finally:
+            self._stop.set()
             self._builder.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        """Stop re-planning: a build under way stops before its next bucket (its buckets
+        released) and this returns once it has, so no build outlives the server (nor, at
+        exit, holds the process up until it ends)."""
+        self._stop.set()
+        await asyncio.to_thread(self._builder.shutdown, wait=True, cancel_futures=True)
 
     def propose(self) -> tuple[Any, float, float, float] | None:
         """(new plan, its expected positions per row, the current plan's, the new plan's
@@ -150,7 +160,8 @@ class Replanner:
         reset_peak()
         started = time.perf_counter()
         try:
-            await loop.run_in_executor(self._builder, self._build, fresh)
+            if not await loop.run_in_executor(self._builder, self._build, fresh):
+                return False  # closed while building
         except MemoryBudgetError as err:
             m.replans_rejected.labels(reason="memory_budget").inc()
             log.warning("bucketwise: a re-plan's buckets did not fit the memory budget; the current plan stays: %s",
@@ -175,21 +186,29 @@ class Replanner:
                     "built in %.1f s): %s", self.generation, now, new, build_s, proposal)
         return True
 
-    def _build(self, fresh: Any) -> None:
+    def _build(self, fresh: Any) -> bool:
         """Build ``fresh`` bucket by bucket (most traffic first), pausing after each so the
         build takes at most ``build_share`` of the wall time; then check the memory budget
-        over what was measured. Runs in the ``bucketwise-replan`` thread."""
+        over what was measured. Runs in the ``bucketwise-replan`` thread. False, with
+        ``fresh`` released, when :meth:`close` stopped it."""
         measure = self.memory_budget is not None
         for bucket in fresh.builder._ordered(fresh.plan.buckets):
+            if self._stop.is_set():
+                fresh.release()
+                return False
             if bucket in fresh.builder.built:
                 continue  # built with an earlier one (the buckets that cover every shape come first)
             took = time.perf_counter()
             fresh.compile(progress=False, workers=1, only=[bucket], measure_memory=measure)
             took = time.perf_counter() - took
             if self.build_share < 1:
-                time.sleep(took * (1 - self.build_share) / self.build_share)
+                self._stop.wait(took * (1 - self.build_share) / self.build_share)
+        if self._stop.is_set():
+            fresh.release()
+            return False
         if self.memory_budget is not None:
             fresh.compile(progress=False, workers=1, memory_budget=self.memory_budget)
+        return True
 
     def swap(self, fresh: Any) -> None:
         """Put ``fresh`` (compiled) into service at once; the old model's batcher finishes

@@ -136,6 +136,31 @@ def test_onnxruntime_accepts_an_onnx_file(tmp_path):
         BucketedModel(str(tmp_path / "nope.txt"), TEXT_SPEC, Plan.grid(batch=[1], seq=[8]), backend="onnxruntime").compile(progress=False)
 
 
+def test_exports_from_two_threads_at_once_both_succeed(tmp_path):
+    # torch's ONNX exporter keeps global state ("GLOBALS.in_onnx_export must be False"):
+    # a server re-planning in its thread while another model compiles exports at once.
+    import threading
+
+    from bucketwise.backends._onnx import to_onnx
+
+    errors, start = [], threading.Barrier(2)
+
+    def export(i):
+        start.wait()
+        for j in range(3):
+            try:
+                folder = tmp_path / f"{i}-{j}"
+                folder.mkdir()
+                to_onnx(TinyEncoder(), TEXT_SPEC, Bucket(batch=2, seq=8), folder)
+            except Exception as err:  # noqa: BLE001
+                errors.append(err)
+
+    threads = [threading.Thread(target=export, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+
+
 def test_unknown_backend_lists_the_known_ones():
     with pytest.raises(ConfigError, match="known backends: eager, onnxruntime"):
         get_backend("tensorrtt")

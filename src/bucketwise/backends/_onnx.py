@@ -8,6 +8,7 @@ dims so the same per-bucket fixing applies.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from .._optional import require
 from ..errors import BackendError
 from ..shapes import Bucket
 from ..spec import ModelSpec
+
+_EXPORT_LOCK = threading.Lock()
 
 
 def export_key(opset: int) -> dict[str, Any]:
@@ -64,7 +67,9 @@ def to_onnx(model: Any, spec: ModelSpec, example: Bucket, workdir: Path, *, opse
         for o in spec.outputs:
             if o.dims:
                 dynamic_axes[o.name] = dict(o.dims)
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        # One export at a time per process: torch's exporter keeps global state, and a
+        # re-plan building in its thread may export while another model compiles.
+        with _EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(

@@ -329,3 +329,32 @@ def test_backend_options_from_the_command_line(tmp_path, capsys):
     assert main(["compile", "--backend", "torchscript", "--backend-option", "frieze=false",
                  "--cache-dir", str(tmp_path), "--no-progress"]) == 2
     assert "has no option 'frieze'" in capsys.readouterr().err
+
+
+def test_embed_on_ray_passes_prepack_to_the_actors_as_embed_does(monkeypatch, tmp_path, capsys):
+    # Wiring only (the actors themselves run in test_ray.py): Ray's entry points are doubles.
+    import bucketwise.ray as bwr
+
+    seen = []
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized():
+            return True
+
+    def embed_texts(texts, **kwargs):
+        seen.append(kwargs)
+        return np.zeros((len(texts), 4), np.float32)
+
+    monkeypatch.setattr(bwr, "require_ray", lambda: FakeRay)
+    monkeypatch.setattr(bwr, "embed_texts", embed_texts)
+    src = tmp_path / "texts.txt"
+    src.write_text("one text\nanother text\n", encoding="utf-8")
+    common = ["embed", "--input", str(src), "--ray", "1", "--quiet", "--seq-sizes", "16,32", "--batch-sizes", "1,4"]
+    assert main([*common, "--prepack", "none", "--backend-option", "intra_op_threads=1"]) == 0
+    assert main(common) == 0
+    assert seen == [{**seen[0], "backend_options": {"intra_op_threads": 1, "prepack": False}},
+                    {**seen[1], "backend_options": {}}]
+    capsys.readouterr()
+    assert main([*common, "--prepack", "none", "--backend", "openvino"]) != 0
+    assert "--prepack none is an onnxruntime option" in capsys.readouterr().err and len(seen) == 2

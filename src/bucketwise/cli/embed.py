@@ -111,7 +111,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     if any(not isinstance(t, str) for t in texts):
         raise InputError("--ray embeds single texts; the input has pairs")
     kwargs = {"model": args.model, "backend": args.backend, "plan": plan,
-              "backend_options": dict(getattr(args, "backend_option", None) or []),
+              "backend_options": backend_options(args, plan),
               "cache_dir": args.cache_dir, "overflow": args.overflow, "concurrency": args.ray}
     ray = bwr.require_ray()
     if not ray.is_initialized():

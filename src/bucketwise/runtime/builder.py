@@ -176,7 +176,7 @@ class Builder:
                 raise ConfigError(f"only={unknown[0]!r} is not a bucket of the plan ({self.plan}); "
                                   "name buckets from plan.buckets")
         wanted = self.plan.buckets if only is None else [b for b in self.plan.buckets if b in set(only) | top]
-        todo = self._ordered([b for b in wanted if b not in self.built])
+        todo = self.build_order([b for b in wanted if b not in self.built])
         now, later = ([b for b in todo if b in top], [b for b in todo if b not in top]) if lazy else (todo, [])
         bar = tqdm(total=len(now), desc=f"compile [{self.backend.name}]", unit="bucket", disable=not progress)
         try:
@@ -226,7 +226,9 @@ class Builder:
             shared.update(e.resident_shared)
         return {b: e.resident_bytes for b, e in found.items()}, shared
 
-    def _ordered(self, buckets: Sequence[Bucket]) -> list[Bucket]:
+    def build_order(self, buckets: Sequence[Bucket]) -> list[Bucket]:
+        """``buckets`` in the order they are built: most traffic first (the shares the plan
+        records), ties in the plan's order."""
         traffic = self.plan.meta.get("traffic") or {}
         rank = {b: i for i, b in enumerate(self.plan.buckets)}
         return sorted(buckets, key=lambda b: (-float(traffic.get(b.label(), 0.0)), rank.get(b, 0)))

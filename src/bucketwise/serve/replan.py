@@ -192,7 +192,7 @@ class Replanner:
         over what was measured. Runs in the ``bucketwise-replan`` thread. False, with
         ``fresh`` released, when :meth:`close` stopped it."""
         measure = self.memory_budget is not None
-        for bucket in fresh.builder._ordered(fresh.plan.buckets):
+        for bucket in fresh.builder.build_order(fresh.plan.buckets):
             if self._stop.is_set():
                 fresh.release()
                 return False

@@ -165,7 +165,8 @@ def json_response_class() -> Any:
 
     class OrjsonResponse(JSONResponse):
         def render(self, content: Any) -> bytes:
-            return bytes(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY))
+            body: bytes = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+            return body
 
     return OrjsonResponse
 

@@ -112,7 +112,17 @@ def test_nan_or_infinite_embeddings_are_refused_with_a_500_and_the_server_keeps_
                                         post({"input": "fine words", "encoding_format": fmt}), ("GET", "/metrics", {})])
         assert bad.status_code == 500 and "NaN or infinite values for input [1]" in bad.json()["error"]["message"]
         assert good.status_code == 200
-    assert 'bucketwise_rejections_total{reason="non_finite"} 2.0' in metrics.text
+    # KServe v2: JSON would carry a bare NaN/Infinity (not JSON), binary the bytes.
+    arrays = {"input_ids": np.array([[1, 6, 2], [1, 15, 2]]),  # "fine", "extraordinary"
+              "attention_mask": np.ones((2, 3), np.int64), "token_type_ids": np.zeros((2, 3), np.int64)}
+    inputs = [tensor(n, a, "INT64") for n, a in arrays.items()]
+    for binary in (False, True):
+        bad, good = call(app, [infer("all-MiniLM-L6-v2", inputs, parameters={"binary_data_output": binary}),
+                               infer("all-MiniLM-L6-v2", [{**t, "shape": [1, 3], "data": t["data"][:3]} for t in inputs])])
+        assert bad.status_code == 500 and "output 'sentence_embedding', rows [1]" in bad.json()["error"], bad.text
+        assert good.status_code == 200
+    (metrics,) = call(app, [("GET", "/metrics", {})])
+    assert 'bucketwise_rejections_total{reason="non_finite"} 4.0' in metrics.text
 
 
 def test_truncate_policy_serves_long_texts_and_counts_them():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Reject", "REJECTION_REASONS", "first_error"]
+__all__ = ["Reject", "REJECTION_REASONS", "check_finite", "first_error"]
 
 REJECTION_REASONS = {400: None, 401: "auth", 408: "timeout", 413: "too_large", 415: "content_type",
                      429: "rate", 503: "queue_full"}
@@ -31,3 +31,20 @@ def first_error(err: Any) -> tuple[str, dict[str, Any]]:
     ``"body"``), and pydantic's record of it."""
     first = err.errors()[0]
     return ".".join(str(p) for p in first["loc"]) or "body", first
+
+
+def check_finite(rows: Any, what: str) -> None:
+    """Refuse (500) a model output with NaN or infinity in any row (the first axis): wrong
+    output is never sent, and JSON has no number for it. ``what`` names the rows in the
+    message, e.g. ``"input"``."""
+    import numpy as np
+
+    arr = np.asarray(rows)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return
+    finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    if not finite.all():
+        bad = [int(i) for i in np.flatnonzero(~finite)]
+        raise Reject(500, f"the model returned NaN or infinite values for {what} {bad[:10]}; they are not sent. "
+                     "Check the model (its export, its backend, the precision it runs at)",
+                     "server_error", reason="non_finite")

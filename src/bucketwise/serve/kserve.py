@@ -26,7 +26,7 @@ from .. import _arrays
 from .._version import __version__
 from ..errors import BucketOverflowError, InputError, QueueFullError
 from ..shapes import BATCH
-from ._common import Reject, first_error
+from ._common import Reject, check_finite, first_error
 from .openai import load_json
 
 __all__ = ["DATATYPES", "InferenceRequest", "KServeV2", "datatype_of"]
@@ -267,6 +267,7 @@ def _encode_outputs(req: InferenceRequest, name: str, spec: Any, outs: list[dict
     tensors, blobs = [], []
     for out_name, binary in chosen:
         arr = np.stack([np.asarray(_arrays.convert(o[out_name], "numpy")) for o in outs])
+        check_finite(arr, f"output {out_name!r}, rows")
         tensor: dict[str, Any] = {"name": out_name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
         if binary:
             blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()

@@ -16,10 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
-from ._common import Reject, first_error
+from ._common import Reject, check_finite, first_error
 
-__all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "check_finite",
-           "encode_embedding", "json_response_class", "parse_texts"]
+__all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
+           "json_response_class", "parse_texts"]
 
 
 class EmbeddingsRequest(BaseModel):
@@ -140,19 +140,6 @@ def encode_embedding(vector: Any, fmt: str) -> Any:
     return np.asarray(vector, dtype=np.float32)
 
 
-def check_finite(vectors: Any) -> None:
-    """Refuse (500) embeddings with NaN or infinity: wrong output is never sent, and JSON
-    has no number for them."""
-    import numpy as np
-
-    finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
-    if not finite.all():
-        bad = [int(i) for i in np.flatnonzero(~finite)]
-        raise Reject(500, f"the model returned NaN or infinite values for input {bad[:10]}; the embeddings are "
-                     "not sent. Check the model (its export, its backend, the precision it runs at)",
-                     "server_error", reason="non_finite")
-
-
 def json_response_class() -> Any:
     """A JSONResponse written by orjson: numpy arrays as lists, float32 numbers as the
     shortest decimal that reads back exactly (half the bytes of float64's 17 digits), at
@@ -190,7 +177,7 @@ class OpenAIEmbeddings:
         encoded, outs = await self._embed(texts)
         vectors = [o["sentence_embedding"] for o in outs]
         self._check_dimensions(req.dimensions, len(vectors[0]))
-        check_finite(vectors)
+        check_finite(vectors, "input")
         self.service.metrics.texts.inc(len(texts))
         tokens = sum(len(ids) for ids, _ in encoded)
         return {

@@ -94,7 +94,7 @@ def test_float_numbers_are_the_float32_values_that_base64_carries_in_at_most_9_d
     for f, b in zip(floats.json()["data"], b64.json()["data"]):
         assert np.asarray(f["embedding"], dtype=np.float32).tobytes() == base64.b64decode(b["embedding"])
     body = floats.text.split('"data":', 1)[1].split('"model"', 1)[0]
-    numbers = re.findall(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", body.replace('"index":', '"index":x'))
+    numbers = re.findall(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", body)
     digits = [len(n.split("e")[0].split("E")[0].replace("-", "").replace(".", "").lstrip("0")) for n in numbers]
     assert max(digits) <= 9, numbers  # float32's shortest round-trip form, not float64's 17 digits
 

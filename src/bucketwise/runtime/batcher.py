@@ -323,8 +323,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()  # a free stream, before choosing what runs on it
-            if self._running and (self._rows_running > self.overlap_rows
-                                  or self._volume_running > self.overlap_positions):
+            if self._rows_running > self.overlap_rows or self._volume_running > self.overlap_positions:
                 # The running batches are large enough to use the cores: wait for one to end.
                 self._slots.release()
                 self._wake.clear()

@@ -7,7 +7,7 @@ which no test or default is fitted on), one text per request:
 - ``mix``: the same, with 20% of requests made of 3-4 sentences joined (100-200 tokens).
 
 Servers (each a real process on 127.0.0.1, started fresh per round; rounds rotate the
-order, and the best round of each cell counts):
+order; the best round of each cell by req/s is tabled, then the median over rounds):
 
 - ``bucketwise adaptive``: ``bucketwise serve`` with its defaults (the batch waits only
   while requests keep arriving; two streams, the second only beside a small batch);
@@ -190,6 +190,18 @@ async def load(url: str, path: str, texts: list[str], clients: int, seconds: flo
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
 
 
+def median_over_rounds(results: list[dict]) -> dict[tuple, dict]:
+    """Per (server, mix, clients): the median over rounds of req/s and of p99, and each
+    round's p99 in round order."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["server"], r["mix"], r["clients"]), []).append(r)
+    return {key: {"throughput": float(np.median([r["throughput"] for r in rs])),
+                  "p99_ms": float(np.median([r["p99_ms"] for r in rs])),
+                  "p99_rounds": [r["p99_ms"] for r in sorted(rs, key=lambda r: r["round"])]}
+            for key, rs in cells.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per cell (default 20)")
@@ -258,11 +270,28 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows, ["mix", "clients", "server", "req/s", "p50 ms", "p99 ms", f"vs {base_name}", "errors", "lost",
                        "cores busy", "RSS MiB"]))
+    # A cell's p99 over one round spreads widely between rounds (on this 2-core machine,
+    # 72-97 ms for the same server at 8 clients): the median over rounds, with each
+    # round's figures, is the steadier comparison.
+    median = median_over_rounds(results)
+    rows = []
+    for (name, mix, n), m in median.items():
+        base = median.get((base_name, mix, n))
+        rows.append([mix, n, name, f"{m['throughput']:.1f}", f"{m['p99_ms']:.1f}",
+                     f"{m['throughput'] / base['throughput']:.2f}×" if base else "-",
+                     f"{m['p99_ms'] / base['p99_ms']:.2f}×" if base else "-",
+                     " ".join(f"{x:.0f}" for x in m["p99_rounds"])])
+    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    print()
+    print(f"median over {args.rounds} rounds:")
+    print(table(rows, ["mix", "clients", "server", "req/s", "p99 ms", f"req/s vs {base_name}",
+                       f"p99 vs {base_name}", "p99 of each round"]))
     print("smallest cosine of each server's embeddings to the first server's:",
           {k: round(v, 6) for k, v in parity.items()})
     path = save(args.out, {"seconds_per_cell": args.seconds, "rounds": args.rounds, "clients": clients,
                                 "servers": servers, "results": results, "min_cosine_to_first": parity,
-                                "best": [dict(r) for r in best.values()]})
+                                "best": [dict(r) for r in best.values()],
+                                "median": [{"server": k[0], "mix": k[1], "clients": k[2], **m} for k, m in median.items()]})
     print(f"wrote {path}")
     return 0
 

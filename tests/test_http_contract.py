@@ -403,3 +403,16 @@ def test_the_drain_estimate_scales_a_warmed_bucket_when_the_largest_shared_its_w
     assert worst_drain_seconds(model, 64) == pytest.approx(16 * 1.5 * 0.01 * 8)
     builds[Bucket(batch=4, seq=16)].warmup_seconds = 0.02  # its own warm-up, where it has one
     assert worst_drain_seconds(model, 64) == pytest.approx(16 * 0.02)
+
+
+def test_rows_above_every_bucket_are_recorded_in_the_traffic_shapes():
+    """A row that runs alone under --overflow fallback is traffic too: `bucketwise plan`
+    reads the shapes to raise the top bucket, which it could not do if they were missed."""
+    app = create_app(make_embedder(overflow="fallback"), ServeConfig())
+    long, shapes, metrics, short, again = call(app, [post({"input": "word " * 20}), ("GET", "/shapes", {}),
+                                                     ("GET", "/metrics", {}), post({"input": "a b"}),
+                                                     ("GET", "/shapes", {})])
+    assert long.status_code == 200 and short.status_code == 200
+    assert shapes.json()["rows_recorded"] == 1 and shapes.json()["shapes"] == [[22]]
+    assert 'bucketwise_overflows_total{policy="fallback"} 1.0' in metrics.text
+    assert sorted(s[0] for s in again.json()["shapes"]) == [4, 22]

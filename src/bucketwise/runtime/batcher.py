@@ -85,6 +85,8 @@ class Batcher:
             ``max_delay``.
         max_queue: most rows waiting at once; beyond it ``submit`` raises QueueFullError.
         on_batch: called after each batch with a :class:`BatchEvent`.
+        on_alone: called with a row's sizes (per non-batch dim) after it ran alone: a row
+            larger than every bucket, run under the router's overflow policy.
         streams: batches run at once, each in its own worker thread (1: one at a time).
             A second batch starts beside a running one only while the batches running
             hold at most ``overlap_rows`` rows and ``overlap_positions`` padded positions
@@ -101,6 +103,7 @@ class Batcher:
         max_delay: float = 0.005,
         max_queue: int = 1024,
         on_batch: Callable[[BatchEvent], None] | None = None,
+        on_alone: Callable[[dict[str, int]], None] | None = None,
         adaptive: bool = False,
         streams: int = 1,
         overlap_rows: int = 4,
@@ -127,6 +130,7 @@ class Batcher:
         self._run = 0.0  # recent seconds per run (moving average)
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.on_alone = on_alone
         # One queue per key, made when first used (a 2-D plan has up to |heights|×|widths|).
         self._queues: dict[Key, deque[_Pending]] = {}
         self._full: dict[Key, int] = {}  # rows one run can take at a key
@@ -203,7 +207,7 @@ class Batcher:
         key = self.router.queue_key(sizes)
         if key is None:
             # Larger than every bucket: the router's overflow policy decides, alone.
-            return self._run_alone(arrays)
+            return self._run_alone(arrays, sizes)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         if key not in self._queues:
             self._queues[key] = deque()
@@ -256,10 +260,12 @@ class Batcher:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _run_alone(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    async def _run_alone(self, arrays: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, Any]:
         batch = {k: v[None] for k, v in arrays.items()}
         loop = asyncio.get_running_loop()
         out = await loop.run_in_executor(self._executors[0], self.model.run, batch)
+        if self.on_alone is not None:
+            self.on_alone(sizes)
         return {k: v[0] for k, v in out.items()}
 
     def _arrived(self) -> None:

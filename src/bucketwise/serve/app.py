@@ -118,6 +118,7 @@ class Service:
     def _start_batcher(self, model: Any) -> None:
         batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
                           on_batch=functools.partial(self.on_batch, model=model),
+                          on_alone=functools.partial(self.on_alone, model=model),
                           adaptive=self.config.batch_wait == "adaptive", streams=self.config.streams)
         batcher.start()
         if self.draining:
@@ -194,6 +195,11 @@ class Service:
             traffic.record(sizes)
         for listener in self.batch_listeners:
             listener(ev, model)
+
+    def on_alone(self, sizes: dict[str, int], model: Any) -> None:
+        """A row larger than every bucket ran alone (overflow policy): traffic too, so a
+        plan made from the shapes served can raise its top bucket."""
+        self.traffic[id(model)].record(sizes)
 
     # -- the edge ------------------------------------------------------------------------------
 

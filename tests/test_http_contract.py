@@ -366,6 +366,28 @@ def test_v2_binary_tensors_both_ways():
     np.testing.assert_array_equal(np.array(doubled["data"], np.float32).reshape(doubled["shape"]), pic * 2)
 
 
+def test_v2_json_numbers_are_the_float32_values_binary_carries_in_at_most_9_digits():
+    import re
+
+    app = create_app(None, ServeConfig(), models={"tiny-cnn": image_model()})
+    pic = np.random.default_rng(2).random((2, 3, 6, 10), dtype=np.float32)
+    outputs = [{"name": "scores"}, {"name": "doubled"}]
+    as_json, as_bytes = call(app, [
+        infer("tiny-cnn", [tensor("image", pic, "FP32")], outputs=outputs),
+        infer("tiny-cnn", [tensor("image", pic, "FP32")],
+              outputs=[{**o, "parameters": {"binary_data": True}} for o in outputs])])
+    assert as_json.status_code == 200 and as_bytes.status_code == 200
+    n = int(as_bytes.headers["inference-header-content-length"])
+    blobs, offset = as_bytes.content[n:], 0
+    for t, b in zip(as_json.json()["outputs"], __import__("json").loads(as_bytes.content[:n])["outputs"]):
+        size = b["parameters"]["binary_data_size"]
+        assert np.asarray(t["data"], dtype=np.float32).tobytes() == blobs[offset:offset + size]
+        offset += size
+    numbers = re.findall(r"-?\d+\.\d+(?:[eE][-+]?\d+)?", as_json.text)
+    assert numbers and max(len(x.split("e")[0].split("E")[0].replace("-", "").replace(".", "").lstrip("0"))
+                           for x in numbers) <= 9, numbers[:5]  # float32's shortest form, not float64's 17 digits
+
+
 def test_v2_bad_requests_get_4xx_in_the_protocol_shape():
     app = create_app(None, ServeConfig(), models={"tiny-cnn": image_model()})
     pic = np.zeros((1, 3, 4, 4), np.float32)

@@ -388,6 +388,26 @@ def test_v2_json_numbers_are_the_float32_values_binary_carries_in_at_most_9_digi
                            for x in numbers) <= 9, numbers[:5]  # float32's shortest form, not float64's 17 digits
 
 
+def test_v2_refuses_fractions_in_integer_tensors_and_nan_in_json_rather_than_computing_them():
+    """Token id 5.5 was cut to 5 and run; a NaN pixel ran and came back as a 500. Both are
+    the client's mistakes, answered with a 400 that names them."""
+    app = create_app(make_embedder(), ServeConfig(), models={"tiny-cnn": image_model()})
+    ids = [1, 5.5, 6, 2]
+    text_in = [{"name": "input_ids", "shape": [1, 4], "datatype": "INT64", "data": ids},
+               {"name": "attention_mask", "shape": [1, 4], "datatype": "INT64", "data": [1, 1, 1, 1]},
+               {"name": "token_type_ids", "shape": [1, 4], "datatype": "INT64", "data": [0, 0, 0, 0]}]
+    nan_body = (b'{"inputs": [{"name": "image", "shape": [1, 3, 1, 1], "datatype": "FP32", '
+                b'"data": [0.5, NaN, 0.5]}]}')
+    fraction, nan, ok = call(app, [
+        infer("all-MiniLM-L6-v2", text_in),
+        ("POST", "/v2/models/tiny-cnn/infer", {"content": nan_body, "headers": {"content-type": "application/json"}}),
+        infer("all-MiniLM-L6-v2", [{**text_in[0], "data": [1, 5, 6, 2]}, *text_in[1:]])])
+    assert fraction.status_code == 400 and "input 'input_ids'" in fraction.json()["error"], fraction.text
+    assert "INT64 data holds 5.5, which is not a whole number" in fraction.json()["error"]
+    assert nan.status_code == 400 and "not valid JSON" in nan.json()["error"], nan.text
+    assert ok.status_code == 200
+
+
 def test_v2_bad_requests_get_4xx_in_the_protocol_shape():
     app = create_app(None, ServeConfig(), models={"tiny-cnn": image_model()})
     pic = np.zeros((1, 3, 4, 4), np.float32)

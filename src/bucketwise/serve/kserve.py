@@ -243,6 +243,12 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
             raise Reject(400, f"{where}: send its elements in \"data\", or as bytes with binary_data_size")
         else:
             try:
+                if dtype.kind in "biu":  # a fraction would be cut to an integer and run: refuse it
+                    raw = np.asarray(t.data)
+                    if raw.dtype.kind == "f" and (raw != np.trunc(raw)).any():
+                        value = raw[raw != np.trunc(raw)].flat[0]
+                        raise Reject(400, f"{where}: {t.datatype} data holds {float(value)!r}, which is not a whole "
+                                     "number; send integers")
                 arr = np.asarray(t.data, dtype=dtype.newbyteorder("="))
             except (ValueError, TypeError, OverflowError) as err:
                 raise Reject(400, f"{where}: data is not a {t.datatype} array of shape {t.shape}: {str(err)[:120]}") from None

@@ -9,7 +9,6 @@ Errors take OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from typing import Any, Literal
 
@@ -79,10 +78,15 @@ class ModelList(BaseModel):
 
 
 def load_json(body: bytes) -> Any:
-    """``json.loads`` that answers bad input with a 400: bad JSON or UTF-8, 5,000-digit ints
-    and 5,000-deep nesting all raise ValueError or RecursionError."""
+    """The request body parsed by orjson, or a 400 saying why not. Stricter than ``json``:
+    NaN, Infinity, numbers that overflow a double, lone surrogates and nesting deeper than
+    1,024 are all refused; and about 5.6x faster (benchmarks/bench_json.py: a 224 x 224 image
+    as JSON)."""
+    from .._optional import require
+
+    orjson = require("orjson", "serve", purpose="the server's JSON requests")
     try:
-        return json.loads(body)
+        return orjson.loads(body)
     except (ValueError, RecursionError) as err:
         raise Reject(400, f"request body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
 
@@ -122,7 +126,7 @@ def parse_texts(body: bytes, config: Any) -> tuple[EmbeddingsRequest, list[str]]
     for i, t in enumerate(texts):
         try:
             t.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" survives json.loads
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" (orjson refuses it earlier)
             raise Reject(400, f'"input"[{i}] is not valid Unicode (a lone surrogate); send UTF-8 text', param="input") from None
     return request, texts
 

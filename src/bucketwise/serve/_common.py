@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Reject", "REJECTION_REASONS", "check_finite", "first_error"]
+__all__ = ["Reject", "REJECTION_REASONS", "check_finite", "first_error", "orjson_module"]
 
 REJECTION_REASONS = {400: None, 401: "auth", 408: "timeout", 413: "too_large", 415: "content_type",
                      429: "rate", 503: "queue_full"}
@@ -48,3 +48,11 @@ def check_finite(rows: Any, what: str) -> None:
         raise Reject(500, f"the model returned NaN or infinite values for {what} {bad[:10]}; they are not sent. "
                      "Check the model (its export, its backend, the precision it runs at)",
                      "server_error", reason="non_finite")
+
+
+def orjson_module() -> Any:
+    """The orjson module, which reads every request body and writes every JSON response
+    (float32 numbers in their shortest round-trip form), or an error naming the extra."""
+    from .._optional import require
+
+    return require("orjson", "serve", purpose="the server's JSON requests and responses")

@@ -25,7 +25,7 @@ from .. import _arrays
 from .._version import __version__
 from ..errors import BucketOverflowError, InputError, QueueFullError
 from ..shapes import BATCH
-from ._common import Reject, check_finite, first_error
+from ._common import Reject, check_finite, first_error, orjson_module
 from .openai import load_json
 
 __all__ = ["DATATYPES", "InferenceRequest", "KServeV2", "datatype_of"]
@@ -260,12 +260,6 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
     return arrays
 
 
-def _orjson() -> Any:
-    from .._optional import require
-
-    return require("orjson", "serve", purpose="the server's JSON responses")
-
-
 def _encode_outputs(req: InferenceRequest, name: str, spec: Any, outs: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
     all_binary = bool((req.parameters or {}).get("binary_data_output", False))
     if req.outputs is None:
@@ -292,7 +286,7 @@ def _encode_outputs(req: InferenceRequest, name: str, spec: Any, outs: list[dict
         response["id"] = req.id
     # orjson writes each float32 in its shortest round-trip form (at most 9 digits, not the
     # 17 of float64's), about 28x faster than json over a list (benchmarks/bench_json.py).
-    orjson = _orjson()
+    orjson = orjson_module()
     head: bytes = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
-from ._common import Reject, check_finite, first_error
+from ._common import Reject, check_finite, first_error, orjson_module
 
 __all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
            "json_response_class", "parse_texts"]
@@ -82,11 +82,8 @@ def load_json(body: bytes) -> Any:
     NaN, Infinity, numbers that overflow a double, lone surrogates and nesting deeper than
     1,024 are all refused; and about 5.6x faster (benchmarks/bench_json.py: a 224 x 224 image
     as JSON)."""
-    from .._optional import require
-
-    orjson = require("orjson", "serve", purpose="the server's JSON requests")
     try:
-        return orjson.loads(body)
+        return orjson_module().loads(body)
     except (ValueError, RecursionError) as err:
         raise Reject(400, f"request body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
 
@@ -150,9 +147,7 @@ def json_response_class() -> Any:
     about a tenth of the json module's time for a 384-float embedding."""
     from fastapi.responses import JSONResponse
 
-    from .._optional import require
-
-    orjson = require("orjson", "serve", purpose="the server's JSON responses")
+    orjson = orjson_module()
 
     class OrjsonResponse(JSONResponse):
         def render(self, content: Any) -> bytes:

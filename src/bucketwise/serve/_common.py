@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 __all__ = ["Reject", "REJECTION_REASONS", "check_finite", "first_error", "orjson_module"]
@@ -50,6 +51,7 @@ def check_finite(rows: Any, what: str) -> None:
                      "server_error", reason="non_finite")
 
 
+@functools.cache
 def orjson_module() -> Any:
     """The orjson module, which reads every request body and writes every JSON response
     (float32 numbers in their shortest round-trip form), or an error naming the extra."""

@@ -245,8 +245,9 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
             try:
                 if dtype.kind in "biu":  # a fraction would be cut to an integer and run: refuse it
                     raw = np.asarray(t.data)
-                    if raw.dtype.kind == "f" and (raw != np.trunc(raw)).any():
-                        value = raw[raw != np.trunc(raw)].flat[0]
+                    fraction = raw != np.trunc(raw) if raw.dtype.kind == "f" else None
+                    if fraction is not None and fraction.any():
+                        value = raw[fraction].flat[0]
                         raise Reject(400, f"{where}: {t.datatype} data holds {float(value)!r}, which is not a whole "
                                      "number; send integers")
                 arr = np.asarray(t.data, dtype=dtype.newbyteorder("="))

@@ -110,3 +110,46 @@ TEXTS = [
     "into the woods, where it meets a bear, a badger and an owl who all have opinions about padding.",
     ("a sentence", "and its pair, somewhat longer than the first one"),
 ]
+
+
+# Task heads: (architecture, task) -> labels. Built with random weights; the head's own
+# weights are scaled up so that labels and spans are decided by clear margins (random
+# heads give near-equal logits, whose order a 1e-7 difference could flip).
+HEAD_KINDS = ("bert", "distilbert", "roberta")
+HEAD_LABELS = {
+    "text-classification": ("not_equivalent", "equivalent", "unsure"),
+    "text-ranking": ("score",),
+    "token-classification": ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+    "question-answering": (),
+}
+_AUTO = {"text-classification": "AutoModelForSequenceClassification", "text-ranking": "AutoModelForSequenceClassification",
+         "token-classification": "AutoModelForTokenClassification", "question-answering": "AutoModelForQuestionAnswering"}
+
+
+def build_head(kind: str, task: str, root: Path, *, scale: float = 40.0) -> Path:
+    """A tiny ``kind`` model (bert, distilbert, roberta) with the head of ``task``, saved as a
+    plain transformers folder under ``root``; returns the folder."""
+    import torch
+    import transformers
+
+    folder = root / f"{kind}-{task}"
+    if (folder / "config.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _bpe_tokenizer(folder) if kind == "roberta" else _wordpiece_tokenizer(kind, folder)
+    config = _config(kind, len(tokenizer), tokenizer.pad_token_id)
+    labels = HEAD_LABELS[task]
+    if labels:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {v: k for k, v in enumerate(labels)}
+    torch.manual_seed(HEAD_KINDS.index(kind) * 10 + list(HEAD_LABELS).index(task))
+    model = getattr(transformers, _AUTO[task]).from_config(config).eval()
+    prefix = model.base_model_prefix
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.startswith(prefix):
+                param.mul_(scale)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["read_mrpc", "read_texts"]
+__all__ = ["read_mrpc", "read_records", "read_texts", "record_texts"]
 
 
 def read_mrpc(path: str | Path) -> list[tuple[str, str]]:
@@ -67,3 +67,53 @@ def read_texts(path: str | Path) -> list[Any]:
     if not texts:
         raise InputError(f"texts file {str(path)!r} holds no texts; give one text per line")
     return texts
+
+
+def read_records(path: str | Path) -> list[Any]:
+    """Inputs of a text task from a file: one text per line, or JSONL (``.jsonl``/``.json``)
+    where each line is any JSON value (a head's ``parse_record`` says what it takes:
+    ``{"text", "text_pair"}``, ``{"query", "documents"}``, ``{"question", "context"}``)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as err:
+        raise InputError(f"input file {str(path)!r} cannot be read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"input file {str(path)!r} is not UTF-8 text: {err}") from err
+    records: list[Any] = []
+    jsonl = path.suffix in (".jsonl", ".json")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            records.append(line)
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise InputError(f"input file {str(path)!r} line {n} is not valid JSON: {err.msg}") from None
+    if not records:
+        raise InputError(f"input file {str(path)!r} holds no inputs; give one per line")
+    return records
+
+
+def record_texts(records: list[Any]) -> list[Any]:
+    """What a model reads of each record, as texts and pairs (for planning): a text, a
+    ``(text, text_pair)``, ``(question, context)``, or one ``(query, document)`` per document."""
+    out: list[Any] = []
+    for n, item in enumerate(records, 1):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            out.append((item[0], item[1]))
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            pair = item.get("text_pair")
+            out.append((item["text"], pair) if isinstance(pair, str) else item["text"])
+        elif isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str):
+            out.append((item["question"], item["context"]))
+        elif isinstance(item, dict) and isinstance(item.get("query"), str) and isinstance(item.get("documents"), list):
+            out += [(item["query"], d) for d in item["documents"] if isinstance(d, str)]
+        else:
+            raise InputError(f"input {n}: expected a string, a [first, second] pair, or an object with text "
+                             f"(and text_pair), question and context, or query and documents; got {str(item)[:80]!r}")
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..models.tasks import TASKS
 from ._common import (
     add_json_option,
     add_model_options,
@@ -22,13 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compile",
         help="compile every bucket of a plan into the artifact cache, and report time and memory",
         description=(
-            "Compile the default model (or --model: a text encoder folder, or an image model such as resnet50, "
+            "Compile the default model (or --model: a text model folder, with its head, or an image model such as resnet50, "
             "fasterrcnn, a torchvision name or file.py:function) once per bucket of --plan on --backend and save "
             "the artifacts in the cache; a second run loads them instead and reports the time saved. "
             "Prints each bucket's compile time, size on disk and resident memory."
         ),
     )
     add_model_options(comp, serving=False, images=True)
+    comp.add_argument("--task", choices=TASKS, help="a text model's task (default: read from the folder's architectures)")
     comp.add_argument("--memory-budget", metavar="BYTES",
                       help="refuse a plan whose artifacts need more resident memory than this, e.g. 1GB")
     comp.add_argument("--workers", type=int, metavar="N",
@@ -40,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..backends.base import get_backend
-    from ..models.text import DEFAULT_MODEL_NAME, text_encoder
+    from ..models.tasks import text_model_parts
+    from ..models.text import DEFAULT_MODEL_NAME, default_text_plan
     from ..models.zoo import is_image_model_name, load_image_model
     from ..planning.io import parse_bytes
     from ..runtime.model import BucketedModel
@@ -50,12 +53,15 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.memory_budget) if args.memory_budget else None
     cache = cache_from_args(args, required=True)
     start = time.perf_counter()
+    task = None
     if is_image_model_name(args.model):
         module, spec, _ = load_image_model(args.model)
         plan = image_plan(args.plan, spec)
     else:
-        plan = plan_from_args(args)
-        module, _, spec = text_encoder(args.backend, args.model)
+        module, _, spec, task = text_model_parts(args.backend, args.model, args.task)
+        given = args.plan or args.batch_sizes or args.seq_sizes
+        # The default buckets stop at the model's longest input.
+        plan = plan_from_args(args) if given else default_text_plan(spec.meta["encoder"].max_length, args.backend)
     backend = get_backend(args.backend, **backend_options(args, plan))
     model = BucketedModel(module, spec, plan, backend=backend, cache=cache)
     try:
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         model.close()
     seconds = time.perf_counter() - start
     report = model.compile_report
-    say(f"model    {args.model or DEFAULT_MODEL_NAME} (fingerprint {model.fingerprint()[:12]})")
+    say(f"model    {args.model or DEFAULT_MODEL_NAME}{f' ({task})' if task else ''} (fingerprint {model.fingerprint()[:12]})")
     say(f"backend  {args.backend}, {len(plan)} buckets, cache {cache.root}")
     for line in compile_table(report, wall_seconds=seconds, budget=budget):
         say(line)

@@ -88,11 +88,10 @@ def run(args: argparse.Namespace) -> int:
     is_text = args.input is None or Path(args.input).suffix in TEXT_SUFFIXES
     if is_text:
         from ..corpus import stdlib_docstrings
-        from ..data import read_texts
         from ..models.encoders import encoder_info
         from ..models.text import DEFAULT_BATCH_SIZES, FINE_BATCH_SIZES, length_free, load_default_tokenizer
 
-        texts = read_texts(Path(args.input)) if args.input else stdlib_docstrings()
+        texts = _read_texts(args.input) if args.input else stdlib_docstrings()
         tokenizer = load_default_tokenizer(args.model)
         obs = Observations.from_texts(texts, tokenizer)
         # The top bucket covers every input the model takes, unless told otherwise.
@@ -143,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if is_text:
         model = f" --model {args.model}" if args.model else ""
         step = f"use it with: bucketwise embed{model} --plan {args.output}"
+        if args.model and _task(args.model) != "feature-extraction":
+            step = f"use it with: bucketwise predict{model} --input {args.input or 'FILE'} --plan {args.output}"
     else:
         step = f"use it with: bucketwise predict {args.input} --plan {args.output} --model resnet50"
     say(f"wrote    {args.output} ({len(p)} buckets: {p}); {step}")
@@ -154,6 +155,24 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote    {plot_plan(obs, shown, args.plot)}")
     write_json(args.json, {"plan": p.to_json(), "report": rep.as_dict()})
     return 0
+
+
+def _task(model: str) -> str:
+    from ..models.encoders import model_dir
+    from ..models.tasks import folder_task
+
+    return folder_task(model_dir(model)).task
+
+
+def _read_texts(path: str) -> list[Any]:
+    """The texts and pairs a file holds: one per line, or JSONL records of any text task."""
+    from ..data import read_records, record_texts
+
+    if Path(path).suffix not in (".jsonl", ".json"):
+        from ..data import read_texts
+
+        return read_texts(Path(path))
+    return record_texts(read_records(path))
 
 
 def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: object) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""``bucketwise predict``: a folder of images through a bucketed image model."""
+"""``bucketwise predict``: texts through a text model with its head (``--input``), or a folder of
+images through a bucketed image model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..models.frontend import SIDES, TRUNCATIONS
+from ..models.heads import AGGREGATIONS
+from ..models.tasks import TASKS
+from ..router import OVERFLOW_POLICIES
+from ..runtime.tables import hits_table
 from ._common import (
     add_backend_options,
     add_cache_options,
@@ -18,30 +24,61 @@ from ._common import (
     backend_options,
     cache_from_args,
     image_plan,
+    plan_from_args,
     printer,
+    sizes,
     write_json,
 )
+
+TEXT_OPTIONS = {  # flag -> the head option it sets (a head refuses the ones it does not take)
+    "top_k": "top_k", "raw_scores": "raw_scores", "top_n": "top_n", "aggregation_strategy": "aggregation_strategy",
+    "max_answer_len": "max_answer_len", "doc_stride": "doc_stride", "stride": "stride",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     predict = sub.add_parser(
         "predict",
-        help="run a folder of images through a bucketed image model and write its outputs",
+        help="run texts (--input) through a text model with its head, or a folder of images through an image model",
         description=(
-            "Run every image of FOLDER through --model on --backend, one compiled artifact per bucket of "
-            "--plan (plan one with `bucketwise plan FOLDER`). Classifiers write top-k classes as JSONL, "
+            "Texts: run every input of --input FILE through --model DIR (a local Hugging Face folder) for its task, "
+            "read from the folder (or --task): text-classification, text-ranking, token-classification, "
+            "question-answering or feature-extraction; one JSON line per input, in the Hugging Face pipelines' "
+            "formats. Images: run every image of FOLDER through --model on --backend, one compiled artifact per "
+            "bucket of --plan (plan one with `bucketwise plan FOLDER`). Classifiers write top-k classes as JSONL, "
             "detectors COCO-style JSON (boxes in each image's own pixels), segmentation models one JSONL "
             "line per image with its class pixel counts."
         ),
     )
-    predict.add_argument("folder", metavar="FOLDER", help="images (.jpg, .png, ...; other files are skipped)")
-    predict.add_argument("--model", default="resnet50",
-                         help="resnet50 (default), fasterrcnn, a torchvision model name, or path/to/file.py:function "
-                              "returning (module, spec)")
-    predict.add_argument("--plan", metavar="PLAN.json", help="image buckets (height x width)")
+    predict.add_argument("folder", metavar="FOLDER", nargs="?",
+                         help="images (.jpg, .png, ...; other files are skipped); leave out for text (--input)")
+    predict.add_argument("--model", help="a text model folder (with --input); or an image model: resnet50 (default), "
+                                         "fasterrcnn, a torchvision model name, or path/to/file.py:function returning (module, spec)")
+    predict.add_argument("--input", metavar="FILE",
+                         help="text inputs: one text per line, or JSONL (.jsonl) of {\"text\", \"text_pair\"}, "
+                              "{\"query\", \"documents\"} or {\"question\", \"context\"} objects")
+    predict.add_argument("--task", choices=TASKS, help="the text task (default: read from the folder's architectures)")
+    predict.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (text: batch x seq; images: height x width)")
+    predict.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="text: batch buckets (as embed)")
+    predict.add_argument("--seq-sizes", type=sizes, metavar="16,32,...", help="text: sequence buckets (as embed)")
     add_backend_options(predict)
     predict.add_argument("--output", metavar="FILE", help="where to write (default predictions.jsonl, or .json for detectors)")
-    predict.add_argument("--top-k", type=int, default=5, help="classes per image for classifiers (default 5)")
+    predict.add_argument("--top-k", type=int, help="classes per input: image classifiers (default 5), text-classification "
+                                                   "(default 1), question-answering answers (default 1)")
+    predict.add_argument("--raw-scores", action="store_true", help="text-classification, text-ranking: logits, not scores")
+    predict.add_argument("--top-n", type=int, help="text-ranking: the best N documents per query (default all)")
+    predict.add_argument("--aggregation-strategy", choices=AGGREGATIONS,
+                         help="token-classification: none (default), simple, first, average or max, as Hugging Face's")
+    predict.add_argument("--max-answer-len", type=int, help="question-answering: longest answer in tokens (default 15)")
+    predict.add_argument("--doc-stride", type=int,
+                         help="question-answering: tokens shared by windows of a context longer than the largest bucket")
+    predict.add_argument("--stride", type=int, help="text-ranking, token-classification: tokens shared by windows")
+    predict.add_argument("--truncation", choices=TRUNCATIONS, default="longest_first",
+                         help="how a pair is cut when it must be (text-classification with --overflow truncate)")
+    predict.add_argument("--truncation-side", choices=SIDES, default="right", help="which end is cut (default right)")
+    predict.add_argument("--overflow", default="error", choices=OVERFLOW_POLICIES,
+                         help="text longer than the largest bucket: error (default), truncate, fallback; text-ranking, "
+                              "token-classification and question-answering window it instead (truncate: ranking keeps the first window)")
     predict.add_argument("--score-threshold", type=float, metavar="S",
                          help="Faster R-CNN detectors: drop boxes scoring below S (default 0.05)")
     predict.add_argument("--resize", action="store_true",
@@ -52,7 +89,81 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=run)
 
 
+def run_text(args: argparse.Namespace) -> int:
+    """``predict --input FILE``: a text model with its head, one JSON line per input."""
+    from ..data import read_records
+    from ..models.encoders import model_dir
+    from ..models.tasks import folder_task, head_class
+
+    say = printer(args)
+    if args.folder:
+        raise ConfigError(f"give text inputs with --input FILE, or images as FOLDER, not both (got FOLDER {args.folder!r})")
+    if not args.input:
+        raise ConfigError("a text model reads its inputs from --input FILE (one text per line, or JSONL)")
+    if args.model is None and args.task not in (None, "feature-extraction"):
+        raise ConfigError(f"--task {args.task} needs --model DIR, a folder with that head; the bundled "
+                          "all-MiniLM-L6-v2 is a sentence encoder")
+    task = "feature-extraction" if args.model is None else folder_task(model_dir(args.model)).check(args.task)
+    records = read_records(args.input)  # before loading the model, so a bad file fails in a blink
+    options = {TEXT_OPTIONS[k]: v for k, v in vars(args).items() if k in TEXT_OPTIONS and v not in (None, False)}
+    cls = head_class(task)
+    allowed = () if task == "feature-extraction" else cls.options
+    unknown = [f"--{k.replace('_', '-')}" for k in options if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not for {task}" + (f"; it takes {', '.join('--' + k.replace('_', '-') for k in allowed)}"
+                                                                    if allowed else ""))
+    inputs = None if task == "feature-extraction" else [cls.parse_record(r, f"input {i + 1}") for i, r in enumerate(records)]
+    # The default buckets stop at the model's longest input, so leave them to the head.
+    given = plan_from_args(args) if args.plan or args.batch_sizes or args.seq_sizes else None
+    start = time.perf_counter()
+    head = cls.default(backend=args.backend, plan=given, overflow=args.overflow, progress=not args.no_progress,
+                                    model=args.model, cache=cache_from_args(args),
+                                    backend_options=backend_options(args, given or plan_from_args(args)),
+                                    truncation=args.truncation, truncation_side=args.truncation_side)
+    compile_s = time.perf_counter() - start
+    plan = head.model.plan
+    start = time.perf_counter()
+    if task == "feature-extraction":
+        texts = [head.text_args(r, f"input {i + 1}") for i, r in enumerate(read_texts_of(records))]
+        vectors = head.embed([t if len(t) == 2 else t[0] for t in texts], progress=not args.no_progress)
+        results: list[Any] = [{"embedding": [float(x) for x in v]} for v in vectors]
+    else:
+        results = head.predict(inputs, **options, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    output = Path(args.output or "predictions.jsonl")
+    with output.open("w") as f:
+        for result in results:
+            f.write(json.dumps(result) + "\n")
+    stats = head.model.stats
+    say(f"model    {args.model or 'all-MiniLM-L6-v2'} ({task}) on {args.backend}, {len(plan)} buckets, "
+        f"ready in {compile_s:.1f} s")
+    say(f"inputs   {len(records)} from {args.input} in {seconds:.2f} s ({len(records) / seconds:,.1f}/s); "
+        f"padding {stats.padding_waste:.1%}" + (f"; overflow {dict(stats.overflow)}" if stats.overflow else ""))
+    say("bucket hits:")
+    for line in hits_table(stats, plan):
+        say(line)
+    say(f"wrote    {output}")
+    write_json(args.json, {"model": args.model, "task": task, "backend": args.backend, "plan": plan.to_json(),
+                           "inputs": len(records), "seconds": seconds, "compile_seconds": compile_s,
+                           "inputs_per_second": len(records) / seconds, "output": str(output),
+                           "padding_waste": stats.padding_waste, "stats": stats.as_dict()})
+    head.model.close()
+    return 0
+
+
+def read_texts_of(records: list[Any]) -> list[Any]:
+    """Texts and pairs of feature-extraction records: strings, [a, b] or {"text", "text_pair"}."""
+    from ..data import record_texts
+
+    for i, r in enumerate(records):
+        if isinstance(r, dict) and "text" not in r:
+            raise InputError(f'input {i + 1}: feature-extraction takes texts, [a, b] pairs or {{"text": ...}}')
+    return record_texts(records)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.input or args.task or (args.folder is None and args.model and Path(args.model, "config.json").is_file()):
+        return run_text(args)
     from tqdm.auto import tqdm
 
     from .._optional import require
@@ -64,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
 
     say = printer(args)
     Image = require("PIL.Image", "images", purpose="reading images")
+    if args.folder is None:
+        raise ConfigError("give a FOLDER of images, or --input FILE with a text --model DIR")
+    args.model = args.model or "resnet50"
+    args.top_k = 5 if args.top_k is None else args.top_k
     folder = Path(args.folder)
     files = image_files(folder)
     if args.top_k < 1:

@@ -22,6 +22,7 @@ from typing import Any
 from .._optional import is_importable, require
 from ..errors import ConfigError, MissingDependencyError
 from ..spec import InputSpec, ModelSpec, OutputSpec
+from .tasks import folder_task
 from .tokenizer import fast_tokenizer
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "PoolingWarning",
     "encoder_info",
     "encoder_spec",
+    "head_module",
+    "lazy_text_head",
+    "require_encoder",
     "lazy_default_encoder",
     "load_default_encoder",
     "load_default_tokenizer",
@@ -130,12 +134,12 @@ def encoder_info(path: str | None, tokenizer: Any) -> EncoderInfo:
 
 
 def encoder_spec(tokenizer: Any, *, vocab_size: int | None = None, type_vocab_size: int = 2,
-                 input_names: tuple[str, ...] = _KNOWN_INPUTS) -> ModelSpec:
+                 input_names: tuple[str, ...] = _KNOWN_INPUTS, outputs: tuple[OutputSpec, ...] | None = None) -> ModelSpec:
     """Spec of a text encoder called as ``model(input_ids, attention_mask[, token_type_ids])``.
 
     Pads input ids with the tokenizer's pad id and masks/type ids with 0, at the end of
     the sequence. Outputs: ``last_hidden_state`` (batch, seq, hidden), cropped back to the
-    real length, and ``sentence_embedding`` (batch, hidden).
+    real length, and ``sentence_embedding`` (batch, hidden); or ``outputs`` (a head's).
     """
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -153,7 +157,7 @@ def encoder_spec(tokenizer: Any, *, vocab_size: int | None = None, type_vocab_si
     }
     return ModelSpec(
         inputs=tuple(specs[n] for n in _KNOWN_INPUTS if n in input_names),
-        outputs=(
+        outputs=outputs or (
             OutputSpec("last_hidden_state", ("batch", "seq", None)),
             OutputSpec("sentence_embedding", ("batch", None)),
         ),
@@ -207,6 +211,73 @@ def sentence_transformer_encoder(folder: str) -> Any:
     return SentenceTransformerEncoder().eval()
 
 
+def require_encoder(path: str) -> None:
+    """Refuse a folder whose head is not a sentence encoder (a classifier, token classifier,
+    QA model ...): run as an encoder, its head would be dropped and its embeddings served
+    in place of its predictions."""
+    found = folder_task(model_dir(path))
+    if found.task != "feature-extraction":
+        raise ConfigError(
+            f"model {path!r} is {found.describe()}, not a sentence encoder: embedding it would drop its head. "
+            f"Run it with: {found.command()}")
+
+
+def head_module(folder: str, auto_class: str, outputs: tuple[str, ...]) -> Any:
+    """The folder's transformers model with its head (``auto_class``, e.g.
+    ``AutoModelForSequenceClassification``), as a module returning ``outputs`` in order."""
+    torch = require("torch", "text")
+    transformers = require("transformers", "text")
+    model = getattr(transformers, auto_class).from_pretrained(folder, attn_implementation="eager").eval()
+
+    class HeadModule(torch.nn.Module):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+            return tuple(out[name] for name in outputs)
+
+    return HeadModule().eval()
+
+
+def lazy_text_head(path: str, task: str, outputs: tuple[OutputSpec, ...]) -> tuple[Any, Any, ModelSpec]:
+    """A folder with a task head (``task``, which the folder must be able to run) as a
+    :class:`~bucketwise.runtime.cache.LazyModel` returning ``outputs``, with its tokenizer
+    and spec. ``spec.meta`` holds the :class:`EncoderInfo` (``"encoder"``) and the
+    :class:`~bucketwise.models.tasks.FolderTask` (``"head"``)."""
+    from importlib.metadata import version
+
+    from ..runtime.cache import LazyModel, fingerprint_files
+
+    folder = model_dir(path)
+    found = folder_task(folder)
+    found.check(task)
+    if found.auto_class is None:
+        raise ConfigError(f"model {path!r} is {found.describe()}; task {task!r} needs a model with a task head. "
+                          f"Run it with: {found.command()}")
+    tokenizer = load_default_tokenizer(folder)
+    info = encoder_info(folder, tokenizer)
+    spec = encoder_spec(tokenizer, vocab_size=info.vocab_size, type_vocab_size=info.type_vocab_size,
+                        input_names=info.input_names, outputs=outputs)
+    spec = ModelSpec(spec.inputs, spec.outputs, {**spec.meta, "family": "text-head", "encoder": info, "head": found})
+    names = tuple(o.name for o in outputs)
+    auto_class = found.auto_class
+
+    def load() -> Any:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return head_module(folder, auto_class, names)
+
+    wrapper = {"wrapper": auto_class, "outputs": list(names), "attn": "eager", "transformers": version("transformers"),
+               "inputs": list(info.input_names)}
+    return LazyModel(load, fingerprint_files(folder, extra=wrapper), info.name), tokenizer, spec
+
+
 def load_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
     """A sentence encoder: (module, tokenizer, spec), loaded now (see :func:`lazy_default_encoder`)."""
     lazy, tokenizer, spec = lazy_default_encoder(path)
@@ -225,6 +296,8 @@ def lazy_default_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
     """
     from ..runtime.cache import LazyModel, fingerprint_files
 
+    if path is not None:
+        require_encoder(path)
     tokenizer = load_default_tokenizer(path)
     info = encoder_info(path, tokenizer)
     spec = encoder_spec(tokenizer, vocab_size=info.vocab_size, type_vocab_size=info.type_vocab_size,

@@ -22,7 +22,7 @@ import numpy as np
 from .._optional import require
 from ..errors import ConfigError
 from ..spec import ModelSpec
-from .encoders import encoder_info, encoder_spec, load_default_tokenizer, model_dir
+from .encoders import encoder_info, encoder_spec, load_default_tokenizer, model_dir, require_encoder
 
 __all__ = ["bert_encoder", "bert_params", "bert_forward"]
 
@@ -136,6 +136,8 @@ def bert_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
     from ..runtime.fingerprint import fingerprint_files
 
     folder = Path(model_dir(path))
+    if path is not None:
+        require_encoder(path)
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") != "bert" or config.get("position_embedding_type", "absolute") != "absolute" \
             or config.get("hidden_act") != "gelu":

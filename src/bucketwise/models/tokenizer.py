@@ -69,6 +69,7 @@ class FastTokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self._lock = threading.Lock()  # truncation is the Rust tokenizer's state
+        self.truncation_side = "right"  # as transformers': which end truncation cuts
         special = {**_read(folder / "special_tokens_map.json"), **config}
         self.model_input_names = model_input_names
         max_len = config.get("model_max_length")
@@ -84,11 +85,23 @@ class FastTokenizer:
     def __repr__(self) -> str:
         return f"FastTokenizer({str(self.folder)!r})"
 
-    def __call__(self, text: str | list[str], pair: str | list[str] | None = None, *, truncation: bool = False,
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The ``tokenizers.Tokenizer`` (as transformers' fast tokenizers name it). Its
+        truncation is state: change it only under :attr:`lock`."""
+        return self._tok
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    def __call__(self, text: str | list[str], pair: str | list[str] | None = None, *, truncation: bool | str = False,
                  max_length: int | None = None, padding: bool | str = False, return_tensors: str | None = None,
                  verbose: bool = True) -> dict[str, Any]:
         """One text (or pair), or a list of them, as transformers encodes them: special
-        tokens added; ``truncation`` to ``max_length`` (longest first for pairs);
+        tokens added; ``truncation`` to ``max_length`` (``True`` or ``"longest_first"``;
+        ``"only_first"``/``"only_second"`` cut one text of a pair), on the side
+        :attr:`truncation_side` names;
         ``padding=True`` (or ``"longest"``) pads a list to its longest; ``return_tensors``
         ``"np"`` or ``"pt"`` gives arrays instead of lists."""
         if padding not in (False, True, "longest", "do_not_pad"):
@@ -96,7 +109,8 @@ class FastTokenizer:
         batched = isinstance(text, (list, tuple))
         with self._lock:
             if truncation and max_length is not None:
-                self._tok.enable_truncation(max_length)  # longest_first, as transformers
+                strategy = "longest_first" if truncation is True else str(truncation)
+                self._tok.enable_truncation(max_length, strategy=strategy, direction=self.truncation_side)
             else:
                 self._tok.no_truncation()
             if batched:

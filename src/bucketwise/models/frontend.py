@@ -1,0 +1,387 @@
+"""The text front end every text head shares: tokenize, sort by length, route, restore order.
+
+A head (sentence embeddings, classification, ranking, token classification, question
+answering) is a :class:`TextModel` subclass that says which outputs it needs and how to
+post-process them. Everything between texts and per-text outputs is here, once:
+
+- tokenization of single texts and pairs, with truncation ``longest_first``,
+  ``only_first`` or ``only_second``, on the ``right`` or ``left``;
+- a text longer than the model takes is cut to its ``max_length`` (as sentence-transformers
+  and transformers' pipelines cut it); one longer than the largest bucket is left to the
+  router's overflow policy, or split into windows by heads that window;
+- texts sorted by length and cut into runs by the one router, each run padding only to its
+  own bucket; outputs come back in input order, cropped to each text's real tokens;
+- the parity probe: whenever buckets were compiled, a few texts run bucketed and through
+  the model at their exact length, and :class:`~bucketwise.errors.ParityError` refuses a
+  model whose outputs differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..backends.base import get_backend
+from ..errors import BucketOverflowError, ConfigError, InputError, ParityError
+from ..plans import Plan
+from ..router import OverflowPolicy
+from ..runtime.model import BucketedModel
+from ..shapes import BATCH, Bucket
+
+__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "default_text_plan", "length_free"]
+
+Text = str | tuple[str, str]
+Encoded = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text, unpadded
+TRUNCATIONS = ("longest_first", "only_first", "only_second")
+SIDES = ("right", "left")
+
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_SEQ_SIZES = (16, 32, 64, 128, 256)
+# Where buckets of one batch size share a session whose length is free (ONNX Runtime's
+# default), more lengths cost no memory: a ladder whose steps grow with the length (4
+# tokens up to 32, then 8, 16 and 32), and the batch sizes a server and a bulk job use.
+FINE_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+FINE_SEQ_SIZES = (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+
+
+def default_text_plan(max_length: int | None = None, backend: Any = None) -> Plan:
+    """The default buckets for text on ``backend`` (a name or an instance).
+
+    Where the backend's buckets of one batch size share one session with the length free
+    (``onnxruntime``, unless built with ``free_dims=()``), a bucket costs no more memory,
+    so the plan is fine: batch {1, 2, 4, 8, 16, 32} x seq in steps of 4 tokens up to 32,
+    then 8, 16 and 32 up to 256. Elsewhere each bucket holds its own compiled copy, and the
+    plan is batch {1, 8} x seq {16, 32, 64, 128, 256}.
+
+    256 is the sequence length all-MiniLM-L6-v2 was trained at. With a model's
+    ``max_length`` below 256, the sizes stop there, and the top bucket is exactly
+    ``max_length`` (the longest input the model takes).
+    """
+    fine = length_free(backend)
+    batches, seqs = (FINE_BATCH_SIZES, list(FINE_SEQ_SIZES)) if fine else (DEFAULT_BATCH_SIZES, list(DEFAULT_SEQ_SIZES))
+    if max_length is not None and max_length < seqs[-1]:
+        seqs = [s for s in seqs if s < max_length] + [max_length]
+    return Plan.grid(batch=batches, seq=seqs)
+
+
+def length_free(backend: Any) -> bool:
+    """True when ``backend`` (a name, with its default options, or an instance) shares one
+    artifact between buckets that differ only in length."""
+    if isinstance(backend, str):
+        return backend == "onnxruntime"
+    return "seq" in tuple(getattr(backend, "free_dims", ()))
+
+
+class TextModel:
+    """Texts in, per-text outputs out, through a bucketed model: the front end of every head.
+
+    Subclasses set ``task`` (a Hugging Face task name), ``outputs`` (the model outputs the
+    head reads, which the parity probe compares) and ``_load`` (the folder as a module, its
+    tokenizer and spec), and post-process what :meth:`run_tokenized` returns.
+
+    ``truncation`` is how a pair is cut when it must be (``longest_first``, the default,
+    trims the longer text token by token; ``only_first``/``only_second`` trim one text);
+    ``truncation_side`` is which end is cut (``right`` keeps the start).
+    """
+
+    task: ClassVar[str] = ""
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: BucketedModel, tokenizer: Any, *, max_length: int | None = None,
+                 truncation: str = "longest_first", truncation_side: str = "right") -> None:
+        if truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation={truncation!r}; use one of {', '.join(TRUNCATIONS)}")
+        if truncation_side not in SIDES:
+            raise ConfigError(f"truncation_side={truncation_side!r}; use 'right' (keep the start) or 'left' (keep the end)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.truncation = truncation
+        self.truncation_side = truncation_side
+        if hasattr(tokenizer, "truncation_side"):
+            tokenizer.truncation_side = truncation_side
+        info = model.spec.meta.get("encoder")
+        self.max_length = max_length if max_length is not None else (info.max_length if info is not None else None)
+
+    # -- loading --------------------------------------------------------------------------
+
+    @classmethod
+    def _load(cls, backend: str, path: str | None) -> tuple[Any, Any, Any]:
+        """(module or LazyModel, tokenizer, spec) of the folder ``path`` for ``backend``."""
+        raise NotImplementedError
+
+    @classmethod
+    def default(
+        cls,
+        *,
+        backend: str = "onnxruntime",
+        plan: Plan | None = None,
+        overflow: OverflowPolicy = "error",
+        backend_options: Mapping[str, Any] | None = None,
+        progress: bool = True,
+        model: str | None = None,
+        cache: Any = None,
+        lazy: bool = False,
+        workers: int | None = None,
+        memory_budget: float | None = None,
+        verify: bool = True,
+        build: bool = True,
+        warmup_runs: int = 1,
+        truncation: str = "longest_first",
+        truncation_side: str = "right",
+    ) -> Any:
+        """The model folder ``model`` (default all-MiniLM-L6-v2) on ``backend`` with
+        ``plan`` (default buckets, up to the model's longest input), compiled.
+
+        With a ``cache`` (an :class:`~bucketwise.runtime.cache.ArtifactCache` or folder),
+        cached buckets are loaded instead of compiled, and the weights are loaded into
+        torch only if some bucket is missing. ``lazy``, ``workers`` and ``memory_budget``
+        go to :meth:`BucketedModel.compile`. With ``verify`` (default), whenever buckets
+        were compiled, a few probe texts are run bucketed and unpadded through the model
+        itself, and :class:`ParityError` refuses a model whose outputs do not match.
+
+        With ``build=False`` nothing is built yet: tokenize first, then call
+        :meth:`prepare` with ``only=head.buckets_for(encoded)`` to build just the
+        buckets a known set of texts uses (what ``bucketwise embed`` does).
+        ``warmup_runs`` (default 1) runs each artifact that many times on example inputs
+        once built; a batch job that runs every bucket it builds right away can use 0.
+        """
+        runtime = get_backend(backend, **dict(backend_options or {}))
+        module, tokenizer, spec = cls._load(runtime.name, model)
+        bucketed = BucketedModel(
+            module,
+            spec,
+            plan or default_text_plan(spec.meta["encoder"].max_length, runtime),
+            backend=runtime,
+            overflow=overflow,
+            cache=cache,
+            warmup_runs=warmup_runs,
+        )
+        head = cls(bucketed, tokenizer, truncation=truncation, truncation_side=truncation_side)
+        if build:
+            head.prepare(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget, verify=verify)
+        return head
+
+    def prepare(
+        self,
+        *,
+        progress: bool = True,
+        lazy: bool = False,
+        workers: int | None = None,
+        memory_budget: float | None = None,
+        verify: bool = True,
+        only: Collection[Bucket] | None = None,
+    ) -> Any:
+        """Build (or load) the buckets (``only`` those and the ones covering every shape;
+        see :meth:`BucketedModel.compile`), then, when anything was compiled and
+        ``verify``, check parity on probe texts. Returns self."""
+        self.model.compile(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget, only=only)
+        if verify and self.model.builder.model_loaded:
+            counted = dict(self.model.stats.overflow)  # truncations of texts tokenized already
+            self.verify()
+            self.model.reset_stats()  # the probes are not the caller's traffic
+            self.model.stats.overflow.update(counted)
+        return self
+
+    def verify(self, texts: Sequence[Text] = (), *, atol: float = 1e-4) -> float:
+        """Run ``texts`` (default: probes of several lengths, and a pair) bucketed and
+        through the model itself at their exact length; raise :class:`ParityError` when an
+        output the head reads (``outputs``) differs by more than ``atol``. Returns the
+        largest difference."""
+        limit = self.router.limits["seq"]
+        if not texts:
+            texts = [" ".join(["word"] * n) for n in (1, 5, max(1, limit // 2 - 2), max(1, limit - 2))]
+            texts.append(("a word", "and its pair"))  # type: ignore[arg-type]
+        encoded = self.tokenize(texts)
+        got = self.run_tokenized(encoded)
+        worst = 0.0
+        for row, outs in zip(self.rows(encoded), got):
+            ref = self.model.reference({k: v[None] for k, v in row.items()})
+            for name in self.outputs:
+                want = np.asarray(ref[name][0], dtype=np.float32)
+                worst = max(worst, float(np.max(np.abs(want - np.asarray(outs[name], dtype=np.float32)))))
+        if worst > atol:
+            raise ParityError(
+                f"{self.model.model_name} on {self.model.backend.name}: bucketed {self.describe_outputs()} differ "
+                f"from the model's own by up to {worst:.3g} (tolerance {atol:g}); refusing to serve them. "
+                "Try another backend (e.g. torchscript), or report the model"
+            )
+        return worst
+
+    def describe_outputs(self) -> str:
+        return " and ".join(self.outputs)
+
+    @property
+    def router(self) -> Any:
+        return self.model.router
+
+    # -- tokenizing -----------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[Text]) -> list[Encoded]:
+        """(input_ids, token_type_ids) per text, unpadded. Pairs are (first, second).
+
+        A text longer than the largest bucket is left to the router: under
+        ``overflow="truncate"`` it is cut by the tokenizer to the length the router gives
+        (which keeps the closing special token and trims pairs as ``truncation`` says),
+        and each truncation is counted in the model's ``stats.overflow``; under ``"error"``
+        the call that runs it raises (see :meth:`admit` to refuse it up front).
+        """
+        out = []
+        truncated = 0
+        for i, text in enumerate(texts):
+            args = self.text_args(text, f"texts[{i}]")
+            enc, cut = self._encode(args, i)
+            truncated += cut
+            types = enc.get("token_type_ids") or [0] * len(enc["input_ids"])
+            out.append((enc["input_ids"], types))
+        if truncated:
+            self.model.count_overflow("truncate", truncated)
+        return out
+
+    @staticmethod
+    def text_args(text: Any, where: str) -> tuple[str, ...]:
+        """``text`` as the tokenizer's arguments: (text,) or (first, second)."""
+        if isinstance(text, tuple) and len(text) == 2 and all(isinstance(t, str) for t in text):
+            return text
+        if isinstance(text, str):
+            return (text,)
+        raise InputError(f"{where} is a {type(text).__name__}; each text must be a string or a "
+                         "(first, second) pair of strings")
+
+    def _encode(self, args: tuple[str, ...], index: int = 0) -> tuple[Any, bool]:
+        """Tokenize one text; cut it to the model's ``max_length`` (as sentence-transformers
+        does) and then to what the router's truncate policy allows. Returns it and whether
+        it was cut."""
+        enc = self.tokenizer(*args, verbose=False)  # over-long texts are cut below, not warned about
+        limit = self.max_length if self.max_length is not None and len(enc["input_ids"]) > self.max_length else None
+        shape = {BATCH: 1, "seq": min(len(enc["input_ids"]), limit or len(enc["input_ids"]))}
+        if not self.router.fits(shape):
+            try:
+                decision = self.router.resolve(shape)
+            except BucketOverflowError:
+                decision = None  # "error": raised when it runs, or by admit()
+            if decision is not None and decision.policy == "truncate":
+                limit = decision.shape["seq"]
+        if limit is None:
+            return enc, False
+        strategy = self.truncation if len(args) == 2 else "longest_first"
+        try:
+            return self.tokenizer(*args, truncation=strategy, max_length=limit), True
+        except Exception as err:  # noqa: BLE001 - the tokenizer's own error: say which text and why
+            raise InputError(
+                f"texts[{index}] cannot be cut to {limit} tokens with truncation={strategy!r} ({err}); "
+                "use truncation='longest_first', or shorten the text") from None
+
+    def admit(self, encoded: Sequence[Encoded]) -> None:
+        """Raise :class:`BucketOverflowError` naming the first text the router would refuse
+        (longer than every bucket under ``overflow="error"``), before anything runs."""
+        for i, (ids, _) in enumerate(encoded):
+            try:
+                self.router.resolve({BATCH: 1, "seq": len(ids)})
+            except BucketOverflowError:
+                raise BucketOverflowError(
+                    f"text {i} has {len(ids)} tokens; the largest bucket holds {self.router.limits['seq']}. "
+                    "Shorten it, or allow overflow='truncate' (bucketwise serve --overflow truncate)"
+                ) from None
+
+    def rows(self, encoded: Sequence[Encoded]) -> list[dict[str, np.ndarray]]:
+        """Model inputs of each tokenized text, without the batch axis (one row each): the
+        spec's inputs, so a model without ``token_type_ids`` gets none."""
+        names = self.model.spec.input_names
+        out = []
+        for ids, types in encoded:
+            row = {"input_ids": np.asarray(ids, dtype=np.int64), "attention_mask": np.ones(len(ids), dtype=np.int64)}
+            if "token_type_ids" in names:
+                row["token_type_ids"] = np.asarray(types, dtype=np.int64)
+            out.append(row)
+        return out
+
+    # -- running --------------------------------------------------------------------------
+
+    def run_tokenized(self, encoded: Sequence[Encoded], *, progress: bool = False,
+                      desc: str = "run") -> list[dict[str, Any]]:
+        """The outputs the head reads, per text, in input order; token outputs cropped to
+        each text's own length."""
+        results: list[dict[str, Any]] = [{} for _ in encoded]
+        for idx, outs in self.run_groups(encoded, progress=progress, desc=desc):
+            for i, out in zip(idx, outs):
+                results[i] = {name: out[name] for name in self.outputs}
+        return results
+
+    def run_groups(self, encoded: Sequence[Encoded], *, progress: bool = False,
+                   desc: str = "run") -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+        """Run tokenized texts and yield (indices, outputs) run by run.
+
+        Texts are sorted by length and grouped by the length edge they fit (every text of
+        a group is covered by the same buckets); the router cuts each group into runs
+        (:meth:`Router.take`), so a batch pads only to its own bucket. Longer texts run
+        one by one under the overflow policy.
+        """
+        from tqdm.auto import tqdm
+
+        if len(encoded) == 0:
+            raise InputError("texts is empty; pass at least one text")
+        bar = tqdm(total=len(encoded), desc=desc, unit="text") if progress else None
+        rows = self.rows(encoded)
+        lengths = [len(ids) for ids, _ in encoded]
+        try:
+            for bucket, part in self._runs(lengths):
+                if bucket is None:  # longer than every bucket: the overflow policy, one by one
+                    out = self.model.run({k: v[None] for k, v in rows[part[0]].items()})
+                    yield part, [{k: v[0] for k, v in out.items()}]
+                else:
+                    yield part, self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part], bucket)
+                if bar is not None:
+                    bar.update(len(part))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def buckets_for(self, encoded: Sequence[Encoded]) -> set[Bucket]:
+        """The buckets :meth:`run_tokenized` runs ``encoded`` in (for ``prepare(only=)``)."""
+        return {b for b, _ in self._runs([len(ids) for ids, _ in encoded]) if b is not None}
+
+    def _runs(self, lengths: Sequence[int]) -> Iterator[tuple[Bucket | None, list[int]]]:
+        """The runs for texts of ``lengths``: (bucket, indices), sorted by length and
+        grouped by the length edge they fit (every text of a group is covered by the same
+        buckets), each group cut by :meth:`Router.take`, except that a group's last run
+        fills a smaller batch bucket exactly, if it holds at least half of the rows left,
+        rather than pad over 1/8 of a larger one;
+        ``(None, [i])`` for a text longer than every bucket (the overflow policy's, one by
+        one)."""
+        groups: dict[int | None, list[int]] = {}
+        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+            groups.setdefault(self.router.queue_edge("seq", lengths[i]), []).append(i)
+        for edge, idx in groups.items():
+            if edge is None:
+                for i in idx:
+                    yield None, [i]
+                continue
+            while idx:
+                bucket, n = self.router.take(len(idx), seq=edge)
+                if n == len(idx) and bucket[BATCH] - n > bucket[BATCH] // 8:
+                    # The group's last, partial run would be over 1/8 pad rows, which cost
+                    # as much as real ones: run a full smaller bucket now, the rest next,
+                    # where it takes at least half the rows (not many small runs instead).
+                    full = self._full_run(n, edge)
+                    if full is not None and 2 * full[1] >= n:
+                        bucket, n = full
+                part, idx = idx[:n], idx[n:]
+                yield bucket, part
+
+    def _full_run(self, rows: int, edge: int) -> tuple[Bucket, int] | None:
+        """The largest bucket at length ``edge`` that ``rows`` rows fill exactly, if any."""
+        for size in reversed(self.router.queue_edges(BATCH)):
+            if size <= rows:
+                bucket = self.router.route({BATCH: size, "seq": edge})
+                if bucket[BATCH] == size:
+                    return bucket, size
+        return None
+
+    @property
+    def window(self) -> int:
+        """The longest input one run takes: the largest bucket's length, or the model's
+        ``max_length`` if shorter. Heads that window split longer inputs into this."""
+        top = int(self.router.limits["seq"])
+        return min(top, self.max_length) if self.max_length is not None else top

@@ -417,3 +417,44 @@ def test_the_docs_examples_run(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[1] == "(1, 2)" and ("'label': 'paraphrase'" in lines[0] or "'label': 'different'" in lines[0])
     assert lines[-1] == "['answer', 'end', 'score', 'start'] True"
+
+
+def test_a_sentence_transformers_cross_encoder_folder_ranks_as_it_does(folders, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import CrossEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ce = CrossEncoder(str(folders["roberta", "text-ranking"]), device="cpu")
+        ce.save(str(tmp_path / "ce"))
+    assert (tmp_path / "ce" / "modules.json").is_file()  # not a sentence encoder for all that
+    assert folder_task(tmp_path / "ce").task == "text-ranking"
+    head = TextRanker.default(model=str(tmp_path / "ce"), plan=PLAN, progress=False)
+    docs = DOCS[:3]
+    want = ce.predict([(QUERY, d) for d in docs])
+    got = head.scores(QUERY, docs)
+    assert np.abs(got - want).max() <= ATOL
+    assert [r["index"] for r in head.rerank(QUERY, docs)] == [r["corpus_id"] for r in ce.rank(QUERY, docs)]
+
+
+def test_pairs_are_cut_as_truncation_says(folders):
+    import transformers
+
+    folder = str(folders["bert", "text-classification"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    pair = ("first text " * 4, "the second text is much longer than the first one " * 3)
+    for strategy in ("longest_first", "only_first", "only_second"):
+        for side in ("right", "left"):
+            head = TextClassifier.default(model=folder, plan=Plan.grid(batch=[1], seq=[16, 24]), overflow="truncate",
+                                          truncation=strategy, truncation_side=side, progress=False, verify=False)
+            if strategy == "only_first":  # the first text is too short to make room: a clear error, not a crash
+                with pytest.raises(InputError, match="cannot be cut to 24 tokens with truncation='only_first'"):
+                    head.tokenize([pair])
+                continue
+            tokenizer.truncation_side = side
+            want = tokenizer(*pair, truncation=strategy, max_length=24)["input_ids"]
+            (ids, _), = head.tokenize([pair])
+            assert ids == want and len(ids) == 24, (strategy, side)
+            assert head.model.stats.overflow["truncate"] == 1
+    with pytest.raises(ConfigError, match="truncation='middle'"):
+        TextClassifier.default(model=folder, plan=PLAN, truncation="middle", progress=False)

@@ -88,12 +88,22 @@ class FolderTask:
 def folder_task(folder: str | Path) -> FolderTask:
     """Read the folder's configuration (never its weights) and say what it does."""
     folder = Path(folder)
+    activation = None
     if (folder / "modules.json").is_file():
-        return FolderTask(str(folder), "sentence-transformers", ("feature-extraction",), (), None)
+        st = _read(folder / "config_sentence_transformers.json")
+        kind = st.get("model_type") or "SentenceTransformer"
+        if kind == "SentenceTransformer":
+            return FolderTask(str(folder), "sentence-transformers", ("feature-extraction",), (), None)
+        if kind != "CrossEncoder":
+            raise ConfigError(f"model {str(folder)!r} is a sentence-transformers {kind}, which bucketwise does not run; "
+                              "it runs SentenceTransformer (embeddings) and CrossEncoder (ranking, classification) folders")
+        activation = st.get("activation_fn")  # a CrossEncoder saved by sentence-transformers 5 and later
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"model {str(folder)!r}: cannot read config.json ({err}); give a Hugging Face model folder") from None
+    if activation:
+        config["sentence_transformers"] = {"activation_fn": activation}
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     if not archs:
         return FolderTask(str(folder), str(config.get("model_type", "unknown")), ("feature-extraction",), (), None)
@@ -110,6 +120,14 @@ def folder_task(folder: str | Path) -> FolderTask:
     raise ConfigError(
         f"model {str(folder)!r} has a {arch} head, which bucketwise does not run; its weights would be "
         f"dropped. Known: {KNOWN}. Save the model with one of those heads (or its base model for embeddings)")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _labels(config: dict[str, Any]) -> tuple[str, ...]:

@@ -61,6 +61,21 @@ def descriptions() -> list[list[str]]:
     return docs
 
 
+def paragraph_runs(paras: list[str], low: int, high: int) -> list[str]:
+    """Consecutive paragraphs joined until they hold ``low`` words; the runs of at most ``high``."""
+    runs = []
+    i = 0
+    while i < len(paras):
+        j, words = i, 0
+        while j < len(paras) and words < low:
+            words += len(paras[j].split())
+            j += 1
+        if low <= words <= high:
+            runs.append(" ".join(paras[i:j]))
+        i = j
+    return runs
+
+
 def heldout_sets(*, short: int = 2000, medium: int = 500, long: int = 200, seed: int = 0) -> dict[str, list[str]]:
     """The three sets (fewer texts where the installation holds fewer)."""
     docs = descriptions()
@@ -71,15 +86,7 @@ def heldout_sets(*, short: int = 2000, medium: int = 500, long: int = 200, seed:
             if 30 <= n <= 90:
                 paragraphs.append(p)
             sentences += [s for s in _SENTENCE.split(p) if 4 <= len(s.split()) <= 30]
-        i = 0
-        while i < len(paras):  # consecutive paragraphs joined up to 130-190 words
-            j, words = i, 0
-            while j < len(paras) and words < 130:
-                words += len(paras[j].split())
-                j += 1
-            if 130 <= words <= 190:
-                runs.append(" ".join(paras[i:j]))
-            i = j
+        runs += paragraph_runs(paras, 130, 190)  # consecutive paragraphs joined up to 130-190 words
     rng = random.Random(seed)
     out = {}
     for name, pool, n in (("short", sentences, short), ("medium", paragraphs, medium), ("long", runs, long)):

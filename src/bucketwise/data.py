@@ -33,39 +33,16 @@ def read_mrpc(path: str | Path) -> list[tuple[str, str]]:
 def read_texts(path: str | Path) -> list[Any]:
     """Texts from a file: one per line, or JSONL (``.jsonl``/``.json``) where each line is a
     string, a ``[first, second]`` pair, or an object with ``text`` (and ``text_pair``)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as err:
-        raise InputError(f"texts file {str(path)!r} cannot be read: {err.strerror}") from err
-    except UnicodeDecodeError as err:
-        raise InputError(f"texts file {str(path)!r} is not UTF-8 text: {err}") from err
     texts: list[Any] = []
-    jsonl = path.suffix in (".jsonl", ".json")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            texts.append(line)
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"texts file {str(path)!r} line {n} is not valid JSON: {err.msg}") from None
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
-            texts.append((item[0], item[1]))
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            pair = item.get("text_pair")
-            texts.append((item["text"], pair) if isinstance(pair, str) else item["text"])
+    for n, item in _lines(path, "texts file"):
+        text = _text(item)
+        if text is not None:
+            texts.append(text)
         else:
             raise InputError(
                 f"texts file {str(path)!r} line {n}: expected a string, a [first, second] pair or "
-                f'{{"text": ...}}, got {line[:80]!r}'
+                f'{{"text": ...}}, got {json.dumps(item)[:80]!r}'
             )
-    if not texts:
-        raise InputError(f"texts file {str(path)!r} holds no texts; give one text per line")
     return texts
 
 
@@ -73,28 +50,47 @@ def read_records(path: str | Path) -> list[Any]:
     """Inputs of a text task from a file: one text per line, or JSONL (``.jsonl``/``.json``)
     where each line is any JSON value (a head's ``parse_record`` says what it takes:
     ``{"text", "text_pair"}``, ``{"query", "documents"}``, ``{"question", "context"}``)."""
+    return [item for _, item in _lines(path, "input file")]
+
+
+def _text(item: Any) -> Any:
+    """A text or pair from a JSON value (a string, ``[first, second]`` or ``{"text", "text_pair"}``),
+    or None."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        return (item[0], item[1])
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        pair = item.get("text_pair")
+        return (item["text"], pair) if isinstance(pair, str) else item["text"]
+    return None
+
+
+def _lines(path: str | Path, what: str) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line: the line itself, or in JSONL
+    (``.jsonl``/``.json``) its JSON value. Refuses an unreadable or empty file."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as err:
-        raise InputError(f"input file {str(path)!r} cannot be read: {err.strerror}") from err
+        raise InputError(f"{what} {str(path)!r} cannot be read: {err.strerror}") from err
     except UnicodeDecodeError as err:
-        raise InputError(f"input file {str(path)!r} is not UTF-8 text: {err}") from err
-    records: list[Any] = []
+        raise InputError(f"{what} {str(path)!r} is not UTF-8 text: {err}") from err
     jsonl = path.suffix in (".jsonl", ".json")
+    out: list[tuple[int, Any]] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         if not jsonl:
-            records.append(line)
+            out.append((n, line))
             continue
         try:
-            records.append(json.loads(line))
+            out.append((n, json.loads(line)))
         except json.JSONDecodeError as err:
-            raise InputError(f"input file {str(path)!r} line {n} is not valid JSON: {err.msg}") from None
-    if not records:
-        raise InputError(f"input file {str(path)!r} holds no inputs; give one per line")
-    return records
+            raise InputError(f"{what} {str(path)!r} line {n} is not valid JSON: {err.msg}") from None
+    if not out:
+        raise InputError(f"{what} {str(path)!r} holds no {'texts' if what == 'texts file' else 'inputs'}; give one per line")
+    return out
 
 
 def record_texts(records: list[Any]) -> list[Any]:
@@ -102,13 +98,9 @@ def record_texts(records: list[Any]) -> list[Any]:
     ``(text, text_pair)``, ``(question, context)``, or one ``(query, document)`` per document."""
     out: list[Any] = []
     for n, item in enumerate(records, 1):
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
-            out.append((item[0], item[1]))
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            pair = item.get("text_pair")
-            out.append((item["text"], pair) if isinstance(pair, str) else item["text"])
+        text = _text(item)
+        if text is not None:
+            out.append(text)
         elif isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str):
             out.append((item["question"], item["context"]))
         elif isinstance(item, dict) and isinstance(item.get("query"), str) and isinstance(item.get("documents"), list):

@@ -99,6 +99,10 @@ def _run_on_ray(args: argparse.Namespace) -> int:
 
     if args.ray < 1:
         raise ConfigError(f"--ray must be at least 1 actor, got {args.ray}")
+    if args.model:  # a folder with a task head: say so here, not from inside every actor
+        from ..models.encoders import require_encoder
+
+        require_encoder(args.model)
     plan = plan_from_args(args)
     say = printer(args)
     if args.input:

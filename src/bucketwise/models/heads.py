@@ -484,8 +484,7 @@ class QuestionAnswerer(_Head):
         wins, owner = [], []
         for i, item in enumerate(inputs):
             question, context = self._pair(item, f"inputs[{i}]")
-            step = self._stride(doc_stride, self._content_room(question), "doc_stride")
-            found = self.windows(question, context, stride=step, where=f"inputs[{i}]")
+            found = self.context_windows(question, context, doc_stride=doc_stride, where=f"inputs[{i}]")
             wins += found
             owner += [i] * len(found)
         outs = self.run_encodings(wins, progress=progress)
@@ -505,6 +504,14 @@ class QuestionAnswerer(_Head):
                        for (a, b), score in ranked]
             results.append(answers[0] if top_k == 1 else answers)
         return results
+
+    def context_windows(self, question: str, context: str, *, doc_stride: int | None = None,
+                        where: str = "the input") -> list[Any]:
+        """The windows (``tokenizers`` encodings) ``question`` and ``context`` run in: one
+        if they fit the largest bucket, else overlapping by ``doc_stride`` tokens of context
+        (default: a quarter of the room a window has for the context, at most 128)."""
+        step = self._stride(doc_stride, self._content_room(question), "doc_stride")
+        return self.windows(question, context, stride=step, where=where)
 
     @staticmethod
     def _pair(item: Any, where: str) -> tuple[str, str]:

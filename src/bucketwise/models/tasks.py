@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .tokenizer import read_json
 
 __all__ = ["TASKS", "FolderTask", "folder_task", "head_class", "register_head", "text_model_parts"]
 
@@ -90,7 +91,7 @@ def folder_task(folder: str | Path) -> FolderTask:
     folder = Path(folder)
     activation = None
     if (folder / "modules.json").is_file():
-        st = _read(folder / "config_sentence_transformers.json")
+        st = read_json(folder / "config_sentence_transformers.json")
         kind = st.get("model_type") or "SentenceTransformer"
         if kind == "SentenceTransformer":
             return FolderTask(str(folder), "sentence-transformers", ("feature-extraction",), (), None)
@@ -120,14 +121,6 @@ def folder_task(folder: str | Path) -> FolderTask:
     raise ConfigError(
         f"model {str(folder)!r} has a {arch} head, which bucketwise does not run; its weights would be "
         f"dropped. Known: {KNOWN}. Save the model with one of those heads (or its base model for embeddings)")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _labels(config: dict[str, Any]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FastTokenizer", "fast_tokenizer"]
+__all__ = ["FastTokenizer", "fast_tokenizer", "read_json"]
 
 # Which models take token_type_ids, when tokenizer_config.json does not say (transformers'
 # per-class default of model_input_names).
@@ -31,10 +31,10 @@ def fast_tokenizer(folder: str | Path) -> FastTokenizer | None:
     folder = Path(folder)
     if not (folder / "tokenizer.json").is_file():
         return None
-    config = _read(folder / "tokenizer_config.json")
+    config = read_json(folder / "tokenizer_config.json")
     names = config.get("model_input_names")
     if not names:
-        model_type = _read(folder / "config.json").get("model_type")
+        model_type = read_json(folder / "config.json").get("model_type")
         if model_type in _WITH_TYPES:
             names = ["input_ids", "token_type_ids", "attention_mask"]
         elif model_type in _WITHOUT_TYPES:
@@ -70,7 +70,7 @@ class FastTokenizer:
         self._tok.no_truncation()
         self._lock = threading.Lock()  # truncation is the Rust tokenizer's state
         self.truncation_side = "right"  # as transformers': which end truncation cuts
-        special = {**_read(folder / "special_tokens_map.json"), **config}
+        special = {**read_json(folder / "special_tokens_map.json"), **config}
         self.model_input_names = model_input_names
         max_len = config.get("model_max_length")
         self.model_max_length = int(max_len) if isinstance(max_len, (int, float)) and max_len < 1e18 else int(1e30)
@@ -148,7 +148,8 @@ def _tensor(rows: list[list[int]], kind: str) -> Any:
     raise ValueError(f"return_tensors={kind!r} is not supported here; use 'np' or 'pt'")
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file's contents; ``{}`` if it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

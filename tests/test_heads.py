@@ -458,3 +458,20 @@ def test_pairs_are_cut_as_truncation_says(folders):
             assert head.model.stats.overflow["truncate"] == 1
     with pytest.raises(ConfigError, match="truncation='middle'"):
         TextClassifier.default(model=folder, plan=PLAN, truncation="middle", progress=False)
+
+
+def test_predict_runs_a_sentence_encoder_folder_as_feature_extraction(tmp_path, capsys):
+    from bucketwise.cli import main
+    from bucketwise.models.text import SentenceEmbedder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = str(te.build("bert-cls", tmp_path))
+    inp = _jsonl(tmp_path / "in.jsonl", ["A short sentence.", {"text": "a sentence", "text_pair": "and its pair"}])
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", "--model", folder, "--input", str(inp), "--output", str(out), "--no-progress", "--no-cache"]) == 0
+    got = np.array([json.loads(line)["embedding"] for line in out.read_text().splitlines()])
+    want = SentenceEmbedder.default(model=folder, progress=False).embed(["A short sentence.", ("a sentence", "and its pair")])
+    assert np.abs(got - want).max() <= 1e-6
+    assert main(["predict", "--model", folder, "--input", str(inp), "--top-k", "2", "--no-cache"]) == 2
+    assert "--top-k: not for feature-extraction" in capsys.readouterr().err

@@ -117,15 +117,14 @@ def run_text(args: argparse.Namespace) -> int:
     given = plan_from_args(args) if args.plan or args.batch_sizes or args.seq_sizes else None
     start = time.perf_counter()
     head = cls.default(backend=args.backend, plan=given, overflow=args.overflow, progress=not args.no_progress,
-                                    model=args.model, cache=cache_from_args(args),
-                                    backend_options=backend_options(args, given or plan_from_args(args)),
-                                    truncation=args.truncation, truncation_side=args.truncation_side)
+                       model=args.model, cache=cache_from_args(args),
+                       backend_options=backend_options(args, given or plan_from_args(args)),
+                       truncation=args.truncation, truncation_side=args.truncation_side)
     compile_s = time.perf_counter() - start
     plan = head.model.plan
     start = time.perf_counter()
     if task == "feature-extraction":
-        texts = [head.text_args(r, f"input {i + 1}") for i, r in enumerate(read_texts_of(records))]
-        vectors = head.embed([t if len(t) == 2 else t[0] for t in texts], progress=not args.no_progress)
+        vectors = head.embed(read_texts_of(records), progress=not args.no_progress)
         results: list[Any] = [{"embedding": [float(x) for x in v]} for v in vectors]
     else:
         results = head.predict(inputs, **options, progress=not args.no_progress)

@@ -458,3 +458,51 @@ def test_rows_above_every_bucket_are_recorded_in_the_traffic_shapes():
     assert shapes.json()["rows_recorded"] == 1 and shapes.json()["shapes"] == [[22]]
     assert 'bucketwise_overflows_total{policy="fallback"} 1.0' in metrics.text
     assert sorted(s[0] for s in again.json()["shapes"]) == [4, 22]
+
+
+def test_the_key_covers_every_route_that_reveals_traffic_models_or_metrics():
+    """#28: with a key set, /shapes, /metrics, model metadata and the schema needed none."""
+    app = create_app(make_embedder(), ServeConfig(api_key="s3cret", model_name="m"))
+    leaky = ["/shapes", "/shapes/m", "/metrics", "/v1/models", "/v2/models/m", "/v2/models/m/ready", "/v2",
+             "/openapi.json"]
+    probes = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"]
+    answers = call(app, [("GET", p, {}) for p in leaky + probes]
+                   + [("GET", p, {"headers": {"Authorization": "bearer s3cret"}}) for p in leaky])
+    without, open_, with_key = answers[:len(leaky)], answers[len(leaky):len(leaky) + len(probes)], answers[-len(leaky):]
+    for path, r in zip(leaky, without):
+        assert r.status_code == 401, path
+        assert r.headers["www-authenticate"].startswith("Bearer"), path  # RFC 7235: say how to authenticate
+    assert [r.status_code for r in open_] == [200] * len(probes)
+    # The scheme is case-insensitive: "bearer" works as "Bearer" does.
+    assert [r.status_code for r in with_key] == [200] * len(leaky)
+
+
+def test_metrics_can_be_left_open_for_scrapers():
+    app = create_app(make_embedder(), ServeConfig(api_key="s3cret", metrics_without_key=True))
+    metrics, shapes = call(app, [("GET", "/metrics", {}), ("GET", "/shapes", {})])
+    assert metrics.status_code == 200 and shapes.status_code == 401
+
+
+def test_405_names_the_allowed_methods():
+    app = create_app(make_embedder(), ServeConfig(model_name="m"))
+    trace, delete = call(app, [("TRACE", "/v1/embeddings", {}), ("DELETE", "/healthz", {})])
+    assert trace.status_code == delete.status_code == 405
+    assert trace.headers["allow"] == "POST" and "GET" in delete.headers["allow"]
+
+
+def test_a_cross_site_infer_without_a_content_type_is_refused():
+    """#28: a browser sends a bare Blob cross-site with no Content-Type and no preflight;
+    tritonclient sends none either, but no Origin (or the binary extension's header)."""
+    app = create_app(make_embedder(), ServeConfig(model_name="m"))
+    body = (b'{"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 5, 2]}, '
+            b'{"name": "attention_mask", "shape": [1, 3], "datatype": "INT64", "data": [1, 1, 1]}, '
+            b'{"name": "token_type_ids", "shape": [1, 3], "datatype": "INT64", "data": [0, 0, 0]}]}')
+    evil, client, typed = call(app, [
+        ("POST", "/v2/models/m/infer", {"content": body, "headers": {"origin": "http://evil.example"}}),
+        ("POST", "/v2/models/m/infer", {"content": body}),
+        ("POST", "/v2/models/m/infer", {"content": body, "headers": {"origin": "http://evil.example",
+                                                                       "content-type": "application/json"}}),
+    ])
+    assert evil.status_code == 415 and "content-type" in evil.json()["error"]
+    assert client.status_code == 200, client.text
+    assert typed.status_code == 200  # a typed cross-site request needs a CORS preflight, which is never granted

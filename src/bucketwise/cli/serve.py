@@ -39,7 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-texts", type=int, default=256, help="texts per embeddings request at most")
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="embeddings request body size at most")
     serve.add_argument("--max-infer-bytes", type=int, default=64 << 20, help="KServe v2 infer request body size at most (default 64 MiB)")
-    serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <key>', the key read from this environment variable")
+    serve.add_argument("--api-key-env", metavar="VAR",
+                       help="require 'Authorization: Bearer <key>' on every route but the health probes (/healthz, /readyz, "
+                            "/v2/health/live, /v2/health/ready), the key read from this environment variable")
+    serve.add_argument("--metrics-without-key", action="store_true",
+                       help="with --api-key-env, still answer GET /metrics without the key (for scrapers that have none)")
     serve.add_argument("--allowed-hosts", default="127.0.0.1,localhost,::1", metavar="H1,H2",
                        help="Host headers answered, against DNS rebinding (default 127.0.0.1,localhost,::1; '*' answers any). "
                             "Name the server's public name when binding another address")
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, streams=args.streams,
                          max_queue=args.max_queue,
-                         api_key=api_key,
+                         api_key=api_key, metrics_without_key=args.metrics_without_key,
                          model_name=name, model_aliases=() if args.model else ServeConfig.model_aliases,
                          allowed_hosts=hosts, request_timeout=args.request_timeout,
                          max_infer_bytes=args.max_infer_bytes, traffic_file=args.traffic_file,

@@ -43,7 +43,11 @@ from ..shapes import BATCH
 from ._common import Reject
 from .metrics import Metrics
 
-__all__ = ["ServeConfig", "Service", "create_app"]
+__all__ = ["OPEN_PATHS", "ServeConfig", "Service", "create_app"]
+
+# Answered without the API key: the probes a load balancer or orchestrator sends. Every other
+# route (traffic shapes, metrics, model metadata, the OpenAPI schema, inference) needs it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class ServeConfig:
     batch_wait: str = "adaptive"  # "adaptive": wait only while requests keep coming; "fixed": max_delay
     streams: int = 2  # batches running at once, per model (a second only beside a small one)
     max_queue: int = 1024  # rows waiting at once, per model, before 503
-    api_key: str | None = None  # bearer token; None: no auth
+    api_key: str | None = None  # bearer token; None: no auth. With one, every route needs it but OPEN_PATHS
+    metrics_without_key: bool = False  # also answer GET /metrics without the key (scrapers often have none)
     model_name: str = "all-MiniLM-L6-v2"
     model_aliases: tuple[str, ...] = ("sentence-transformers/all-MiniLM-L6-v2",)  # also accepted as "model"
     retry_after: int = 1  # seconds, on 503
@@ -209,10 +214,23 @@ class Service:
 
     def check_auth(self, auth: str) -> None:
         key = self.config.api_key
-        # Compared as bytes: compare_digest refuses non-ASCII str (a 500 otherwise).
-        if key is not None and not (auth.startswith("Bearer ")
-                                    and secrets.compare_digest(auth[7:].encode("utf-8", "surrogatepass"), key.encode())):
-            raise Reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error")
+        if key is None:
+            return
+        scheme, _, token = auth.strip().partition(" ")
+        # The scheme is case-insensitive (RFC 7235). Compared as bytes: compare_digest
+        # refuses non-ASCII str (a 500 otherwise).
+        if not (scheme.lower() == "bearer"
+                and secrets.compare_digest(token.strip().encode("utf-8", "surrogatepass"), key.encode())):
+            raise Reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error",
+                         headers={"WWW-Authenticate": 'Bearer realm="bucketwise"'})
+
+    def needs_key(self, path: str) -> bool:
+        """Whether ``path`` needs the API key (when one is set): every route that reveals
+        traffic, models or metrics, or computes; not the health probes (OPEN_PATHS), nor
+        /metrics with ``metrics_without_key``."""
+        if self.config.api_key is None or path in OPEN_PATHS:
+            return False
+        return not (path == "/metrics" and self.config.metrics_without_key)
 
     @staticmethod
     def check_content_type(request: Any, allowed: tuple[str, ...]) -> None:
@@ -278,8 +296,9 @@ class Service:
 
 
 class _Edge:
-    """Pure ASGI middleware: the Host allow-list, ``Connection: close`` while draining, and
-    one count per response in ``bucketwise_requests_total`` (500s included)."""
+    """Pure ASGI middleware: the Host allow-list, the API key on every route but the health
+    probes, ``Connection: close`` while draining, and one count per response in
+    ``bucketwise_requests_total`` (500s included)."""
 
     def __init__(self, app: Any, service: Service) -> None:
         self.app, self.service = app, service
@@ -300,9 +319,16 @@ class _Edge:
 
         host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
         try:
+            reject = None
             if not service.host_allowed(host):
                 reject = Reject(400, f"Host {host!r} is not served here (allowed: {', '.join(service.config.allowed_hosts)}); "
                                 "start the server with --allowed-hosts naming it", reason="host")
+            elif service.needs_key(scope["path"]):
+                try:
+                    service.check_auth(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+                except Reject as err:
+                    reject = err
+            if reject is not None:
                 await service.error(reject, scope["path"])(scope, receive, send_counted)
             else:
                 await self.app(scope, receive, send_counted)
@@ -367,7 +393,9 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     async def http_error(request: Request, err: HTTPException) -> Any:
         message = {404: f"no route {request.url.path}; see /openapi.json for the routes",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, str(err.detail))
-        return service.error(Reject(err.status_code, message, reason="route"), request.url.path)
+        # 405 keeps the Allow header the router names (RFC 9110).
+        return service.error(Reject(err.status_code, message, reason="route", headers=dict(err.headers or {}) or None),
+                             request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> Any:

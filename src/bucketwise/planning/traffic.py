@@ -126,15 +126,29 @@ def read_traffic(data: Mapping[str, Any], source: str) -> Observations:
     """Observations from a :meth:`TrafficShapes.to_json` object (``source`` names it in errors)."""
     from ..errors import InputError
 
+    if data.get("format", FORMAT) != FORMAT:
+        raise InputError(f"{source}: format {data.get('format')!r} is not {FORMAT!r}; write it with "
+                         "bucketwise serve --traffic-file, or GET /shapes")
     try:
         dims = tuple(str(d) for d in data["dims"])
-        shapes = np.array(data["shapes"], dtype=np.int64).reshape(-1, len(dims))
-        counts = np.array(data["counts"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as err:
+        # Read as floats and checked, not cast: 20.5 or NaN must not become a size or a count.
+        shapes = np.array(data["shapes"], dtype=np.float64).reshape(-1, len(dims))
+        counts = np.array(data["counts"], dtype=np.float64).reshape(-1)
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise InputError(f"{source}: a traffic-shapes file needs dims, shapes and counts ({err})") from None
-    keep = counts > 0
+    if not dims:
+        raise InputError(f"{source}: dims is empty; it names the dims of each shape, e.g. [\"seq\"]")
     if len(counts) != len(shapes):
         raise InputError(f"{source}: {len(shapes)} shapes but {len(counts)} counts")
+    bad = ~np.isfinite(counts) | (counts < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{source}: counts[{i}] is {float(counts[i])}; counts are finite and not negative")
+    whole = np.isfinite(shapes) & (shapes == np.round(shapes)) & (shapes >= 1) & (shapes < 2**53)
+    if not whole.all():
+        i = int(np.flatnonzero(~whole.all(axis=1))[0])
+        raise InputError(f"{source}: shapes[{i}] is {shapes[i].tolist()}; sizes are whole numbers of at least 1")
+    keep = counts > 0
     if not keep.any():
         raise InputError(f"{source}: no traffic recorded in it (every count is 0)")
-    return Observations(dims, shapes[keep], counts[keep])
+    return Observations(dims, shapes[keep].astype(np.int64), counts[keep])

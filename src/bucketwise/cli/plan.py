@@ -107,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes = args.batch_sizes
         fine = False
         if "seq" in obs.dims:  # token lengths: the top bucket stops at what the model takes
-            longest = _model_max_length(args.model)
-            if longest is not None and (args.cap is None or args.cap > longest):
-                args.cap = longest
+            model_max = _model_max_length(args.model)
+            if model_max is not None and (args.cap is None or args.cap > model_max):
+                args.cap = model_max
     say(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
 
     cost = None

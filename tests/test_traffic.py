@@ -160,3 +160,39 @@ def test_plan_caps_token_lengths_at_what_the_model_takes(tmp_path, capsys):
     assert max(Plan.load(tmp_path / "plan.json").sizes("seq")) == 256  # all-MiniLM-L6-v2 takes 256
     out = capsys.readouterr().out
     assert "above the cap" in out and "bucketwise serve --plan" in out
+
+
+def test_a_traffic_file_that_cannot_be_written_is_said_counted_and_fails_the_exit(tmp_path, capsys):
+    """#28: --traffic-file DIR passed the start-up check, periodic writes failed silently, and
+    the server printed a traceback at exit and still exited 0."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("prometheus_client")
+    import asyncio
+    import shutil
+
+    from serve_double import make_embedder
+
+    from bucketwise.cli import main
+    from bucketwise.serve import ServeConfig, create_app
+
+    assert main(["serve", "--traffic-file", str(tmp_path), "--no-progress"]) == 2
+    assert "it is a folder; name a file to write in it" in capsys.readouterr().err
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    embedder, _ = make_embedder()
+    app = create_app(embedder, ServeConfig(traffic_file=str(folder / "traffic.json"), traffic_every=3600))
+    service = app.state.service
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            assert service.try_write_traffic()
+            shutil.rmtree(folder)  # the volume went away while serving
+            assert not service.try_write_traffic()  # said and counted; the server keeps serving
+
+    asyncio.run(run())
+    assert service.shutdown_failed  # the write at exit failed too: run_server returns 1
+    err = capsys.readouterr().err
+    assert err.count("bucketwise: warning: cannot write the traffic shapes") == 2
+    body, _ = service.render_metrics()
+    assert b"bucketwise_traffic_write_failures_total 2.0" in body

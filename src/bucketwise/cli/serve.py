@@ -105,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--traffic-every and --traffic-half-life must be > 0 seconds, got {args.traffic_every} "
                           f"and {args.traffic_half_life}")
     if args.traffic_file:
-        folder = Path(args.traffic_file).resolve().parent
+        target = Path(args.traffic_file)
+        if target.is_dir():
+            raise ConfigError(f"--traffic-file {args.traffic_file}: it is a folder; name a file to write in it, "
+                              f"e.g. {target / 'traffic.json'}")
+        if target.exists() and not os.access(target, os.W_OK):
+            raise ConfigError(f"--traffic-file {args.traffic_file}: that file cannot be written; name a writable file")
+        folder = target.resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ConfigError(f"--traffic-file {args.traffic_file}: its folder {str(folder)!r} does not exist or "
                               "cannot be written; name a file in a writable folder")

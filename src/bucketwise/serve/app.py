@@ -29,6 +29,7 @@ and ``Request`` is imported lazily, inside :func:`create_app`.)
 import asyncio
 import functools
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class Service:
         self.names: dict[str, Any] = {}  # served name -> model (set by create_app)
         self._successor: dict[int, Any] = {}  # a model swapped out -> the one that replaced it
         self.replanner: Any = None
+        self.shutdown_failed = False  # something the shutdown must do failed: exit non-zero
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -118,7 +120,8 @@ class Service:
         await asyncio.gather(*(b.close() for b in list(self.batchers.values())))
         if writer is not None:
             writer.cancel()
-            self.write_traffic()
+            if not self.try_write_traffic():
+                self.shutdown_failed = True  # the server exits non-zero (serve/server.py)
 
     def _start_batcher(self, model: Any) -> None:
         batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
@@ -157,7 +160,19 @@ class Service:
     async def _write_traffic_every(self) -> None:
         while True:
             await asyncio.sleep(self.config.traffic_every)
-            await asyncio.to_thread(self.write_traffic)
+            await asyncio.to_thread(self.try_write_traffic)
+
+    def try_write_traffic(self) -> bool:
+        """:meth:`write_traffic`; a failure is said on stderr and counted in
+        ``bucketwise_traffic_write_failures_total``, and the server keeps serving."""
+        try:
+            self.write_traffic()
+        except OSError as err:
+            self.metrics.traffic_write_failures.inc()
+            print(f"bucketwise: warning: cannot write the traffic shapes to {self.config.traffic_file!r}: {err}",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
 
     def write_traffic(self) -> list[Path]:
         """Write each served model's traffic shapes to ``config.traffic_file`` (with

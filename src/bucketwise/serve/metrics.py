@@ -18,6 +18,8 @@ class Metrics:
         self.requests = prom.Counter("bucketwise_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
         self.texts = prom.Counter("bucketwise_texts_total", "Texts embedded", registry=r)
         self.batches = prom.Counter("bucketwise_batches_total", "Batches run", registry=r)
+        self.traffic_write_failures = prom.Counter("bucketwise_traffic_write_failures_total",
+                                                   "Writes of --traffic-file that failed", registry=r)
         self.batch_rows = prom.Histogram("bucketwise_batch_rows", "Rows per batch (before batch padding)", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.bucket_hits = prom.Counter("bucketwise_bucket_hits_total", "Artifact runs per bucket", ["bucket"], registry=r)
         self.real_tokens = prom.Counter("bucketwise_real_tokens_total", "Positions of real input (tokens, pixels)", registry=r)

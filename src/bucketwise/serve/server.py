@@ -66,7 +66,8 @@ KEEP_ALIVE_SECONDS = 75.0
 def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_level: str = "warning",
                keep_alive: float = KEEP_ALIVE_SECONDS) -> int:
     """Serve ``app`` (from :func:`~bucketwise.serve.create_app`) until SIGTERM/SIGINT, drain,
-    and return 0 (the exit code of a clean drain). Idle connections stay open ``keep_alive``
+    and return 0 (the exit code of a clean drain), or 1 if the shutdown failed to do its part
+    (the traffic file could not be written). Idle connections stay open ``keep_alive``
     seconds."""
     uvicorn = require("uvicorn", "serve", purpose="bucketwise serve")
     service = app.state.service
@@ -94,4 +95,4 @@ def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_leve
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive,
                             timeout_graceful_shutdown=drain_timeout + _BACKSTOP)
     DrainingServer(config).run()
-    return 0
+    return 1 if service.shutdown_failed else 0

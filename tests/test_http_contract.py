@@ -506,3 +506,19 @@ def test_a_cross_site_infer_without_a_content_type_is_refused():
     assert evil.status_code == 415 and "content-type" in evil.json()["error"]
     assert client.status_code == 200, client.text
     assert typed.status_code == 200  # a typed cross-site request needs a CORS preflight, which is never granted
+
+
+def test_v2_refuses_strings_as_numbers_and_rows_that_attend_to_nothing():
+    """#28: "7592", a string, ran as INT64 token 7592; an all-zero attention mask answered a
+    zero vector with a 200."""
+    app = create_app(make_embedder(), ServeConfig())
+    text_in = [{"name": "input_ids", "shape": [2, 3], "datatype": "INT64", "data": [[1, 5, 2], [1, 6, 2]]},
+               {"name": "attention_mask", "shape": [2, 3], "datatype": "INT64", "data": [[1, 1, 1], [1, 1, 1]]},
+               {"name": "token_type_ids", "shape": [2, 3], "datatype": "INT64", "data": [[0, 0, 0], [0, 0, 0]]}]
+    string, nothing, ok = call(app, [
+        infer("all-MiniLM-L6-v2", [{**text_in[0], "data": [[1, "7592", 2], [1, 6, 2]]}, *text_in[1:]]),
+        infer("all-MiniLM-L6-v2", [text_in[0], {**text_in[1], "data": [[1, 1, 1], [0, 0, 0]]}, text_in[2]]),
+        infer("all-MiniLM-L6-v2", text_in)])
+    assert string.status_code == 400 and "INT64 data holds '7592', which is not a number" in string.json()["error"]
+    assert nothing.status_code == 400 and "rows [1] attend to no token" in nothing.json()["error"]
+    assert ok.status_code == 200, ok.text

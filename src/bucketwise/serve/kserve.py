@@ -248,8 +248,12 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
             raise Reject(400, f"{where}: send its elements in \"data\", or as bytes with binary_data_size")
         else:
             try:
+                raw = np.asarray(t.data)
+                if raw.dtype.kind not in "biuf":  # numpy would parse "7592" as 7592, and run it
+                    shown = _first_non_number(t.data)
+                    raise Reject(400, f"{where}: {t.datatype} data holds {shown!r}, which is not a number; send "
+                                 "numbers (JSON numbers, or true/false for BOOL), in a flat or nested list of the shape")
                 if dtype.kind in "biu":  # a fraction would be cut to an integer and run: refuse it
-                    raw = np.asarray(t.data)
                     fraction = raw != np.trunc(raw) if raw.dtype.kind == "f" else None
                     if fraction is not None and fraction.any():
                         value = raw[fraction].flat[0]
@@ -263,7 +267,25 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
         arrays[t.name] = arr.reshape(t.shape)
     if offset != len(binary):
         raise Reject(400, f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
+    mask = arrays.get("attention_mask")
+    if mask is not None and mask.ndim >= 2 and mask.shape[0]:
+        empty = np.flatnonzero(~mask.reshape(mask.shape[0], -1).any(axis=1))
+        if empty.size:  # the model would average over no token: a zero or NaN vector, sent with a 200
+            raise Reject(400, f"input 'attention_mask': rows {empty[:10].tolist()} attend to no token; each row needs "
+                         "at least one 1")
     return arrays
+
+
+def _first_non_number(data: Any) -> Any:
+    """The first element of nested lists that is not a JSON number or boolean."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif not isinstance(item, (bool, int, float)):
+            return item
+    return None
 
 
 def _encode_outputs(req: InferenceRequest, name: str, spec: Any, outs: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:

@@ -687,3 +687,25 @@ def test_entries_measured_on_an_earlier_load_load_in_parallel_and_keep_their_fig
     measured = {b: r.resident_bytes for b, r in second.compile_report.builds.items()}
     assert {b: r.resident_bytes for b, r in third.compile_report.builds.items()} == measured
     np.testing.assert_array_equal(third(**x(20))["y"], 2 * x(20)["x"])
+
+
+def test_no_temporary_links_are_left_after_compiles(tmp_path):
+    """#28: `bucketwise compile` left `.weights.bin.*` temporary hard links in the entries
+    (rename() of two links to one file does nothing): 7 after two compiles."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("sentence_transformers")
+    import warnings
+
+    import tiny_encoders as te
+
+    from bucketwise.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = str(te.build("bert-cls", tmp_path / "models"))
+    cache = tmp_path / "cache"
+    for seqs in ("16,48", "16,32,48"):  # the second adds a bucket beside cached ones
+        assert main(["compile", "--model", folder, "--batch-sizes", "1,4", "--seq-sizes", seqs,
+                     "--cache-dir", str(cache), "--no-progress"]) == 0
+    leftovers = [p.relative_to(cache) for p in cache.rglob(".*") if p.is_file() and not p.name.endswith(".lock")]
+    assert leftovers == []

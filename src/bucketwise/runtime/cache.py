@@ -401,13 +401,20 @@ class ArtifactCache:
                 if blob.exists() and (blob.stat().st_size != info["bytes"] or sha256_once(blob) != info["sha256"]):
                     blob.unlink()  # a corrupt blob: never link to it; the new file replaces it
                 if blob.exists():
+                    if os.path.samefile(blob, path):
+                        continue  # already one file (a backend linked it): nothing to do
                     link = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-                    os.link(blob, link)
-                    os.replace(link, path)
+                    source, target = blob, path
                 else:
                     link = blobs / f".{info['sha256']}.{uuid.uuid4().hex[:8]}"
-                    os.link(path, link)
-                    os.replace(link, blob)  # published whole, atomically
+                    source, target = path, blob  # published whole, atomically
+                try:
+                    os.link(source, link)
+                    # rename() of two links to one file does nothing and succeeds (POSIX),
+                    # leaving the temporary link: it is removed below either way.
+                    os.replace(link, target)
+                finally:
+                    link.unlink(missing_ok=True)
             except OSError:
                 continue
 

@@ -268,8 +268,8 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
     if offset != len(binary):
         raise Reject(400, f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
     mask = arrays.get("attention_mask")
-    if mask is not None and mask.ndim >= 2 and mask.shape[0]:
-        empty = np.flatnonzero(~mask.reshape(mask.shape[0], -1).any(axis=1))
+    if mask is not None and mask.ndim >= 2 and len(mask):
+        empty = np.flatnonzero(~np.asarray(mask).reshape(len(mask), -1).any(axis=1))
         if empty.size:  # the model would average over no token: a zero or NaN vector, sent with a 200
             raise Reject(400, f"input 'attention_mask': rows {empty[:10].tolist()} attend to no token; each row needs "
                          "at least one 1")

@@ -151,3 +151,35 @@ def test_the_fast_tokenizer_gives_the_ids_transformers_gives(folders, name):
         got, want = fast(*args, padding=True, return_tensors="np"), ref(*args, padding=True, return_tensors="np")
         for key in ref.model_input_names:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenized_with_the_same_tokens(folders):
+    """#28: a 1 MB text was tokenized whole before the length check, holding the GIL (and a
+    server's event loop) for 1.5 s. It is cut at white space past what the model takes; the
+    tokens kept are those of the whole text, truncated."""
+    import transformers
+
+    embedder = SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="onnxruntime", plan=PLAN,
+                                        progress=False, build=False)
+    seen = []
+    real = embedder.tokenizer
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, *texts, **kwargs):
+            seen.append(max(len(t) for t in texts))
+            return real(*texts, **kwargs)
+
+    embedder.tokenizer = Recording()
+    huge = "word " * 200_000  # 1 MB
+    pair = ("a short question", "the long context " * 50_000)
+    ref = transformers.AutoTokenizer.from_pretrained(str(folders["bert-cls"]))
+    (ids, _), (pair_ids, _) = embedder.tokenize([huge, pair])
+    assert ids == ref(huge, truncation=True, max_length=te.MAX_SEQ_LENGTH)["input_ids"]
+    assert pair_ids == ref(*pair, truncation=True, max_length=te.MAX_SEQ_LENGTH)["input_ids"]
+    assert max(seen) <= te.MAX_SEQ_LENGTH * 16  # never the whole megabyte
+    seen.clear()
+    (nospace, _), = embedder.tokenize(["x" * 5000])  # nothing to cut at: tokenized whole, still right
+    assert nospace == ref("x" * 5000, truncation=True, max_length=te.MAX_SEQ_LENGTH)["input_ids"]

@@ -35,6 +35,9 @@ __all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "default_text_plan", 
 Text = str | tuple[str, str]
 Encoded = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text, unpadded
 TRUNCATIONS = ("longest_first", "only_first", "only_second")
+# A text of more characters than this per token the model takes is cut before tokenizing
+# (at white space): natural text has 3-6 characters a token, so the prefix decides.
+CHARS_PER_TOKEN = 16
 SIDES = ("right", "left")
 
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -253,7 +256,12 @@ class TextModel:
         """Tokenize one text; cut it to the model's ``max_length`` (as sentence-transformers
         does) and then to what the router's truncate policy allows. Returns it and whether
         it was cut."""
+        whole = args
+        args = self._bounded(args)
         enc = self.tokenizer(*args, verbose=False)  # over-long texts are cut below, not warned about
+        if args != whole and (self.max_length is None or len(enc["input_ids"]) <= self.max_length):
+            args = whole  # the prefix did not decide: the text, whole
+            enc = self.tokenizer(*args, verbose=False)
         limit = self.max_length if self.max_length is not None and len(enc["input_ids"]) > self.max_length else None
         shape = {BATCH: 1, "seq": min(len(enc["input_ids"]), limit or len(enc["input_ids"]))}
         if not self.router.fits(shape):
@@ -272,6 +280,24 @@ class TextModel:
             raise InputError(
                 f"texts[{index}] cannot be cut to {limit} tokens with truncation={strategy!r} ({err}); "
                 "use truncation='longest_first', or shorten the text") from None
+
+    def _bounded(self, args: tuple[str, ...]) -> tuple[str, ...]:
+        """Each text longer than ``max_length * CHARS_PER_TOKEN`` characters, cut at the last
+        white space before that bound, as TEI cuts before tokenizing: a 1 MB text is not
+        tokenized whole (it held the GIL, and so a server's event loop, for 1.5 s). The cut
+        is at a word boundary, so the prefix's tokens are the text's first tokens; the caller
+        uses it only when it holds more tokens than the model takes, where the tokens kept
+        are the same as the whole text's."""
+        if self.max_length is None:
+            return args
+        bound = self.max_length * CHARS_PER_TOKEN
+        out = []
+        for text in args:
+            if len(text) > bound:
+                cut = max(text.rfind(space, bound // 2, bound) for space in " \n\t")
+                text = text[:cut] if cut > 0 else text  # no white space to cut at: whole
+            out.append(text)
+        return tuple(out)
 
     def admit(self, encoded: Sequence[Encoded]) -> None:
         """Raise :class:`BucketOverflowError` naming the first text the router would refuse

@@ -243,6 +243,7 @@ def test_audit_cases_fallback_overflow_and_a_megabyte_text_do_not_stall_or_crash
             while not big.done():
                 health.append(timed(lambda: client.get("/healthz")))
             took = big.result()
-    # /healthz kept answering while the megabyte was tokenized: each answer took a fraction
-    # of the big request's time (side by side in one run, not a fixed threshold).
-    assert len(health) >= 3 and max(health) < took / 2, (max(health), took)
+    # /healthz kept answering while the megabyte was read: each answer took a fraction of the
+    # big request's time (side by side in one run). The text is cut before it is tokenized
+    # now (#28), so the big request may be done before a second /healthz is sent.
+    assert not health or max(health) < max(took / 2, 0.05), (health, took)

@@ -202,3 +202,48 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path):
                          "response_schema_conformance", "--seed", "1", "--no-color"],
             capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its own cache stays out of the repo
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("protocol", ["h11", "httptools"])
+def test_a_request_head_that_never_ends_is_closed(protocol):
+    """#28: connections stuck in the request head stayed open past 100 s (uvicorn bounds only
+    the wait between requests). A kept-alive connection idle between requests stays open."""
+    import socket
+
+    from serve_double import make_embedder
+
+    from bucketwise.serve import ServeConfig, create_app
+    from bucketwise.serve.server import head_timeout_protocol
+
+    if protocol == "httptools":
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    embedder, _ = make_embedder()
+    app = create_app(embedder, ServeConfig())
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def closed_within(sock, seconds):
+        sock.settimeout(seconds)
+        try:
+            return sock.recv(4096) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    with ThreadServer(app, http=head_timeout_protocol(base, 0.5), timeout_keep_alive=30) as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        partial = socket.create_connection(("127.0.0.1", server.port))
+        partial.sendall(request[:30])  # the head, never finished
+        kept = socket.create_connection(("127.0.0.1", server.port))
+        kept.sendall(request)
+        kept.settimeout(5)
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        assert closed_within(partial, 3) and closed_within(silent, 3)
+        time.sleep(1.0)  # idle between requests, past the head timeout: keep-alive's to judge
+        kept.sendall(request)
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        for s in (silent, partial, kept):
+            s.close()

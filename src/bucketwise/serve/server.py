@@ -63,6 +63,67 @@ def worst_drain_seconds(model: Any, max_queue: int) -> float:
 KEEP_ALIVE_SECONDS = 75.0
 
 
+# A client has this long to send a request's head (request line and headers) once it has
+# connected, or started one on a kept-alive connection: a head that never ends (slowloris)
+# is closed, as nginx's client_header_timeout does (60 s there). The body has its own
+# limit (ServeConfig.request_timeout, a 408).
+HEAD_TIMEOUT_SECONDS = 10.0
+
+
+def head_timeout_protocol(base: type, timeout: float = HEAD_TIMEOUT_SECONDS) -> type:
+    """``base`` (uvicorn's h11 or httptools protocol) closing a connection whose request
+    head is not complete ``timeout`` seconds after it connected or began sending it.
+    uvicorn bounds only the wait between requests (keep-alive), so a head sent a byte at a
+    time held its connection open for good."""
+
+    class HeadTimeout(base):  # type: ignore[misc, valid-type]
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            in_request = self.cycle is not None and not self.cycle.response_complete
+            if self.cycle is not before or in_request:
+                self._stop_head_timer()  # a head arrived whole (or a body is being read)
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    HeadTimeout.__name__ = HeadTimeout.__qualname__ = f"HeadTimeout{base.__name__}"
+    return HeadTimeout
+
+
+def http_protocol(timeout: float = HEAD_TIMEOUT_SECONDS) -> type:
+    """uvicorn's HTTP protocol as its ``http="auto"`` picks it (httptools where installed,
+    else h11), with the head timeout."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base: type = HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+    return head_timeout_protocol(base, timeout)
+
+
 def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_level: str = "warning",
                keep_alive: float = KEEP_ALIVE_SECONDS) -> int:
     """Serve ``app`` (from :func:`~bucketwise.serve.create_app`) until SIGTERM/SIGINT, drain,
@@ -93,6 +154,6 @@ def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_leve
                     signal.signal(sig, handler)
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive,
-                            timeout_graceful_shutdown=drain_timeout + _BACKSTOP)
+                            timeout_graceful_shutdown=drain_timeout + _BACKSTOP, http=http_protocol())
     DrainingServer(config).run()
     return 1 if service.shutdown_failed else 0

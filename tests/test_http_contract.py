@@ -522,3 +522,19 @@ def test_v2_refuses_strings_as_numbers_and_rows_that_attend_to_nothing():
     assert string.status_code == 400 and "INT64 data holds '7592', which is not a number" in string.json()["error"]
     assert nothing.status_code == 400 and "rows [1] attend to no token" in nothing.json()["error"]
     assert ok.status_code == 200, ok.text
+
+
+def test_the_schema_says_what_the_server_refuses():
+    """#28: schemathesis found schema-valid requests refused (ST202): {"input": ""}, and a
+    KServe input with an empty name or an unknown datatype. The schema now forbids them."""
+    app = create_app(make_embedder(), ServeConfig(max_texts=7))
+    (schema,) = call(app, [("GET", "/openapi.json", {})])
+    doc = schema.json()
+    body = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    text, texts = body["properties"]["input"]["anyOf"]
+    assert text["minLength"] == 1 and text["pattern"] == "\\S"
+    assert texts["minItems"] == 1 and texts["maxItems"] == 7 and texts["items"]["pattern"] == "\\S"
+    tensor = doc["components"]["schemas"]["TensorInput"]["properties"]
+    assert tensor["name"]["minLength"] == 1 and "INT64" in tensor["datatype"]["enum"] and "BYTES" not in tensor["datatype"]["enum"]
+    empty, blank = call(app, [post({"input": ""}), post({"input": ["ok", " "]})])
+    assert empty.status_code == blank.status_code == 400  # what the schema forbids, the server refuses

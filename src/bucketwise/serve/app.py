@@ -463,7 +463,13 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         async def list_models() -> Any:
             return openai.models()
 
-        @app.post("/v1/embeddings", name="embeddings", openapi_extra=body_schema(EmbeddingsRequest),
+        embeddings_body = body_schema(EmbeddingsRequest)
+        input_schema = embeddings_body["requestBody"]["content"]["application/json"]["schema"]["properties"]["input"]
+        for option in input_schema.get("anyOf", []):
+            if option.get("type") == "array":
+                option["maxItems"] = config.max_texts
+
+        @app.post("/v1/embeddings", name="embeddings", openapi_extra=embeddings_body,
                   responses={200: {"model": EmbeddingsResponse}, **errors})
         async def embeddings(request: Request) -> Any:
             return EmbeddingsJSON(await openai.embeddings(request))

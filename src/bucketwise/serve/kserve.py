@@ -50,9 +50,10 @@ def datatype_of(dtype: Any) -> str:
 class TensorInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    shape: list[int] = Field(description="row-major; the first axis is the batch")
-    datatype: str = Field(description="one of " + ", ".join(DATATYPES))
+    name: str = Field(json_schema_extra={"minLength": 1})
+    shape: list[int] = Field(description="row-major; the first axis is the batch", json_schema_extra={
+        "items": {"type": "integer", "minimum": 0}})
+    datatype: str = Field(description="one of " + ", ".join(DATATYPES), json_schema_extra={"enum": list(DATATYPES)})
     parameters: dict[str, Any] | None = Field(None, description="binary_data_size: bytes of this tensor after the header")
     data: list[Any] | None = Field(None, description="the elements, flat or nested; absent with binary_data_size")
 

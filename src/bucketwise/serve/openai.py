@@ -26,7 +26,11 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="allow")
 
-    input: str | list[str] = Field(description="a text, or a list of texts (1 to max_texts)")
+    # The schema says what parse_texts accepts (a text with a non-space character; a list of
+    # 1 to max_texts of them; create_app sets maxItems), so clients and fuzzers see the rule.
+    input: str | list[str] = Field(description="a text, or a list of texts (1 to max_texts)", json_schema_extra={
+        "anyOf": [{"type": "string", "minLength": 1, "pattern": "\\S"},
+                  {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": "\\S"}}]})
     model: str | None = Field(None, description="the served model's name (GET /v1/models) or a documented alias")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded")

@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["read_mrpc", "read_records", "read_texts", "record_texts"]
+__all__ = ["read_mrpc", "read_records", "read_texts", "record_texts", "text_of"]
 
 
 def read_mrpc(path: str | Path) -> list[tuple[str, str]]:
@@ -35,7 +35,7 @@ def read_texts(path: str | Path) -> list[Any]:
     string, a ``[first, second]`` pair, or an object with ``text`` (and ``text_pair``)."""
     texts: list[Any] = []
     for n, item in _lines(path, "texts file"):
-        text = _text(item)
+        text = text_of(item)
         if text is not None:
             texts.append(text)
         else:
@@ -53,16 +53,18 @@ def read_records(path: str | Path) -> list[Any]:
     return [item for _, item in _lines(path, "input file")]
 
 
-def _text(item: Any) -> Any:
+def text_of(item: Any) -> Any:
     """A text or pair from a JSON value (a string, ``[first, second]`` or ``{"text", "text_pair"}``),
-    or None."""
+    or None for anything else (a ``text_pair`` that is not a string included)."""
     if isinstance(item, str):
         return item
     if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
         return (item[0], item[1])
     if isinstance(item, dict) and isinstance(item.get("text"), str):
         pair = item.get("text_pair")
-        return (item["text"], pair) if isinstance(pair, str) else item["text"]
+        if pair is None:
+            return item["text"]
+        return (item["text"], pair) if isinstance(pair, str) else None
     return None
 
 
@@ -98,7 +100,7 @@ def record_texts(records: list[Any]) -> list[Any]:
     ``(text, text_pair)``, ``(question, context)``, or one ``(query, document)`` per document."""
     out: list[Any] = []
     for n, item in enumerate(records, 1):
-        text = _text(item)
+        text = text_of(item)
         if text is not None:
             out.append(text)
         elif isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("context"), str):

@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
         source = args.input
         batch_sizes = args.batch_sizes
         fine = False
-        if "seq" in obs.dims:  # token lengths: the top bucket stops at what the model takes
+        if "seq" in obs.dims:  # token lengths: no bucket past what the model takes
             model_max = _model_max_length(args.model)
-            if model_max is not None and (args.cap is None or args.cap > model_max):
+            if model_max is not None and (args.cap if args.cap is not None else obs.max("seq")) > model_max:
                 args.cap = model_max
     say(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
 

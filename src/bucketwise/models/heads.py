@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..data import text_of
 from ..errors import ConfigError, InputError
 from ..spec import OutputSpec
 from .encoders import lazy_text_head
@@ -199,16 +200,9 @@ class TextClassifier(_Head):
 
     @classmethod
     def parse_record(cls, record: Any, where: str) -> Any:
-        if isinstance(record, str):
-            return record
-        if isinstance(record, list) and len(record) == 2 and all(isinstance(t, str) for t in record):
-            return (record[0], record[1])
-        if isinstance(record, Mapping) and isinstance(record.get("text"), str):
-            pair = record.get("text_pair")
-            if pair is None:
-                return record["text"]
-            if isinstance(pair, str):
-                return (record["text"], pair)
+        text = text_of(record)
+        if text is not None:
+            return text
         raise InputError(f"{where} is not a text for {cls.task}: give a string, [text, text_pair] or "
                          '{"text": ..., "text_pair": ...}')
 

@@ -30,10 +30,8 @@ from ._common import (
     write_json,
 )
 
-TEXT_OPTIONS = {  # flag -> the head option it sets (a head refuses the ones it does not take)
-    "top_k": "top_k", "raw_scores": "raw_scores", "top_n": "top_n", "aggregation_strategy": "aggregation_strategy",
-    "max_answer_len": "max_answer_len", "doc_stride": "doc_stride", "stride": "stride",
-}
+# The text flags, each named as the head option it sets (a task refuses those its head does not take).
+TEXT_OPTIONS = ("top_k", "raw_scores", "top_n", "aggregation_strategy", "max_answer_len", "doc_stride", "stride")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +103,7 @@ def run_text(args: argparse.Namespace) -> int:
                           "all-MiniLM-L6-v2 is a sentence encoder")
     task = "feature-extraction" if args.model is None else folder_task(model_dir(args.model)).check(args.task)
     records = read_records(args.input)  # before loading the model, so a bad file fails in a blink
-    options = {TEXT_OPTIONS[k]: v for k, v in vars(args).items() if k in TEXT_OPTIONS and v not in (None, False)}
+    options = {k: v for k, v in vars(args).items() if k in TEXT_OPTIONS and v not in (None, False)}
     cls = head_class(task)
     allowed = () if task == "feature-extraction" else cls.options
     unknown = [f"--{k.replace('_', '-')}" for k in options if k not in allowed]
@@ -152,12 +150,13 @@ def run_text(args: argparse.Namespace) -> int:
 
 def read_texts_of(records: list[Any]) -> list[Any]:
     """Texts and pairs of feature-extraction records: strings, [a, b] or {"text", "text_pair"}."""
-    from ..data import record_texts
+    from ..data import text_of
 
-    for i, r in enumerate(records):
-        if isinstance(r, dict) and "text" not in r:
-            raise InputError(f'input {i + 1}: feature-extraction takes texts, [a, b] pairs or {{"text": ...}}')
-    return record_texts(records)
+    texts = [text_of(r) for r in records]
+    bad = next((i for i, t in enumerate(texts) if t is None), None)
+    if bad is not None:
+        raise InputError(f'input {bad + 1}: feature-extraction takes texts, [a, b] pairs or {{"text": ...}}')
+    return texts
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ class _Head(TextModel):
     """A head over a folder with a task head: loading, labels, records."""
 
     output_specs: ClassVar[tuple[OutputSpec, ...]] = ()
-    options: ClassVar[tuple[str, ...]] = ()  # the keyword options predict_records takes
+    options: ClassVar[tuple[str, ...]] = ()  # the keyword options predict takes (the CLI checks its flags by them)
 
     def __init__(self, model: Any, tokenizer: Any, **kwargs: Any) -> None:
         super().__init__(model, tokenizer, **kwargs)
@@ -94,28 +94,12 @@ class _Head(TextModel):
                               "all-MiniLM-L6-v2 is a sentence encoder")
         return lazy_text_head(path, cls.task, cls.output_specs)
 
-    # -- records (the command line's JSONL) --------------------------------------------------
+    # -- records (the command line's JSONL) and predictions --------------------------------
 
     @classmethod
     def parse_record(cls, record: Any, where: str) -> Any:
         """One input of this head from a JSON value (a line of ``--input``)."""
         raise NotImplementedError
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        """Refuse keyword options :meth:`predict` does not take, naming those it does."""
-        unknown = sorted(set(options) - set(cls.options))
-        if unknown:
-            raise ConfigError(f"{', '.join(unknown)}: not {'an option' if len(unknown) == 1 else 'options'} of {cls.task}; "
-                              f"it takes: {', '.join(cls.options) or 'none'}")
-
-    def predict_records(self, records: Sequence[Any], options: Mapping[str, Any], *, progress: bool = False) -> list[Any]:
-        """Predictions for ``records`` (JSON values), one JSON-ready result each; ``options``
-        are keyword options of :meth:`predict`, refused with a clear error if it has none
-        of that name."""
-        self.check_options(options)
-        inputs = [self.parse_record(r, f"input {i + 1}") for i, r in enumerate(records)]
-        return self.predict(inputs, **options, progress=progress)
 
     predict: Callable[..., list[Any]]  # each head's, with its own keyword options
 
@@ -310,7 +294,7 @@ class TokenClassifier(_Head):
         _texts(texts)
         overlap = self._stride(stride, self._content_room(), "stride")
         raw = self.tokenizer.backend_tokenizer
-        wins, owner = [], []
+        wins, owner, wholes = [], [], []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 kind = "pair" if isinstance(text, (tuple, list)) else type(text).__name__
@@ -319,12 +303,15 @@ class TokenClassifier(_Head):
             found = self.windows(text, stride=overlap, where=f"texts[{i}]")
             wins += found
             owner += [i] * len(found)
+            if len(found) == 1:
+                wholes.append(found[0])  # it fits: its one window is the whole encoding
+            else:
+                with self._lock:
+                    wholes.append(raw.encode(text))
         outs = self.run_encodings(wins, progress=progress)
         merged = []
         k = 0
-        for i, text in enumerate(texts):
-            with self._lock:
-                whole = raw.encode(text)
+        for i, whole in enumerate(wholes):
             content = [p for p, s in enumerate(whole.special_tokens_mask) if not s]
             logits = np.full((len(whole.ids), len(self.labels)), np.nan, dtype=np.float32)
             best = np.full(len(content), -1)
@@ -475,9 +462,9 @@ class QuestionAnswerer(_Head):
         _texts(inputs, "inputs")
         if top_k < 1 or max_answer_len < 1:
             raise InputError(f"top_k={top_k} and max_answer_len={max_answer_len} must be at least 1")
+        pairs = [self._pair(item, f"inputs[{i}]") for i, item in enumerate(inputs)]
         wins, owner = [], []
-        for i, item in enumerate(inputs):
-            question, context = self._pair(item, f"inputs[{i}]")
+        for i, (question, context) in enumerate(pairs):
             found = self.context_windows(question, context, doc_stride=doc_stride, where=f"inputs[{i}]")
             wins += found
             owner += [i] * len(found)
@@ -491,8 +478,7 @@ class QuestionAnswerer(_Head):
                 key = (win.offsets[s][0], win.offsets[e][1])
                 spans[i][key] = max(score, spans[i].get(key, 0.0))
         results = []
-        for i, item in enumerate(inputs):
-            context = self._pair(item, f"inputs[{i}]")[1]
+        for i, (_, context) in enumerate(pairs):
             ranked = sorted(spans[i].items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
             answers = [{"score": float(score), "start": int(a), "end": int(b), "answer": context[a:b]}
                        for (a, b), score in ranked]
@@ -539,8 +525,12 @@ def best_spans(start_logits: Any, end_logits: Any, allowed: np.ndarray, max_answ
     if not allowed.any():
         return []
     over = allowed if normalise is None else normalise
-    p_start = np.where(allowed, np.exp(start - start[over].max()) / np.exp(start[over] - start[over].max()).sum(), 0.0)
-    p_end = np.where(allowed, np.exp(end - end[over].max()) / np.exp(end[over] - end[over].max()).sum(), 0.0)
+
+    def probabilities(x: np.ndarray) -> np.ndarray:  # softmax over ``over``, zero off ``allowed``
+        top = x[over].max()
+        return np.where(allowed, np.exp(x - top) / np.exp(x[over] - top).sum(), 0.0)
+
+    p_start, p_end = probabilities(start), probabilities(end)
     outer = np.triu(np.tril(np.outer(p_start, p_end), max_answer_len - 1))
     outer[~allowed, :] = 0.0
     outer[:, ~allowed] = 0.0

@@ -103,8 +103,6 @@ def folder_task(folder: str | Path) -> FolderTask:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"model {str(folder)!r}: cannot read config.json ({err}); give a Hugging Face model folder") from None
-    if activation:
-        config["sentence_transformers"] = {"activation_fn": activation}
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     if not archs:
         return FolderTask(str(folder), str(config.get("model_type", "unknown")), ("feature-extraction",), (), None)
@@ -115,7 +113,7 @@ def folder_task(folder: str | Path) -> FolderTask:
             tasks: tuple[str, ...] = (task,)
             if task == "text-classification":
                 tasks = ("text-ranking", task) if len(labels) == 1 else (task,)
-            return FolderTask(str(folder), arch, tasks, labels, auto, _function(config, labels))
+            return FolderTask(str(folder), arch, tasks, labels, auto, _function(config, labels, activation))
     if arch.endswith("Model") and not arch.endswith("HeadModel"):
         return FolderTask(str(folder), arch, ("feature-extraction",), (), None)
     raise ConfigError(
@@ -134,9 +132,11 @@ def _labels(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(f"LABEL_{i}" for i in range(n))
 
 
-def _function(config: dict[str, Any], labels: tuple[str, ...]) -> str:
+def _function(config: dict[str, Any], labels: tuple[str, ...], activation: str | None) -> str:
+    """``activation``: a CrossEncoder's, from config_sentence_transformers.json (saved by
+    sentence-transformers 5+); older CrossEncoders keep it in config.json."""
     st = config.get("sentence_transformers")
-    activation = str(st.get("activation_fn") or "") if isinstance(st, dict) else ""
+    activation = str(activation or (st.get("activation_fn") if isinstance(st, dict) else None) or "")
     if activation:  # a CrossEncoder folder says its activation (torch.nn.modules.activation.Sigmoid ...)
         name = activation.rsplit(".", 1)[-1].lower()
         if name in ("identity", "softmax", "sigmoid"):

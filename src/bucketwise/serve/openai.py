@@ -173,7 +173,6 @@ class OpenAIEmbeddings:
                                             "owned_by": "bucketwise"}]}
 
     async def embeddings(self, request: Any) -> dict[str, Any]:
-        self.service.check_auth(request.headers.get("authorization", ""))
         self.service.check_content_type(request, ("application/json",))
         body = await self.service.read_body(request, self.config.max_body_bytes)
         req, texts = parse_texts(body, self.config)

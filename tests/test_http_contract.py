@@ -538,3 +538,11 @@ def test_the_schema_says_what_the_server_refuses():
     assert tensor["name"]["minLength"] == 1 and "INT64" in tensor["datatype"]["enum"] and "BYTES" not in tensor["datatype"]["enum"]
     empty, blank = call(app, [post({"input": ""}), post({"input": ["ok", " "]})])
     assert empty.status_code == blank.status_code == 400  # what the schema forbids, the server refuses
+    # "dimensions" takes the model's one size (3 for the double), and a KServe input one of
+    # the served inputs' names: schemathesis sent {"dimensions": 1} and an input named "0".
+    dims = body["properties"]["dimensions"]["anyOf"][0]
+    assert dims == {"type": "integer", "enum": [3]}
+    assert tensor["name"]["enum"] == ["attention_mask", "input_ids", "token_type_ids"]
+    wrong, right = call(app, [post({"input": "a b", "dimensions": 2}), post({"input": "a b", "dimensions": 3})])
+    assert wrong.status_code == 400 and "omit it, or send 3" in wrong.json()["error"]["message"]
+    assert right.status_code == 200 and len(right.json()["data"][0]["embedding"]) == 3

@@ -117,7 +117,7 @@ def test_serve_replicas_share_the_cache_batch_by_bucket_and_scale_down_losing_no
     assert 'bucket="' in hits[0] and 'deployment="bucketwise"' in hits[0]
 
     # Kill one replica under load (its process dies, in-flight work and all): requests it
-    # held fail with a 5xx, never hang; retried once, as a client of a replicated service
+    # held fail at once (a 5xx or a closed connection), never hang; retried once, as a client of a replicated service
     # does, every one succeeds on the other replica; Ray starts a new replica.
     first_failures, retried_failures, sent, stop = [], [], [0], threading.Event()
 
@@ -152,8 +152,10 @@ def test_serve_replicas_share_the_cache_batch_by_bucket_and_scale_down_losing_no
     for w in workers:
         w.join()
     assert states.get("RUNNING", 0) == 2, states
-    assert retried_failures == [] and all(isinstance(f, int) and f >= 500 for f in first_failures), \
-        (first_failures[:5], retried_failures[:5])
+    # A request in flight on the killed replica gets a 5xx, or its connection is closed by
+    # Ray's proxy midway through the answer (RemoteProtocolError): either way at once.
+    assert retried_failures == [] and all((isinstance(f, int) and f >= 500) or "RemoteProtocolError" in str(f)
+                                          for f in first_failures), (first_failures[:5], retried_failures[:5])
     print(f"killed a replica: {sent[0]} requests, {len(first_failures)} failed first time, all succeeded when retried")
 
     # Scale 2 -> 1 under load: Ray drains the replica it removes; no request fails.

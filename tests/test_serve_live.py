@@ -186,7 +186,10 @@ def test_tritonclient_drives_v2_with_binary_and_json_tensors():
         client.close()
 
 
-def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path):
+def test_schemathesis_with_every_check_finds_nothing(tmp_path):
+    """#28: every schemathesis check over the server's own /openapi.json, with the
+    expectations tests/schemathesis.toml sets down and explains. The issue's long pass
+    (--max-examples 300, docs/serving.md) found 0 failures in 4,715 cases."""
     pytest.importorskip("schemathesis")
     from serve_double import make_embedder
 
@@ -197,9 +200,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path):
     st = Path(sys.executable).parent / "st"
     with ThreadServer(app) as server:
         run = subprocess.run(
-            [str(st), "run", f"http://127.0.0.1:{server.port}/openapi.json", "--max-examples", "25",
-             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                         "response_schema_conformance", "--seed", "1", "--no-color"],
+            [str(st), "--config-file", str(HERE / "schemathesis.toml"), "--no-color", "run",
+             f"http://127.0.0.1:{server.port}/openapi.json", "--max-examples", "25", "--checks", "all", "--seed", "1"],
             capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its own cache stays out of the repo
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 

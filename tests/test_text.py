@@ -124,3 +124,24 @@ def test_read_mrpc_rejects_other_files(tmp_path):
     bad.write_text("a\tb\n")
     with pytest.raises(InputError, match="not an MRPC file"):
         read_mrpc(bad)
+
+
+def test_default_buckets_stop_at_the_models_longest_input_and_longer_plans_are_refused(tmp_path):
+    """#32's finding, made sharp by #28's check: the command line's default plan went up to
+    seq 256 for a folder that takes 48 tokens (and would now be refused). The default stops
+    at the model's longest input; a plan the user gives that goes past it is refused."""
+    pytest.importorskip("sentence_transformers")
+    import tiny_encoders as te
+
+    from bucketwise.errors import ConfigError
+    from bucketwise.models.text import SentenceEmbedder, text_plan
+
+    folder = str(te.build("roberta-lasttoken-dense-normalize", tmp_path))
+    for backend in ("onnxruntime", "torchscript"):
+        default = text_plan(None, backend=backend)  # what `bucketwise embed --model DIR` passes
+        assert default.max_size("seq") == 256
+        head = SentenceEmbedder.default(model=folder, backend=backend, plan=default, build=False)
+        assert head.model.plan.max_size("seq") == te.MAX_SEQ_LENGTH == 48
+        assert head.model.plan.sizes("batch") == default.sizes("batch")
+    with pytest.raises(ConfigError, match="bucket of seq 64, but .* takes at most 48 tokens"):
+        SentenceEmbedder.default(model=folder, plan=Plan.grid(batch=[1], seq=[16, 64]), build=False)

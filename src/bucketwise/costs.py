@@ -26,6 +26,7 @@ __all__ = [
     "FORMS",
     "fit_cost",
     "cost_model_from_json",
+    "costs_of",
 ]
 
 
@@ -142,6 +143,28 @@ def fit_cost(buckets: Sequence[Bucket], latencies: Sequence[float], *, form: str
     scale[scale == 0] = 1.0
     coefs, _ = nnls(A / scale, y)
     return PolynomialCost.from_terms(list(zip(FORMS[form], (coefs / scale).tolist())))
+
+
+def costs_of(cost: CostModel, dims: Sequence[str], shapes: np.ndarray) -> np.ndarray:
+    """``cost.cost`` of the bucket each row of ``shapes`` names (columns named by ``dims``).
+
+    Volume and polynomial costs are computed on the whole array at once, so a report over
+    a million distinct shapes costs a few array passes; other cost models are asked per row.
+    """
+    arr = np.asarray(shapes, dtype=np.float64).reshape(len(shapes), len(dims))
+    col = {d: arr[:, i] for i, d in enumerate(dims)}
+    if isinstance(cost, VolumeCost):
+        return np.prod(arr, axis=1)
+    if isinstance(cost, PolynomialCost):
+        per_row = np.zeros(len(arr))
+        for exps, coef in cost.terms:
+            term = np.full(len(arr), coef)
+            for dim, e in exps:
+                if dim in col:
+                    term = term * col[dim] ** e
+            per_row += term
+        return per_row * col["batch"] if "batch" in col else per_row
+    return np.array([cost.cost(Bucket(dict(zip(dims, map(int, row))))) for row in arr], dtype=np.float64)
 
 
 def cost_model_from_json(data: Any) -> CostModel:

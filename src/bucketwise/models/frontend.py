@@ -106,6 +106,23 @@ class TextModel:
             tokenizer.truncation_side = truncation_side
         info = model.spec.meta.get("encoder")
         self.max_length = max_length if max_length is not None else (info.max_length if info is not None else None)
+        self._check_plan(info)
+
+    def _check_plan(self, info: Any) -> None:
+        """Refuse a plan with a bucket longer than the model takes: every text is cut to
+        ``max_length`` tokens, so such a bucket never runs, and past the position
+        embeddings it cannot run at all (a shapes file of 10^12 tokens asked for 10^12)."""
+        plan = self.model.plan
+        if self.max_length is None or "seq" not in plan.dims:
+            return
+        top = plan.max_size("seq")
+        if top > self.max_length:
+            name = info.name if info is not None else "the model"
+            raise ConfigError(
+                f"the plan has a bucket of seq {top}, but {name} takes at most {self.max_length} tokens "
+                f"(longer texts are cut to {self.max_length}), so that bucket would never run. Give a plan "
+                f"whose buckets stop at seq {self.max_length}: bucketwise plan --model DIR caps them there"
+            )
 
     # -- loading --------------------------------------------------------------------------
 
@@ -152,10 +169,13 @@ class TextModel:
         """
         runtime = get_backend(backend, **dict(backend_options or {}))
         module, tokenizer, spec = cls._load(runtime.name, model)
+        longest = spec.meta["encoder"].max_length
+        if plan is None or (plan == default_text_plan(backend=runtime) and plan.max_size("seq") > longest):
+            plan = default_text_plan(longest, runtime)  # the default buckets stop at the model's longest input
         bucketed = BucketedModel(
             module,
             spec,
-            plan or default_text_plan(spec.meta["encoder"].max_length, runtime),
+            plan,
             backend=runtime,
             overflow=overflow,
             cache=cache,

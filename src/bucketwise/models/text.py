@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..plans import Plan
+from ..shapes import BATCH, Bucket
 from ..spec import ModelSpec
 from .encoders import (
     DEFAULT_MODEL_NAME,
@@ -69,10 +70,17 @@ def text_plan(plan: Any = None, *, batch_sizes: Sequence[int] = (), seq_sizes: S
               backend: Any = None) -> Plan:
     """The buckets a command or a config names: ``plan`` (a :class:`Plan` or a plan file),
     else batch and length sizes over the backend's default grid (either may be left empty),
-    else the backend's default plan. Callers check that ``plan`` and sizes are not both given."""
-    if plan:
-        return plan if isinstance(plan, Plan) else Plan.load(plan)
+    else the backend's default plan. Callers check that ``plan`` and sizes are not both given.
+
+    A plan of lengths alone (``bucketwise plan`` on a shapes or traffic file writes one)
+    gets the backend's default batch sizes for each length."""
     default = default_text_plan(backend=backend)
+    if plan:
+        plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+        if plan.dims == ("seq",):
+            plan = Plan(tuple(Bucket({BATCH: b, "seq": s}) for s in plan.sizes("seq") for b in default.sizes(BATCH)),
+                        plan.cost_model, plan.meta)
+        return plan
     if batch_sizes or seq_sizes:
         return Plan.grid(batch=list(batch_sizes) or default.sizes("batch"), seq=list(seq_sizes) or default.sizes("seq"))
     return default

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,9 @@ class Observations:
         object.__setattr__(self, "shapes", uniq)
         object.__setattr__(self, "counts", merged)
 
-    @property
+    @cached_property
     def total(self) -> float:
+        """How many inputs were observed (the sum of the counts)."""
         return float(self.counts.sum())
 
     def column(self, dim: str) -> np.ndarray:

@@ -204,10 +204,11 @@ def _traffic(obs: Observations, shapes: Sequence[dict[str, int]], cost: CostMode
     dims = list(obs.dims) + list(extra)
     rows = np.hstack([obs.shapes, np.ones((len(obs.shapes), len(extra)), dtype=obs.shapes.dtype)])
     chosen = router.route_many(rows, dims)
+    inside = chosen >= 0
+    routed = np.bincount(chosen[inside], weights=obs.counts[inside], minlength=len(router.plan.buckets)) / obs.total
     share = [0.0] * len(shapes)
-    for i, c in zip(chosen, obs.counts):
-        if i >= 0:
-            share[index[router.plan.buckets[i]]] += float(c / obs.total)
+    for i, b in enumerate(router.plan.buckets):
+        share[index[b]] += float(routed[i])
     return share
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..costs import CostModel
+from ..costs import CostModel, costs_of
 from ..errors import PlanError
 from ..plans import Plan
 from ..router import Router
@@ -124,29 +124,31 @@ def report(
     plans = {name: plan, **(compare if compare is not None else alternatives(obs, plan, k, user))}
     caps = {d: plan.max_size(d) for d in obs.dims}
     capped = np.minimum(obs.shapes, np.array([caps[d] for d in obs.dims]))
-    above = float(obs.counts[np.any(obs.shapes > capped, axis=1)].sum() / obs.total)
+    total_count = obs.total
+    above = float(obs.counts[np.any(obs.shapes > capped, axis=1)].sum() / total_count)
     extra = {"batch": 1} if "batch" in plan.dims else {}
-    exact = sum(c * cost.cost(Bucket({**dict(zip(obs.dims, map(int, s))), **extra})) for s, c in zip(capped, obs.counts)) / obs.total
+    dims = list(obs.dims) + list(extra)
+    shapes = np.hstack([capped, np.ones((len(capped), len(extra)), dtype=capped.dtype)])
+    exact = float((costs_of(cost, dims, shapes) * obs.counts).sum()) / total_count
     real = float((np.prod(capped, axis=1) * obs.counts).sum())
     rows = []
     evaluated = {}
     for label, p in plans.items():
-        total, padded = 0.0, 0.0
-        traffic: dict[str, float] = {}
-        dims = list(obs.dims) + list(extra)
-        shapes = np.hstack([capped, np.ones((len(capped), len(extra)), dtype=capped.dtype)])
         chosen = Router(p).route_many(shapes, dims)
         if (chosen < 0).any():
             shape = dict(zip(dims, map(int, shapes[int(np.argmax(chosen < 0))])))
             raise PlanError(f"strategy {label!r} cannot hold shape {shape}: no bucket covers it")
-        for i, c in zip(chosen, obs.counts):
-            b = p.buckets[i]
-            total += c * cost.cost(b)
-            padded += c * b.volume
-            traffic[b.label()] = traffic.get(b.label(), 0.0) + c / obs.total
+        # Counts routed to each bucket, then each bucket's cost and volume once.
+        routed = np.bincount(chosen, weights=obs.counts, minlength=len(p.buckets))
+        total = sum(float(n) * cost.cost(b) for n, b in zip(routed, p.buckets) if n)
+        padded = sum(float(n) * b.volume for n, b in zip(routed, p.buckets) if n)
+        traffic: dict[str, float] = {}
+        for n, b in zip(routed, p.buckets):
+            if n:
+                traffic[b.label()] = traffic.get(b.label(), 0.0) + float(n) / total_count
         tops = np.array([p.max_size(d) for d in obs.dims])
-        left = float(obs.counts[np.any(obs.shapes > tops, axis=1)].sum() / obs.total)
-        evaluated[label] = (total / obs.total, 1 - real / padded, traffic, p, left)
+        left = float(obs.counts[np.any(obs.shapes > tops, axis=1)].sum() / total_count)
+        evaluated[label] = (total / total_count, 1 - real / padded, traffic, p, left)
     max_cost = evaluated["pad-to-max"][0] if "pad-to-max" in evaluated else max(v[0] for v in evaluated.values())
     for label, (per, waste, traffic, p, left) in evaluated.items():
         lengths = sorted({tuple(kv for kv in b.sizes if kv[0] != "batch") for b in p.buckets})
@@ -161,4 +163,4 @@ def report(
             traffic=dict(sorted(traffic.items())),
             left_out=left,
         ))
-    return PlanReport(rows, exact, above, obs.total)
+    return PlanReport(rows, exact, above, total_count)

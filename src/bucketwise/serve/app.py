@@ -512,15 +512,32 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
+            known = True
+            if embedder is not None:
+                # "dimensions" takes the model's one size; until the model can serve, it is
+                # not known yet, and the schema is written again on the next request.
+                size = openai.embedding_size()
+                known = size is not None
+                embeddings_body["requestBody"]["content"]["application/json"]["schema"]["properties"]["dimensions"] = (
+                    {"anyOf": [{"type": "integer", "enum": [size]}, {"type": "null"}], "default": None,
+                     "description": f"the model's embedding size, {size}: embeddings are not truncated"}
+                    if known else {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
+                                   "description": "only the model's full size is accepted"})
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            # A KServe v2 input is named as one of the served models' inputs.
+            names = sorted({n for m in served.values() for n in m.spec.input_names})
+            tensor = doc["components"]["schemas"]["TensorInput"]["properties"]
+            tensor["name"] = {**tensor["name"], "enum": names}
             # Path parameters name what is served: clients and fuzzers see the real names.
             for path, ops in doc["paths"].items():
                 for op in ops.values():
                     for param in op.get("parameters", []):
-                        if path.startswith("/v2/models/") and param["name"] in ("name", "version"):
+                        if path.startswith(("/v2/models/", "/shapes/")) and param["name"] in ("name", "version"):
                             param["schema"] = {"type": "string",
                                                "enum": sorted(served) if param["name"] == "name" else ["1"]}
+            if not known:
+                return doc
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -167,6 +167,17 @@ class OpenAIEmbeddings:
     def __init__(self, embedder: Any, config: Any, service: Any) -> None:
         self.embedder, self.config, self.service = embedder, config, service
         self._tokenizer_lock = threading.Lock()
+        self.size: int | None = None  # the embeddings' length, once an answer has shown it
+
+    def embedding_size(self) -> int | None:
+        """The length of this model's embeddings: learned from the first answer, or from
+        one probe text once the model can serve (None while it cannot yet)."""
+        if self.size is None and self.embedder.model.can_serve:
+            import numpy as np
+
+            with self._tokenizer_lock:
+                self.size = int(np.asarray(self.embedder.embed(["probe"])).shape[-1])
+        return self.size
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": 0,
@@ -176,9 +187,12 @@ class OpenAIEmbeddings:
         self.service.check_content_type(request, ("application/json",))
         body = await self.service.read_body(request, self.config.max_body_bytes)
         req, texts = parse_texts(body, self.config)
+        if self.size is not None:  # refused before anything is computed, once the size is known
+            self._check_dimensions(req.dimensions, self.size)
         encoded, outs = await self._embed(texts)
         vectors = [o["sentence_embedding"] for o in outs]
-        self._check_dimensions(req.dimensions, len(vectors[0]))
+        self.size = len(vectors[0])
+        self._check_dimensions(req.dimensions, self.size)
         check_finite(vectors, "input")
         self.service.metrics.texts.inc(len(texts))
         tokens = sum(len(ids) for ids, _ in encoded)

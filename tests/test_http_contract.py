@@ -130,7 +130,7 @@ def test_truncate_policy_serves_long_texts_and_counts_them():
     r, metrics = call(app, [post({"input": "word " * 20}), ("GET", "/metrics", {})])
     assert r.status_code == 200
     assert r.json()["usage"]["prompt_tokens"] == 16
-    assert 'bucketwise_overflows_total{policy="truncate"} 1.0' in metrics.text
+    assert 'bucketwise_overflows_total{model="all-MiniLM-L6-v2",policy="truncate"} 1.0' in metrics.text
 
 
 def test_api_key_and_a_full_queue():
@@ -156,8 +156,8 @@ def test_health_readiness_and_padding_metrics_from_one_definition():
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200 and ready.json()["compiled"] == 4
     stats = emb.model.stats
-    assert f"bucketwise_real_tokens_total {float(stats.real_volume)}" in metrics.text
-    assert f"bucketwise_padded_tokens_total {float(stats.padded_volume)}" in metrics.text
+    assert f'bucketwise_real_tokens_total{{model="all-MiniLM-L6-v2"}} {float(stats.real_volume)}' in metrics.text
+    assert f'bucketwise_padded_tokens_total{{model="all-MiniLM-L6-v2"}} {float(stats.padded_volume)}' in metrics.text
     assert stats.real_volume == 4 + 7  # each text's own tokens
 
 
@@ -456,7 +456,7 @@ def test_rows_above_every_bucket_are_recorded_in_the_traffic_shapes():
                                                      ("GET", "/shapes", {})])
     assert long.status_code == 200 and short.status_code == 200
     assert shapes.json()["rows_recorded"] == 1 and shapes.json()["shapes"] == [[22]]
-    assert 'bucketwise_overflows_total{policy="fallback"} 1.0' in metrics.text
+    assert 'bucketwise_overflows_total{model="all-MiniLM-L6-v2",policy="fallback"} 1.0' in metrics.text
     assert sorted(s[0] for s in again.json()["shapes"]) == [4, 22]
 
 
@@ -532,8 +532,10 @@ def test_the_schema_says_what_the_server_refuses():
     doc = schema.json()
     body = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     text, texts = body["properties"]["input"]["anyOf"]
-    assert text["minLength"] == 1 and text["pattern"] == "\\S"
-    assert texts["minItems"] == 1 and texts["maxItems"] == 7 and texts["items"]["pattern"] == "\\S"
+    from bucketwise.serve._common import NON_BLANK
+
+    assert text["minLength"] == 1 and text["pattern"] == NON_BLANK
+    assert texts["minItems"] == 1 and texts["maxItems"] == 7 and texts["items"]["pattern"] == NON_BLANK
     tensor = doc["components"]["schemas"]["TensorInput"]["properties"]
     assert tensor["name"]["minLength"] == 1 and "INT64" in tensor["datatype"]["enum"] and "BYTES" not in tensor["datatype"]["enum"]
     empty, blank = call(app, [post({"input": ""}), post({"input": ["ok", " "]})])

@@ -66,7 +66,7 @@ def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
         while embedder.model is model and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(0.8)  # traffic on the new buckets
-        assert id(model) not in app.state.service.batchers  # the old buckets were released once drained
+        assert not app.state.service.holds(model)  # the old buckets were released once drained
         stop.set()
         for w in workers:
             w.join()
@@ -200,7 +200,7 @@ def test_a_swap_on_onnx_runtime_keeps_serving_on_the_shared_sessions():
         url = f"http://127.0.0.1:{server.port}"
         statuses = []
         deadline = time.time() + 60
-        while (embedder.model is model or id(model) in app.state.service.batchers) and time.time() < deadline:
+        while (embedder.model is model or app.state.service.holds(model)) and time.time() < deadline:
             statuses.append(httpx.post(f"{url}/v1/embeddings", json={"input": [text]}, timeout=30).status_code)
         assert embedder.model is not model and sorted(embedder.model.plan.sizes("seq")) == [16, 64]
         time.sleep(0.5)  # the old model released
@@ -254,3 +254,45 @@ def test_another_architecture_replans_under_the_official_openai_client(tmp_path,
         for i in range(0, 40, 4):
             check(long[i:i + 4])  # served by the new buckets
         assert embedder.model.stats.calls > 0
+
+
+def test_swaps_leave_one_record_per_name_and_metrics_of_the_live_model_only():
+    """#29: serving state was kept by id(model), and remove_model left the successor chain and
+    the metrics' state behind, so a model swapped out stayed counted in
+    bucketwise_compiled_buckets. Three swaps later, the name has one model, one batcher, and
+    the gauge counts the buckets of the model in service."""
+    import asyncio
+
+    from serve_double import make_embedder
+
+    from bucketwise import Plan
+    from bucketwise.serve import ServeConfig, create_app
+
+    embedder, _ = make_embedder()
+    app = create_app(embedder, ServeConfig())
+    service = app.state.service
+    name = "all-MiniLM-L6-v2"
+    plans = [Plan.grid(batch=[1], seq=[8, 16]), Plan.grid(batch=[1, 4], seq=[16]), Plan.grid(batch=[1, 2, 4], seq=[4, 8, 16])]
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            for plan in plans:
+                old = service.served[name].model
+                fresh = old.with_plan(plan).compile(progress=False)
+                retired = service.swap(name, fresh)
+                rows = [{"input_ids": np.array([1, 5, 2]), "attention_mask": np.ones(3, dtype=np.int64),
+                         "token_type_ids": np.zeros(3, dtype=np.int64)}]
+                await service.batcher(name).submit_many(rows, validated=True)
+                service.render_metrics()  # the old model counted while it finishes
+                await retired.close()
+                service.retire(name, old)
+                old.release()
+            return service.render_metrics()[0].decode()
+
+    text = asyncio.run(run())
+    rec = service.served[name]
+    assert rec.generation == 3 and rec.retiring == [] and rec.model.plan == plans[-1]
+    assert not service.holds(embedder.model) or embedder.model is rec.model
+    assert f'bucketwise_compiled_buckets{{model="{name}"}} {float(len(plans[-1]))}' in text
+    assert set(service.metrics._seen) == {(name, 3)}
+    assert f'bucketwise_batches_total{{model="{name}"}} 3.0' in text  # counters keep what every model ran

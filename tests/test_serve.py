@@ -68,7 +68,7 @@ def test_embeddings_endpoint_errors_readiness_and_metrics(embedder):
         metrics = client.get("/metrics").text
         assert 'bucketwise_requests_total{endpoint="embeddings",status="200"} 3.0' in metrics
         assert 'bucketwise_requests_total{endpoint="embeddings",status="400"} 2.0' in metrics
-        assert "bucketwise_bucket_hits_total{bucket=" in metrics
+        assert 'bucketwise_bucket_hits_total{bucket="' in metrics and 'model="all-MiniLM-L6-v2"' in metrics
         assert "bucketwise_padded_tokens_total" in metrics and "bucketwise_queue_seconds_bucket" in metrics
         assert 'bucketwise_rejections_total{reason="too_long"} 1.0' in metrics
 
@@ -110,7 +110,7 @@ def test_graceful_shutdown_finishes_every_accepted_request(embedder):
     app = create_app(embedder, ServeConfig(max_delay=3.0, batch_wait="fixed"))
     server = Server(app)
     client = server.__enter__()
-    batcher = app.state.service.batcher(embedder.model)
+    batcher = app.state.service.batcher("all-MiniLM-L6-v2")
     n = 3  # fewer than the largest batch bucket (4), so no batch fills up and flushes
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(client.post, "/v1/embeddings", json={"input": f"text {i}"}) for i in range(n)]
@@ -155,10 +155,11 @@ def test_lazy_start_serves_from_larger_buckets_and_counts_it(embedder):
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(r.json()["data"][0]["embedding"], embedder.embed(["A short sentence."])[0], atol=1e-5)
         metrics = client.get("/metrics").text
-        assert 'bucketwise_bucket_substitutions_total{used="batch=4,seq=64",wanted="batch=1,seq=16"} 1.0' in metrics
+        assert ('bucketwise_bucket_substitutions_total{model="all-MiniLM-L6-v2",used="batch=4,seq=64",'
+                'wanted="batch=1,seq=16"} 1.0') in metrics
         assert bm.wait_ready(timeout=60)
         client.post("/v1/embeddings", json={"input": "A short sentence."})
-        assert "bucketwise_compiled_buckets 4.0" in client.get("/metrics").text
+        assert 'bucketwise_compiled_buckets{model="all-MiniLM-L6-v2"} 4.0' in client.get("/metrics").text
     assert sum(bm.stats.substitutions.values()) == 1
     bm.close()
 

@@ -98,9 +98,20 @@ class RayServeOptions:
         options.check()
         return options
 
+    def serve_config(self, api_key: str | None = None) -> Any:
+        """The replicas' :class:`~bucketwise.serve.ServeConfig`, which checks the server's
+        limits (the same checks as ``bucketwise serve``)."""
+        from .serve import ServeConfig
+
+        name = self.model_name or (os.path.basename(os.path.normpath(self.model)) if self.model
+                                   else ServeConfig.model_name)
+        return ServeConfig(max_delay=self.max_delay_ms / 1e3, batch_wait=self.batch_wait, max_queue=self.max_queue,
+                           max_texts=self.max_texts, api_key=api_key, model_name=name,
+                           model_aliases=() if self.model else ServeConfig.model_aliases,
+                           allowed_hosts=self.allowed_hosts)
+
     def check(self) -> None:
-        if self.batch_wait not in ("adaptive", "fixed"):
-            raise ConfigError(f"batch_wait {self.batch_wait!r}: use adaptive or fixed")
+        self.serve_config()  # the server's limits, checked once where the app is built
         if self.plan and (self.batch_sizes or self.seq_sizes):
             raise ConfigError("plan and batch_sizes/seq_sizes exclude each other; give one")
         if (self.min_replicas is None) != (self.max_replicas is None):
@@ -111,8 +122,8 @@ class RayServeOptions:
             raise ConfigError(f"num_replicas {self.num_replicas!r}: a number, or auto")
         if isinstance(self.num_replicas, int) and self.num_replicas < 1:
             raise ConfigError(f"num_replicas must be at least 1, got {self.num_replicas}")
-        if self.max_ongoing_requests < 1 or self.max_queue < 1:
-            raise ConfigError("max_ongoing_requests and max_queue must be at least 1")
+        if self.max_ongoing_requests < 1:
+            raise ConfigError(f"max_ongoing_requests must be at least 1, got {self.max_ongoing_requests}")
 
 
 def _convert(key: str, kind: str, value: Any) -> Any:
@@ -203,19 +214,14 @@ def replica_app(options: RayServeOptions) -> Any:
     """The FastAPI app of one replica: its encoder built and warm before it returns."""
     from .models.text import SentenceEmbedder
     from .runtime.cache import ArtifactCache
-    from .serve import ServeConfig, create_app
+    from .serve import create_app
 
     api_key = None
     if options.api_key_env:
         api_key = os.environ.get(options.api_key_env)
         if not api_key:
             raise ConfigError(f"api_key_env {options.api_key_env}: that variable is empty or unset in the replica")
-    name = options.model_name or (os.path.basename(os.path.normpath(options.model)) if options.model
-                                  else ServeConfig.model_name)
-    config = ServeConfig(max_delay=options.max_delay_ms / 1e3, batch_wait=options.batch_wait,
-                         max_queue=options.max_queue, max_texts=options.max_texts, api_key=api_key,
-                         model_name=name, model_aliases=() if options.model else ServeConfig.model_aliases,
-                         allowed_hosts=options.allowed_hosts)
+    config = options.serve_config(api_key)
     embedder = SentenceEmbedder.default(backend=options.backend, plan=text_plan(options), model=options.model,
                                         backend_options=threads_for(options.backend, options.backend_options,
                                                                     options.num_cpus), progress=False,

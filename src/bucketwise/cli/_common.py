@@ -100,14 +100,17 @@ def cache_at(args: argparse.Namespace) -> Any:
     return ArtifactCache(args.cache_dir, max_bytes=parse_bytes(size) if size else None)
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, images: bool = False) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, serving: bool = True, images: bool = False,
+                      several: bool = False) -> None:
     """The options that pick the model, the backend, the buckets and the cache; ``serving``
     adds those of commands that run the model (--overflow, --no-cache); ``images`` says
-    --model also takes image models."""
-    parser.add_argument("--model", metavar="DIR" if not images else "MODEL",
+    --model also takes image models; ``several`` makes --model repeatable, as NAME=DIR."""
+    parser.add_argument("--model", metavar="DIR" if not images else "MODEL", action="append" if several else "store",
                         help="a local Hugging Face encoder folder (default: all-MiniLM-L6-v2, bundled)"
                         + ("; or an image model: resnet50, fasterrcnn, a torchvision name, file.py:function "
-                           "(with --plan)" if images else ""))
+                           "(with --plan)" if images else "")
+                        + ("; repeat it as NAME=DIR to serve several models, each under its name (a folder "
+                           "with a task head serves that task)" if several else ""))
     add_backend_options(parser)
     parser.add_argument("--plan", metavar="PLAN.json", help="buckets from a plan file (batch x seq)")
     parser.add_argument("--batch-sizes", type=sizes, metavar="1,8",

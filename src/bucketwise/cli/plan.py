@@ -60,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--seconds-per-bucket", type=float, metavar="SECONDS", help="compile time of one artifact")
     plan.add_argument("--neuron-weights", type=int, metavar="N", help="cap k by the AWS Neuron rule of thumb, round(1e9 / N weights)")
     plan.add_argument("--compare", type=sizes, metavar="32,64,128", help="also report these buckets")
+    plan.add_argument("--models", metavar="MODELS.json",
+                      help='several models under one --memory-budget: {"models": {"NAME": {"traffic": FILE, "share": '
+                           '0.8, "bytes_per_bucket": "30MB", "shared_bytes": "90MB", "k": 8}}}; each model\'s shapes '
+                           '(a traffic file of bucketwise serve), its share of the requests (default: the inputs its '
+                           'traffic counts) and its memory. Writes one plan per model, PLAN.NAME.json, and compares '
+                           'the split with an equal one')
     plan.add_argument("--output", default="plan.json", metavar="PLAN.json", help="where to write the plan (default plan.json)")
     plan.add_argument("--plot", metavar="FILE.png", help="draw the histogram/scatter with bucket edges (needs matplotlib)")
     add_json_option(plan, "the plan and report")
@@ -84,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from ..planning.io import parse_bytes, plot_plan, read_shapes
 
     say = printer(args)
+    if args.models:
+        return _joint(args, say)
     dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
     is_text = args.input is None or Path(args.input).suffix in TEXT_SUFFIXES
     if is_text:
@@ -214,3 +222,62 @@ def _measured_bytes_per_bucket(args: argparse.Namespace, is_text: bool, say: obj
         f"{args.backend} buckets measured in {cache.root}"
         + (f", plus {format_bytes(shared)} they share, once" if shared else ""))
     return float(largest), float(shared)
+
+
+JOINT_KEYS = ("traffic", "share", "bytes_per_bucket", "shared_bytes", "k", "batch_sizes", "cap", "grid")
+
+
+def _joint(args: argparse.Namespace, say: Any) -> int:
+    """``plan --models FILE --memory-budget B``: every model's plan under one budget."""
+    import json
+
+    from ..errors import PlanError
+    from ..planning.io import parse_bytes, read_shapes
+    from ..planning.joint import ModelDemand, equal_split, split_budget
+
+    if not args.memory_budget:
+        raise ConfigError("--models splits one --memory-budget among the models; give it, e.g. --memory-budget 8GB")
+    if args.input:
+        raise ConfigError("--models reads each model's shapes from its \"traffic\"; give no INPUT")
+    try:
+        spec = json.loads(Path(args.models).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--models {args.models}: cannot read it as JSON ({err})") from None
+    models = spec.get("models") if isinstance(spec, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f'--models {args.models}: expected {{"models": {{"NAME": {{"traffic": FILE, '
+                          f'"bytes_per_bucket": BYTES, ...}}}}}}')
+    demands = []
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or "traffic" not in entry or "bytes_per_bucket" not in entry:
+            raise ConfigError(f"--models: model {name!r} needs \"traffic\" (its shapes file) and \"bytes_per_bucket\"")
+        unknown = sorted(set(entry) - set(JOINT_KEYS))
+        if unknown:
+            raise ConfigError(f"--models: model {name!r} has unknown keys {unknown}; allowed: {list(JOINT_KEYS)}")
+        obs = read_shapes(entry["traffic"])
+        options = {k: entry[k] for k in ("batch_sizes", "cap", "grid") if k in entry}
+        options.setdefault("grid", args.grid)
+        demands.append(ModelDemand(name=name, observed=obs, share=float(entry.get("share", obs.total)),
+                                   bytes_per_bucket=parse_bytes(str(entry["bytes_per_bucket"])),
+                                   shared_bytes=parse_bytes(str(entry.get("shared_bytes", 0))),
+                                   max_k=int(entry.get("k", args.k or 8)), options=options))
+    budget = parse_bytes(args.memory_budget)
+    joint = split_budget(demands, budget)
+    say(f"planned  one budget of {budget / 2**20:.0f} MiB across {len(demands)} models")
+    say(joint)
+    equal = None
+    try:
+        equal = equal_split(demands, budget)
+    except PlanError as err:  # the comparison only: an equal part may hold nothing
+        say(f"equal    an equal split cannot serve every model: {err}")
+    if equal is not None:
+        say(f"equal    each model alone in {budget / len(demands) / 2**20:.0f} MiB: expected cost per request "
+            f"{equal.expected_cost:.4g} against {joint.expected_cost:.4g} planned "
+            f"({equal.expected_cost / joint.expected_cost:.3f}x)")
+    out = Path(args.output)
+    for name, chosen in joint.plans.items():
+        target = out.with_name(f"{out.stem}.{name}{out.suffix}")
+        chosen.save(target)
+        say(f"wrote    {target} ({len(chosen)} buckets)")
+    write_json(args.json, {"joint": joint.as_dict(), "equal": equal.as_dict() if equal else None})
+    return 0

@@ -1,10 +1,13 @@
-"""``bucketwise serve``: OpenAI-compatible embeddings and KServe v2 over HTTP."""
+"""``bucketwise serve``: OpenAI-compatible embeddings, the other text tasks' routes and
+KServe v2 over HTTP, for one model or several."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, InputError
 from ..planning.io import parse_bytes
@@ -26,7 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    add_model_options(serve, images=True)
+    add_model_options(serve, images=True, several=True)
+    serve.add_argument("--models-config", metavar="FILE.json",
+                       help='per-model options of several models: {"models": {"NAME": {"path": DIR, "task": ..., '
+                            '"backend": ..., "plan": PLAN.json, "overflow": ..., "batch_sizes": [...], '
+                            '"seq_sizes": [...]}}}; the flags give what a model leaves out')
     serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
     serve.add_argument("--batch-wait", choices=("adaptive", "fixed"), default="adaptive",
                        help="adaptive (default): a batch that is not full waits only while requests keep arriving "
@@ -97,13 +104,6 @@ def run(args: argparse.Namespace) -> int:
         if not api_key:
             raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
     hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
-    if not hosts:
-        raise ConfigError("--allowed-hosts is empty; name at least one host, or '*' for any")
-    if args.streams < 1:
-        raise ConfigError(f"--streams must be at least 1, got {args.streams}")
-    if args.traffic_every <= 0 or args.traffic_half_life <= 0:
-        raise ConfigError(f"--traffic-every and --traffic-half-life must be > 0 seconds, got {args.traffic_every} "
-                          f"and {args.traffic_half_life}")
     if args.traffic_file:
         target = Path(args.traffic_file)
         if target.is_dir():
@@ -117,26 +117,25 @@ def run(args: argparse.Namespace) -> int:
                               "cannot be written; name a file in a writable folder")
     if args.keep_alive_timeout <= 0:
         raise ConfigError(f"--keep-alive-timeout must be > 0 seconds, got {args.keep_alive_timeout}")
-    if args.replan_every is not None and args.replan_every <= 0:
-        raise ConfigError(f"--replan-every must be > 0 seconds, got {args.replan_every}")
-    if not 0 < args.replan_build_share <= 1:
-        raise ConfigError(f"--replan-build-share must be a fraction in (0, 1] (1: no pause), got {args.replan_build_share}")
-    if args.replan_compile_budget is not None and args.replan_compile_budget <= 0:
-        raise ConfigError(f"--replan-compile-budget must be > 0 seconds, got {args.replan_compile_budget}")
     replan_memory = None
     if args.replan_memory_budget:
         try:
             replan_memory = parse_bytes(args.replan_memory_budget)
         except InputError as err:
             raise ConfigError(f"--replan-memory-budget: {err}") from None
-        if replan_memory <= 0:
-            raise ConfigError(f"--replan-memory-budget must be more than 0 bytes, got {args.replan_memory_budget!r}")
-    if not 0 < args.replan_min_gain < 1:
-        raise ConfigError(f"--replan-min-gain must be a fraction between 0 and 1, got {args.replan_min_gain}")
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
-    image = is_image_model_name(args.model)
-    name = args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name)
+    entries = _served_entries(args)
+    several = entries is not None
+    if several:
+        if args.replan_every is not None:
+            raise ConfigError("--replan-every re-plans a server of one embedder; serve several models without it")
+        args.model = None
+    else:
+        args.model = (args.model or [None])[-1] if isinstance(args.model, list) else args.model
+    image = not several and is_image_model_name(args.model)
+    name = getattr(args, "served_name", None) or \
+        (args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name))
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, streams=args.streams,
                          max_queue=args.max_queue,
@@ -149,6 +148,16 @@ def run(args: argparse.Namespace) -> int:
                          replan_min_rows=args.replan_min_rows, plans_dir=args.plans_dir,
                          replan_compile_budget=args.replan_compile_budget, replan_memory_budget=replan_memory,
                          replan_build_share=args.replan_build_share)
+    if several:
+        heads = _load_heads(args, entries or {})
+        app = create_app(None, config, heads=heads)
+        models = [h.model for h in heads.values()]
+        drain = args.drain_timeout if args.drain_timeout is not None else \
+            max(30.0, 2 * sum(worst_drain_seconds(m, args.max_queue) for m in models))
+        for served_name, head in heads.items():
+            print(f"serving {served_name} ({head.task}, {head.model.backend.name}, {head.model.plan})")
+        print(f"serving {len(heads)} models on http://{args.host}:{args.port}; drain timeout {drain:.0f} s")
+        return run_server(app, host=args.host, port=args.port, drain_timeout=drain, keep_alive=args.keep_alive_timeout)
     if image:
         model = _image_model(args)
         app = create_app(None, config, models={name: model})
@@ -185,3 +194,80 @@ def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                           backend_options=backend_options(args, plan),
                           cache=cache_from_args(args, fallback=True))
     return model.compile(progress=not args.no_progress, lazy=args.lazy)
+
+
+MODEL_KEYS = ("path", "task", "backend", "plan", "overflow", "batch_sizes", "seq_sizes")
+
+
+def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+    """Each model to serve by name, with its options, when the server serves several (or
+    one folder with a task head); None for one embedder or image model, served as before."""
+    from ..models.encoders import model_dir
+    from ..models.tasks import folder_task
+    from ..models.zoo import is_image_model_name
+
+    given = args.model or []
+    entries: dict[str, dict[str, Any]] = {}
+    for value in given:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).name, value
+        if not name or not path:
+            raise ConfigError(f"--model {value!r}: give DIR or NAME=DIR")
+        if name in entries:
+            raise ConfigError(f"--model: two models are named {name!r}; name each once (NAME=DIR)")
+        entries[name] = {"path": path}
+    if args.models_config:
+        try:
+            data = json.loads(Path(args.models_config).read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--models-config {args.models_config}: cannot read it as JSON ({err})") from None
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, dict) or not models:
+            raise ConfigError(f'--models-config {args.models_config}: expected {{"models": {{"NAME": {{"path": DIR, ...}}}}}}')
+        for name, options in models.items():
+            if not isinstance(options, dict) or "path" not in options:
+                raise ConfigError(f"--models-config: model {name!r} needs an object with a \"path\" (its folder)")
+            unknown = sorted(set(options) - set(MODEL_KEYS))
+            if unknown:
+                raise ConfigError(f"--models-config: model {name!r} has unknown keys {unknown}; allowed: {list(MODEL_KEYS)}")
+            entries[name] = {**entries.get(name, {}), **options}
+    if len(entries) == 1 and not args.models_config:
+        (entry,) = entries.values()
+        path = entry["path"]
+        if is_image_model_name(path) or folder_task(model_dir(path)).task == "feature-extraction":
+            args.model, args.served_name = [path], next(iter(entries))
+            return None  # one embedder or image model: served as before, under its name
+    if not entries:
+        return None
+    if len(entries) > 1 and args.plan:
+        raise ConfigError("--plan names the buckets of one model; with several, give each its \"plan\" in --models-config")
+    for name, entry in entries.items():
+        if is_image_model_name(entry["path"]):
+            raise ConfigError(f"--model {name}={entry['path']}: an image model is served alone; serve text models together")
+    return entries
+
+
+def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each entry's head, compiled: its task from its folder (or its "task"), its options
+    from the entry, else from the flags."""
+    from ..models.encoders import model_dir
+    from ..models.tasks import folder_task, head_class
+    from ..models.text import text_plan
+
+    heads = {}
+    cache = cache_from_args(args, fallback=True)
+    for name, entry in entries.items():
+        task = folder_task(model_dir(entry["path"])).check(entry.get("task"))
+        backend = entry.get("backend", args.backend)
+        batch_sizes = entry.get("batch_sizes") or args.batch_sizes or ()
+        seq_sizes = entry.get("seq_sizes") or args.seq_sizes or ()
+        plan_path = entry.get("plan") or args.plan
+        plan = text_plan(plan_path, batch_sizes=batch_sizes, seq_sizes=seq_sizes, backend=backend) \
+            if plan_path or batch_sizes or seq_sizes else None
+        options = backend_options(args, plan) if plan is not None else dict(getattr(args, "backend_option", None) or [])
+        print(f"loading  {name}: {entry['path']} ({task}) on {backend}")
+        heads[name] = head_class(task).default(backend=backend, plan=plan, overflow=entry.get("overflow", args.overflow),
+                                               progress=not args.no_progress, model=entry["path"], cache=cache,
+                                               lazy=args.lazy, backend_options=options)
+    return heads

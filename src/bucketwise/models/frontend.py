@@ -14,11 +14,17 @@ post-process them. Everything between texts and per-text outputs is here, once:
 - the parity probe: whenever buckets were compiled, a few texts run bucketed and through
   the model at their exact length, and :class:`~bucketwise.errors.ParityError` refuses a
   model whose outputs differ.
+
+A server runs a head's own code in a worker thread inside :func:`run_through`: every model
+run of that thread then goes through the server's batcher instead of running here, so
+rows of concurrent requests share bucketed batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +36,7 @@ from ..router import OverflowPolicy
 from ..runtime.model import BucketedModel
 from ..shapes import BATCH, Bucket
 
-__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "default_text_plan", "length_free"]
+__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "default_text_plan", "length_free", "run_through"]
 
 Text = str | tuple[str, str]
 Encoded = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text, unpadded
@@ -38,6 +44,21 @@ TRUNCATIONS = ("longest_first", "only_first", "only_second")
 # A text of more characters than this per token the model takes is cut before tokenizing
 # (at white space): natural text has 3-6 characters a token, so the prefix decides.
 CHARS_PER_TOKEN = 16
+
+_ROUTE = threading.local()  # this thread's way to run rows, inside run_through
+
+
+@contextmanager
+def run_through(submit: Callable[[list[dict[str, np.ndarray]]], list[dict[str, Any]]]) -> Iterator[None]:
+    """Within this block, this thread's heads run their rows (one dict of unbatched inputs
+    per text) with ``submit``, which returns each row's outputs, cropped, in order: what
+    a server's batcher does. Heads' own code (tokenizing, windows, post-processing) is
+    unchanged."""
+    _ROUTE.submit = submit
+    try:
+        yield
+    finally:
+        del _ROUTE.submit
 SIDES = ("right", "left")
 
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -349,6 +370,12 @@ class TextModel:
                       desc: str = "run") -> list[dict[str, Any]]:
         """The outputs the head reads, per text, in input order; token outputs cropped to
         each text's own length."""
+        submit = getattr(_ROUTE, "submit", None)
+        if submit is not None:  # in a server: through its batcher (see run_through)
+            if len(encoded) == 0:
+                raise InputError("texts is empty; pass at least one text")
+            self.admit(encoded)
+            return [{name: out[name] for name in self.outputs} for out in submit(self.rows(encoded))]
         results: list[dict[str, Any]] = [{} for _ in encoded]
         for idx, outs in self.run_groups(encoded, progress=progress, desc=desc):
             for i, out in zip(idx, outs):

@@ -3,8 +3,11 @@ over bucket-aware batchers, with health, readiness and Prometheus metrics.
 
 Routes:
 
-- ``POST /v1/embeddings``, ``GET /v1/models``: OpenAI embeddings, for a text encoder
-  (:mod:`bucketwise.serve.openai`);
+- ``POST /v1/embeddings``: OpenAI embeddings, for text encoders; ``GET /v1/models``:
+  every model served (:mod:`bucketwise.serve.openai`);
+- the other text tasks, each in the shape its clients speak (:mod:`bucketwise.serve.tasks`):
+  TEI's ``/predict`` and ``/rerank``, infinity's ``/classify``, Cohere's ``/v2/rerank``,
+  and ``/token-classification`` and ``/question-answering`` with Hugging Face's payloads;
 - ``/v2/...``: the Open Inference Protocol for every served model, text or image
   (:mod:`bucketwise.serve.kserve`);
 - ``GET /healthz``, ``GET /readyz`` (200 once every input has a warm bucket: all of them,
@@ -32,7 +35,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,33 +85,84 @@ class ServeConfig:
     replan_memory_budget: float | None = None  # bytes a re-planned model's artifacts may hold; None: any
     replan_build_share: float = 0.5  # most share of the wall time a re-plan's build runs (it pauses between buckets)
 
+    def __post_init__(self) -> None:
+        """Every limit checked once, here: the command line and bucketwise.ray build this,
+        and a bad value is a :class:`ConfigError` naming the field, its flag and the value."""
+
+        def need(ok: bool, field_name: str, rule: str) -> None:
+            if not ok:
+                flag = {"max_delay": "--max-delay-ms, in ms"}.get(field_name, "--" + field_name.replace("_", "-"))
+                raise ConfigError(f"{field_name} ({flag}) must be {rule}, got {getattr(self, field_name)!r}")
+
+        for name in ("max_texts", "max_body_bytes", "max_infer_bytes", "max_rows", "max_queue", "streams",
+                     "replan_min_rows"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "a whole number of at least 1")
+        need(self.max_delay >= 0, "max_delay", ">= 0 seconds")
+        need(self.batch_wait in ("adaptive", "fixed"), "batch_wait", "adaptive or fixed")
+        need(self.retry_after >= 0, "retry_after", ">= 0 seconds")
+        need(bool(self.allowed_hosts), "allowed_hosts", "at least one host, or '*' for any")
+        for name in ("request_timeout", "traffic_half_life", "traffic_every"):
+            need(getattr(self, name) > 0, name, "> 0 seconds")
+        for name in ("replan_every", "replan_compile_budget"):
+            need(getattr(self, name) is None or getattr(self, name) > 0, name, "> 0 seconds")
+        need(self.replan_memory_budget is None or self.replan_memory_budget > 0, "replan_memory_budget", "more than 0 bytes")
+        need(0 < self.replan_min_gain < 1, "replan_min_gain", "a fraction between 0 and 1")
+        need(0 < self.replan_build_share <= 1, "replan_build_share", "a fraction in (0, 1] (1: no pause)")
+
+
+@dataclass(eq=False)
+class Served:
+    """One served name, all its serving state in one place: the model that answers it now,
+    the batcher its requests join, the shapes it served, its generation (+1 each time a
+    re-plan swaps its model in), and the models swapped out that still finish their queue."""
+
+    name: str
+    model: Any
+    traffic: TrafficShapes
+    batcher: Batcher | None = None
+    generation: int = 0
+    retiring: list[tuple[Any, Batcher, int]] = field(default_factory=list)  # (model, batcher, generation)
+
+    def batchers(self) -> list[Batcher]:
+        return ([self.batcher] if self.batcher is not None else []) + [b for _, b, _ in self.retiring]
+
+    def models(self) -> list[tuple[Any, int]]:
+        """(model, generation) of the model in service and of those still finishing."""
+        return [(self.model, self.generation)] + [(m, g) for m, _, g in self.retiring]
+
 
 class Service:
-    """What the routes share: batchers (one per model), metrics, limits and the drain."""
+    """What the routes share: each served name's state (:class:`Served`: model, batcher,
+    traffic), metrics, limits and the drain."""
 
-    def __init__(self, config: ServeConfig, models: list[Any], json_response: Any) -> None:
+    def __init__(self, config: ServeConfig, served: Mapping[str, Any], json_response: Any) -> None:
         self.config, self.json_response = config, json_response
-        self.models = models
         self.metrics = Metrics()
-        self.batchers: dict[int, Batcher] = {}
         self.draining = False
         # Called after each batch with (event, model), beside the Prometheus series: e.g.
         # bucketwise.ray mirrors them into Ray's metrics.
         self.batch_listeners: list[Callable[[BatchEvent, Any], None]] = []
         # The shapes each model served, decayed (GET /shapes; the file `bucketwise plan` reads).
-        self.traffic = {id(m): TrafficShapes([d for d in m.plan.dims if d != BATCH],
-                                             half_life=config.traffic_half_life) for m in models}
-        self.names: dict[str, Any] = {}  # served name -> model (set by create_app)
-        self._successor: dict[int, Any] = {}  # a model swapped out -> the one that replaced it
+        self.served = {name: Served(name, model, TrafficShapes([d for d in model.plan.dims if d != BATCH],
+                                                               half_life=config.traffic_half_life))
+                       for name, model in served.items()}
         self.replanner: Any = None
         self.shutdown_failed = False  # something the shutdown must do failed: exit non-zero
+
+    @property
+    def names(self) -> dict[str, Any]:
+        """Served name -> the model that answers it now."""
+        return {name: rec.model for name, rec in self.served.items()}
+
+    def record(self, name: str) -> Served:
+        return self.served[name]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        for model in self.models:
-            self._start_batcher(model)
+        for rec in self.served.values():
+            rec.batcher = self._start_batcher(rec, rec.model, rec.generation)
         loop = asyncio.get_running_loop()
         writer = loop.create_task(self._write_traffic_every()) if self.config.traffic_file else None
         replanning = loop.create_task(self.replanner.run()) if self.replanner is not None else None
@@ -117,45 +171,47 @@ class Service:
             replanning.cancel()
             await self.replanner.close()  # a build under way stops at its next bucket
         # Every admitted request is finished (or, past a drain deadline, answered 503) first.
-        await asyncio.gather(*(b.close() for b in list(self.batchers.values())))
+        await asyncio.gather(*(b.close() for rec in self.served.values() for b in rec.batchers()))
         if writer is not None:
             writer.cancel()
             if not self.try_write_traffic():
                 self.shutdown_failed = True  # the server exits non-zero (serve/server.py)
 
-    def _start_batcher(self, model: Any) -> None:
+    def _start_batcher(self, rec: Served, model: Any, generation: int) -> Batcher:
         batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
-                          on_batch=functools.partial(self.on_batch, model=model),
-                          on_alone=functools.partial(self.on_alone, model=model),
+                          on_batch=functools.partial(self.on_batch, rec=rec, model=model, generation=generation),
+                          on_alone=functools.partial(self.on_alone, rec=rec),
                           adaptive=self.config.batch_wait == "adaptive", streams=self.config.streams)
         batcher.start()
         if self.draining:
             batcher.drain(0.0)
-        self.batchers[id(model)] = batcher
+        return batcher
 
-    def add_model(self, fresh: Any, *, like: Any) -> None:
-        """Serve ``fresh`` (compiled) in place of ``like`` from now on: its own batcher, the
-        same traffic histogram and names; ``like`` keeps its batcher until
-        :meth:`remove_model` (its queue finishes there)."""
-        self.traffic[id(fresh)] = self.traffic[id(like)]
-        self.models.append(fresh)
-        self._start_batcher(fresh)
-        self._successor[id(like)] = fresh
-        for name, model in list(self.names.items()):
-            if model is like:
-                self.names[name] = fresh
+    def swap(self, name: str, fresh: Any) -> Batcher:
+        """Serve ``name`` with ``fresh`` (compiled) from now on, with its own batcher and the
+        same traffic histogram. Returns the batcher of the model swapped out, which keeps
+        its queue until it closes; then :meth:`retire` forgets that model."""
+        rec = self.served[name]
+        if rec.batcher is None:
+            raise ConfigError(f"model {name!r} is not serving yet; swap it once the server has started")
+        rec.retiring.append((rec.model, rec.batcher, rec.generation))
+        old_batcher = rec.batcher
+        rec.model, rec.generation = fresh, rec.generation + 1
+        rec.batcher = self._start_batcher(rec, fresh, rec.generation)
+        return old_batcher
 
-    def remove_model(self, old: Any) -> None:
-        """Forget a model swapped out whose batcher has closed."""
-        self.batchers.pop(id(old), None)
-        self.models[:] = [m for m in self.models if m is not old]
-        self.traffic.pop(id(old), None)
+    def retire(self, name: str, old: Any) -> None:
+        """Forget a model of ``name`` swapped out whose batcher has closed: its last counts
+        are carried into the metrics, and its series of state (buckets built) go."""
+        rec = self.served[name]
+        for model, _, generation in [r for r in rec.retiring if r[0] is old]:
+            self.metrics.sync_model(model.stats, name, generation)
+            self.metrics.forget(name, generation)
+        rec.retiring = [r for r in rec.retiring if r[0] is not old]
 
-    def current(self, model: Any) -> Any:
-        """``model``, or what replaced it in a swap (and so on)."""
-        while id(model) in self._successor:
-            model = self._successor[id(model)]
-        return model
+    def holds(self, model: Any) -> bool:
+        """Whether ``model`` serves a name, or still finishes a queue after a swap."""
+        return any(m is model for rec in self.served.values() for m, _ in rec.models())
 
     async def _write_traffic_every(self) -> None:
         while True:
@@ -179,47 +235,47 @@ class Service:
         several models, one file each: ``NAME`` before the suffix)."""
         path = Path(self.config.traffic_file or "traffic.json")
         written = []
-        for name, model in self.names.items():
-            target = path if len(self.names) == 1 else path.with_name(f"{path.stem}.{name}{path.suffix}")
-            written.append(self.traffic[id(model)].write(target))
+        for name, rec in self.served.items():
+            target = path if len(self.served) == 1 else path.with_name(f"{path.stem}.{name}{path.suffix}")
+            written.append(rec.traffic.write(target))
         return written
 
     def begin_drain(self, timeout: float) -> None:
         """Stop admitting; rows not started within ``timeout`` seconds get a 503."""
         self.draining = True
-        for batcher in self.batchers.values():
-            batcher.drain(timeout)
+        for rec in self.served.values():
+            for batcher in rec.batchers():
+                batcher.drain(timeout)
 
-    def batcher(self, model: Any) -> Batcher:
-        """The batcher of ``model``, or of the model that replaced it: take it right before
+    def batcher(self, name: str) -> Batcher:
+        """The batcher that takes requests for ``name`` now: take it right before
         submitting (no await between), so a swap never hands a request a closing batcher."""
-        batcher = self.batchers.get(id(self.current(model)))
+        batcher = self.served[name].batcher
         if batcher is None:
             raise Reject(503, "the server is starting; retry shortly", "server_busy",
                          headers={"Retry-After": str(self.config.retry_after)}, reason="starting")
         return batcher
 
-    def has_batcher(self, model: Any) -> bool:
-        return id(self.current(model)) in self.batchers
+    def has_batcher(self, name: str) -> bool:
+        return self.served[name].batcher is not None
 
-    def on_batch(self, ev: BatchEvent, model: Any) -> None:
+    def on_batch(self, ev: BatchEvent, rec: Served, model: Any, generation: int) -> None:
         m = self.metrics
-        m.batches.inc()
-        m.batch_rows.observe(ev.rows)
+        m.batches.labels(model=rec.name).inc()
+        m.batch_rows.labels(model=rec.name).observe(ev.rows)
         for q in ev.queue_seconds:
-            m.queue_seconds.observe(q)
-        m.inference_seconds.observe(ev.inference_seconds)
-        m.sync_model(model.stats, id(model))
-        traffic = self.traffic[id(model)]
+            m.queue_seconds.labels(model=rec.name).observe(q)
+        m.inference_seconds.labels(model=rec.name).observe(ev.inference_seconds)
+        m.sync_model(model.stats, rec.name, generation)
         for sizes in ev.sizes:
-            traffic.record(sizes)
+            rec.traffic.record(sizes)
         for listener in self.batch_listeners:
             listener(ev, model)
 
-    def on_alone(self, sizes: dict[str, int], model: Any) -> None:
+    def on_alone(self, sizes: dict[str, int], rec: Served) -> None:
         """A row larger than every bucket ran alone (overflow policy): traffic too, so a
         plan made from the shapes served can raise its top bucket."""
-        self.traffic[id(model)].record(sizes)
+        rec.traffic.record(sizes)
 
     # -- the edge ------------------------------------------------------------------------------
 
@@ -291,8 +347,12 @@ class Service:
         """The rejection as a response, in the route family's error shape, counted."""
         if reject.reason:
             self.metrics.rejections.labels(reason=reject.reason).inc()
-        if path.startswith("/v2"):
-            body: dict[str, Any] = {"error": reject.message}
+        if path == "/v2/rerank":  # Cohere's error shape
+            body: dict[str, Any] = {"message": reject.message}
+        elif path.startswith("/v2"):
+            body = {"error": reject.message}
+        elif path in ("/predict", "/rerank"):  # TEI's
+            body = {"error": reject.message, "error_type": reject.kind}
         else:
             body = {"error": {"message": reject.message, "type": reject.kind, "param": reject.param,
                               "code": reject.code}}
@@ -301,12 +361,13 @@ class Service:
     # -- health --------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return all(self.has_batcher(m) and m.can_serve for m in self.models)
+        return all(rec.batcher is not None and rec.model.can_serve for rec in self.served.values())
 
     def render_metrics(self) -> tuple[bytes, str]:
-        self.metrics.queued.set(sum(b.queued for b in self.batchers.values()))
-        for model in self.models:
-            self.metrics.sync_model(model.stats, id(model))
+        for name, rec in self.served.items():
+            self.metrics.queued.labels(model=name).set(sum(b.queued for b in rec.batchers()))
+            for model, generation in rec.models():
+                self.metrics.sync_model(model.stats, name, generation)
         return self.metrics.render()
 
 
@@ -354,10 +415,12 @@ class _Edge:
 
 
 def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
-               models: Mapping[str, Any] | None = None) -> Any:
+               models: Mapping[str, Any] | None = None, heads: Mapping[str, Any] | None = None) -> Any:
     """A FastAPI app serving ``embedder`` (a compiled :class:`SentenceEmbedder`: OpenAI
-    embeddings, and its encoder over KServe v2 as ``config.model_name``) and ``models``
-    (compiled :class:`BucketedModel` by name: KServe v2). At least one of them."""
+    embeddings, and its encoder over KServe v2 as ``config.model_name``), ``heads``
+    (compiled text heads by name, any task: each on its task's routes, picked by the
+    body's ``model``, and over KServe v2) and ``models`` (compiled :class:`BucketedModel`
+    by name: KServe v2). At least one of them; every name once."""
     fastapi = require("fastapi", "serve", purpose="the server")
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
@@ -366,18 +429,27 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     from starlette.exceptions import HTTPException
 
     from .kserve import InferenceRequest, InferenceResponse, KServeV2, ModelMetadata, V2Error
-    from .openai import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, ModelList, OpenAIEmbeddings, json_response_class
+    from .openai import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse, ModelList, OpenAIRoutes, json_response_class
+    from .tasks import BODIES, ERRORS, ROUTE_TASKS, TaskRoutes
 
     served = dict(models or {})
     if embedder is not None:
         if config.model_name in served:
             raise ConfigError(f"models: {config.model_name!r} is the embedder's name; name the other models otherwise")
         served = {config.model_name: embedder.model, **served}
+    heads = dict(heads or {})
+    for name, head in heads.items():
+        if name in served:
+            raise ConfigError(f"two models are named {name!r}; give each served model its own name")
+        served[name] = head.model
+    embedders = {**({config.model_name: embedder} if embedder is not None else {}),
+                 **{n: h for n, h in heads.items() if h.task == "feature-extraction"}}
+    task_heads = {n: h for n, h in heads.items() if h.task != "feature-extraction"}
     if not served:
         raise ConfigError("create_app needs an embedder or models to serve")
-    distinct = list({id(m): m for m in served.values()}.values())
-    service = Service(config, distinct, JSONResponse)
-    service.names = served  # the same dict KServe v2 reads: a swap updates both
+    if len({id(m) for m in served.values()}) < len(served):
+        raise ConfigError("one model is served under two names; serve each model under one name")
+    service = Service(config, served, JSONResponse)
     if config.replan_every is not None:
         if embedder is None:
             raise ConfigError("re-planning (replan_every) needs a text embedder to serve")
@@ -388,7 +460,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
                                       compile_budget=config.replan_compile_budget,
                                       memory_budget=config.replan_memory_budget,
                                       build_share=config.replan_build_share)
-    v2 = KServeV2(served, config, service)
+    v2 = KServeV2(config, service)
     app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]
     errors = {s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 415, 503)}
@@ -428,8 +500,8 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     @app.get("/readyz", name="readyz", responses={503: {"description": "not ready yet"}})
     async def readyz() -> Any:
         ready = service.ready()
-        buckets = sum(len(m.plan) for m in distinct)
-        compiled = sum(len(m.builder.built) for m in distinct)
+        buckets = sum(len(m.plan) for m in service.names.values())
+        compiled = sum(len(m.builder.built) for m in service.names.values())
         return JSONResponse({"ready": ready, "buckets": buckets, "compiled": compiled}, status_code=200 if ready else 503)
 
     def traffic_of(name: str | None) -> Any:
@@ -438,7 +510,7 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         if name not in service.names:
             raise Reject(404, f"model {name!r} is not served here; GET /shapes/NAME with one of "
                               f"{', '.join(sorted(service.names))}", "not_found", reason="model")
-        return JSONResponse(service.traffic[id(service.names[name])].to_json())
+        return JSONResponse(service.served[name].traffic.to_json())
 
     @app.get("/shapes", name="shapes", responses={404: {"model": ErrorResponse}})
     async def shapes() -> Any:
@@ -455,14 +527,26 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         body, ctype = service.render_metrics()
         return Response(body, media_type=ctype)
 
-    if embedder is not None:
-        openai = OpenAIEmbeddings(embedder, config, service)
-        EmbeddingsJSON = json_response_class()
+    EmbeddingsJSON = json_response_class()
+    openai = OpenAIRoutes(embedders, config, service)
 
-        @app.get("/v1/models", name="models", response_model=ModelList)
-        async def list_models() -> Any:
-            return openai.models()
+    @app.get("/v1/models", name="models", response_model=ModelList)
+    async def list_models() -> Any:
+        return openai.models()
 
+    if task_heads:
+        routes = TaskRoutes(task_heads, service, max_items=config.max_texts, max_body_bytes=config.max_body_bytes)
+        handlers = {"/predict": routes.predict, "/classify": routes.classify, "/rerank": routes.rerank,
+                    "/v2/rerank": routes.cohere_rerank, "/token-classification": routes.token_classification,
+                    "/question-answering": routes.question_answering}
+        for path, task in ROUTE_TASKS.items():
+            if task in routes.tasks():
+                body = body_schema(BODIES[path])
+                _max_items(body["requestBody"]["content"]["application/json"]["schema"], config.max_texts)
+                shape = {s: {"model": ERRORS[path]} for s in errors} if path in ERRORS else errors
+                _task_route(app, path, handlers[path], body, shape, EmbeddingsJSON)
+
+    if embedders:
         embeddings_body = body_schema(EmbeddingsRequest)
         input_schema = embeddings_body["requestBody"]["content"]["application/json"]["schema"]["properties"]["input"]
         for option in input_schema.get("anyOf", []):
@@ -513,14 +597,16 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             known = True
-            if embedder is not None:
+            if embedders:
                 # "dimensions" takes the model's one size; until the model can serve, it is
                 # not known yet, and the schema is written again on the next request.
-                size = openai.embedding_size()
-                known = size is not None
+                found = [e.embedding_size() for e in openai.by_name.values()]
+                known = None not in found
+                sizes = sorted({s for s in found if s is not None})
                 embeddings_body["requestBody"]["content"]["application/json"]["schema"]["properties"]["dimensions"] = (
-                    {"anyOf": [{"type": "integer", "enum": [size]}, {"type": "null"}], "default": None,
-                     "description": f"the model's embedding size, {size}: embeddings are not truncated"}
+                    {"anyOf": [{"type": "integer", "enum": sizes}, {"type": "null"}], "default": None,
+                     "description": f"the model's embedding size ({', '.join(map(str, sizes))}): "
+                                    "embeddings are not truncated"}
                     if known else {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None,
                                    "description": "only the model's full size is accepted"})
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
@@ -544,3 +630,24 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.service = service  # its batchers, metrics and drain (serve/server.py)
     return app
+
+
+def _task_route(app: Any, path: str, handler: Callable[[Any], Any], body: dict[str, Any], errors: dict[int, Any],
+                response_class: Any) -> None:
+    """``POST path`` answered by ``handler(request)``, its body documented as ``body``."""
+    from fastapi import Request
+
+    async def endpoint(request: Request) -> Any:
+        return response_class(await handler(request))
+
+    app.post(path, name=path.strip("/").replace("/", "_").replace("-", "_"), openapi_extra=body,
+             responses=errors)(endpoint)
+
+
+def _max_items(schema: dict[str, Any], limit: int) -> None:
+    """Give every list a request body's properties take (directly, or as one of several
+    forms) at most ``limit`` items: what the server answers 413 past."""
+    for prop in schema.get("properties", {}).values():
+        for form in [prop, *prop.get("anyOf", [])]:
+            if form.get("type") == "array":
+                form["maxItems"] = limit

@@ -131,9 +131,15 @@ def output_metadata(model: Any) -> list[dict[str, Any]]:
 class KServeV2:
     """The v2 routes over named bucketed models, each with its batcher."""
 
-    def __init__(self, models: dict[str, Any], config: Any, service: Any) -> None:
-        self.models, self.config, self.service = models, config, service
+    def __init__(self, config: Any, service: Any) -> None:
+        self.config, self.service = config, service
         self._outputs: dict[str, list[dict[str, Any]]] = {}
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """Served name -> the model that answers it now (a re-plan swaps it)."""
+        names: dict[str, Any] = self.service.names
+        return names
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class KServeV2:
         return {"name": "bucketwise", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     def ready(self) -> bool:
-        return all(self.service.has_batcher(m) and m.can_serve for m in self.models.values())
+        return all(self.service.has_batcher(n) and m.can_serve for n, m in self.models.items())
 
     def model(self, name: str, version: str | None = None) -> Any:
         if name not in self.models:
@@ -163,7 +169,7 @@ class KServeV2:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         model = self.model(name, version)
-        return self.service.has_batcher(model) and model.can_serve
+        return self.service.has_batcher(name) and model.can_serve
 
     # -- inference -------------------------------------------------------------------------
 
@@ -204,7 +210,7 @@ class KServeV2:
             raise Reject(400, str(err), reason="too_long") from None
         rows = [{k: v[i] for k, v in arrays.items()} for i in range(rows_n)]
         try:
-            outs = await self.service.batcher(model).submit_many(rows, validated=True)
+            outs = await self.service.batcher(name).submit_many(rows, validated=True)
         except QueueFullError as err:
             raise self.service.busy(err) from None
         return _encode_outputs(req, name, model.spec, outs)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
-from ._common import Reject, check_finite, first_error, orjson_module
+from ._common import NON_BLANK, Reject, check_finite, first_error, orjson_module
 
 __all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
            "json_response_class", "parse_texts"]
@@ -29,8 +29,8 @@ class EmbeddingsRequest(BaseModel):
     # The schema says what parse_texts accepts (a text with a non-space character; a list of
     # 1 to max_texts of them; create_app sets maxItems), so clients and fuzzers see the rule.
     input: str | list[str] = Field(description="a text, or a list of texts (1 to max_texts)", json_schema_extra={
-        "anyOf": [{"type": "string", "minLength": 1, "pattern": "\\S"},
-                  {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": "\\S"}}]})
+        "anyOf": [{"type": "string", "minLength": 1, "pattern": NON_BLANK},
+                  {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": NON_BLANK}}]})
     model: str | None = Field(None, description="the served model's name (GET /v1/models) or a documented alias")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded")
@@ -92,20 +92,16 @@ def load_json(body: bytes) -> Any:
         raise Reject(400, f"request body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
 
 
-def parse_texts(body: bytes, config: Any) -> tuple[EmbeddingsRequest, list[str]]:
-    """The validated request and its texts, or :class:`Reject` (400/404/413) saying what
-    is wrong. Pure."""
+def parse_texts(body: bytes, config: Any, payload: Any = None) -> tuple[EmbeddingsRequest, list[str]]:
+    """The validated request and its texts, or :class:`Reject` (400/413) saying what is
+    wrong (``payload``: the body already read as JSON). Pure; the ``model`` it names is
+    the caller's to check (:meth:`OpenAIRoutes.pick`)."""
     if len(body) > config.max_body_bytes:
         raise Reject(413, f"request body is {len(body)} bytes; the limit is {config.max_body_bytes}")
-    payload = load_json(body)
+    if payload is None:
+        payload = load_json(body)
     if not isinstance(payload, dict) or "input" not in payload:
         raise Reject(400, 'request body must be a JSON object with "input": a string or a list of strings')
-    model = payload.get("model")
-    served = (config.model_name, *config.model_aliases)
-    if model is not None and model not in served:
-        raise Reject(404, f"The model {model!r} does not exist: this server serves {config.model_name!r}"
-                     + (f" (also accepted: {', '.join(map(repr, config.model_aliases))})" if config.model_aliases else ""),
-                     param="model", code="model_not_found")
     try:
         request = EmbeddingsRequest.model_validate(payload)
     except ValidationError as err:
@@ -161,11 +157,56 @@ def json_response_class() -> Any:
     return OrjsonResponse
 
 
-class OpenAIEmbeddings:
-    """The two OpenAI routes over one :class:`SentenceEmbedder` and its batcher."""
+class OpenAIRoutes:
+    """``GET /v1/models`` (every model served) and ``POST /v1/embeddings``, which picks its
+    embedder by the body's ``model``: a served name, or an alias of the default one."""
 
-    def __init__(self, embedder: Any, config: Any, service: Any) -> None:
+    def __init__(self, embedders: dict[str, Any], config: Any, service: Any) -> None:
+        self.config, self.service = config, service
+        self.by_name = {name: OpenAIEmbeddings(e, config, service, name=name) for name, e in embedders.items()}
+        self.aliases = {a: config.model_name for a in config.model_aliases if config.model_name in embedders}
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "bucketwise"}
+                                           for name in self.service.names]}
+
+    def pick(self, name: Any) -> OpenAIEmbeddings:
+        """The embedder ``name`` (a served name or alias), or with none named the default:
+        the server's model name, or its one embedder. 404 naming what is served otherwise."""
+        if name is None:
+            if self.config.model_name in self.by_name:
+                return self.by_name[self.config.model_name]
+            if len(self.by_name) == 1:
+                return next(iter(self.by_name.values()))
+            raise Reject(400, f'this server embeds with {len(self.by_name)} models ({", ".join(map(repr, self.by_name))}); '
+                              'name one in "model"', param="model")
+        if not isinstance(name, str):
+            raise Reject(400, f'"model" must be a string naming a served model, got {name!r:.80}', param="model")
+        name = self.aliases.get(name, name)
+        if name in self.by_name:
+            return self.by_name[name]
+        served = ", ".join(map(repr, self.service.names))
+        if name in self.service.names:
+            raise Reject(404, f"The model {name!r} does not embed: it runs another task. Embedders here: "
+                              f"{', '.join(map(repr, self.by_name))}", param="model", code="model_not_found")
+        raise Reject(404, f"The model {name!r} is not served here; served: {served}"
+                     + (f" (also accepted: {', '.join(map(repr, self.aliases))})" if self.aliases else ""),
+                     param="model", code="model_not_found")
+
+    async def embeddings(self, request: Any) -> dict[str, Any]:
+        self.service.check_content_type(request, ("application/json",))
+        body = await self.service.read_body(request, self.config.max_body_bytes)
+        payload = load_json(body)
+        target = self.pick(payload.get("model") if isinstance(payload, dict) else None)
+        return await target.embeddings(body, payload)
+
+
+class OpenAIEmbeddings:
+    """OpenAI embeddings with one :class:`SentenceEmbedder` and its batcher."""
+
+    def __init__(self, embedder: Any, config: Any, service: Any, *, name: str | None = None) -> None:
         self.embedder, self.config, self.service = embedder, config, service
+        self.name = name or config.model_name
         self._tokenizer_lock = threading.Lock()
         self.size: int | None = None  # the embeddings' length, once an answer has shown it
 
@@ -179,14 +220,8 @@ class OpenAIEmbeddings:
                 self.size = int(np.asarray(self.embedder.embed(["probe"])).shape[-1])
         return self.size
 
-    def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "bucketwise"}]}
-
-    async def embeddings(self, request: Any) -> dict[str, Any]:
-        self.service.check_content_type(request, ("application/json",))
-        body = await self.service.read_body(request, self.config.max_body_bytes)
-        req, texts = parse_texts(body, self.config)
+    async def embeddings(self, body: bytes, payload: Any = None) -> dict[str, Any]:
+        req, texts = parse_texts(body, self.config, payload)
         if self.size is not None:  # refused before anything is computed, once the size is known
             self._check_dimensions(req.dimensions, self.size)
         encoded, outs = await self._embed(texts)
@@ -200,7 +235,7 @@ class OpenAIEmbeddings:
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, req.encoding_format)}
                      for i, v in enumerate(vectors)],
-            "model": self.config.model_name,
+            "model": self.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
@@ -221,7 +256,7 @@ class OpenAIEmbeddings:
 
     async def _embed(self, texts: list[str]) -> tuple[list[Any], list[dict[str, Any]]]:
         embedder = self.embedder
-        self.service.batcher(embedder.model)  # 503 while starting, before tokenizing
+        self.service.batcher(self.name)  # 503 while starting, before tokenizing
         try:
             # Tokenizing a long text takes a while: off the event loop, so /healthz still answers.
             encoded = await asyncio.to_thread(self._tokenize, texts)
@@ -234,7 +269,7 @@ class OpenAIEmbeddings:
         try:
             # The batcher is taken here, with no await before submitting: a plan swapped in
             # while the text was tokenized is the one it runs on.
-            outs = await self.service.batcher(embedder.model).submit_many(rows, validated=True)  # all or nothing
+            outs = await self.service.batcher(self.name).submit_many(rows, validated=True)  # all or nothing
         except QueueFullError as err:
             raise self.service.busy(err) from None
         return encoded, list(outs)

@@ -66,10 +66,12 @@ class Replanner:
 
     def __init__(self, service: Any, embedder: Any, *, every: float, min_gain: float = 0.1, min_rows: int = 100,
                  plans_dir: str | None = None, compile_budget: float | None = None,
-                 memory_budget: float | None = None, build_share: float = 0.5) -> None:
+                 memory_budget: float | None = None, build_share: float = 0.5, name: str | None = None) -> None:
         if not 0 < build_share <= 1:
             raise ConfigError(f"build_share must be a fraction in (0, 1], got {build_share}")
         self.service, self.embedder = service, embedder
+        # The served name whose model it re-plans (no service: a build alone, in tests).
+        self.name = name or (service.config.model_name if service is not None else "")
         self.every, self.min_gain, self.min_rows = every, min_gain, min_rows
         self.plans_dir = Path(plans_dir) if plans_dir else None
         self.compile_budget, self.memory_budget, self.build_share = compile_budget, memory_budget, build_share
@@ -106,7 +108,7 @@ class Replanner:
         beats ``min_gain``; else None. Thread-safe: the traffic histogram is read under its
         lock, and the planner touches nothing shared."""
         model = self.embedder.model
-        traffic = self.service.traffic[id(model)]
+        traffic = self.service.served[self.name].traffic
         if traffic.rows - self._rows_at_last < self.min_rows:
             return None
         obs = traffic.observations()
@@ -215,17 +217,16 @@ class Replanner:
         its queue, then its buckets are released. Runs on the event loop: no request sees
         half a swap."""
         service, old = self.service, self.embedder.model
-        service.add_model(fresh, like=old)
+        retired = service.swap(self.name, fresh)
         self.embedder.model = fresh
         self.generation += 1
-        retired = service.batchers[id(old)]
         task = asyncio.get_running_loop().create_task(self._retire(old, retired))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, old: Any, batcher: Any) -> None:
         await batcher.close()  # every request it admitted is answered first
-        self.service.remove_model(old)
+        self.service.retire(self.name, old)
         # Released, not closed: the new model shares its backend (ONNX Runtime sessions).
         await asyncio.to_thread(old.release)
 

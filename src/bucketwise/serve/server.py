@@ -10,6 +10,7 @@ replaced by this deadline (uvicorn keeps a backstop well past it).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
 import threading
@@ -68,6 +69,14 @@ KEEP_ALIVE_SECONDS = 75.0
 # is closed, as nginx's client_header_timeout does (60 s there). The body has its own
 # limit (ServeConfig.request_timeout, a 408).
 HEAD_TIMEOUT_SECONDS = 10.0
+
+
+# On SIGTERM the server stops accepting connections, then keeps the open ones this long
+# before uvicorn closes those that are idle: a request a client had already sent on a
+# kept-alive connection is read and answered (a 503 with Connection: close once draining)
+# instead of being reset with the connection, unread, which the client cannot tell from a
+# request lost.
+CLOSE_GRACE_SECONDS = 0.5
 
 
 def head_timeout_protocol(base: type, timeout: float = HEAD_TIMEOUT_SECONDS) -> type:
@@ -136,6 +145,9 @@ def run_server(app: Any, *, host: str, port: int, drain_timeout: float, log_leve
     class DrainingServer(uvicorn.Server):  # type: ignore[misc, name-defined]
         async def shutdown(self, sockets: Any = None) -> None:
             service.begin_drain(drain_timeout)  # before uvicorn stops listening and waits
+            for server in self.servers:
+                server.close()  # no new connections
+            await asyncio.sleep(CLOSE_GRACE_SECONDS)  # requests already on their way are read and answered
             await super().shutdown(sockets)
 
         @contextmanager

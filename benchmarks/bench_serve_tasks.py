@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,32 +33,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _common import ROOT, SHARED_DATA, save, table
-from bench_serve import free_port
+from bench_serve import start_server
 from mrpc_model import finetuned_mrpc
 
 from bucketwise.data import read_mrpc
 from bucketwise.models.encoders import model_dir
 
 MIX = (("embed", 0.80), ("rerank", 0.15), ("mrpc", 0.05))
-
-
-def start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bucketwise.cli", "serve", "--port", str(port), "--no-progress",
-                             "--max-queue", "4096", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()[-3000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def request(kind: str, i: int, sentences: list[str], pairs: list[tuple[str, str]]) -> tuple[str, dict]:
@@ -139,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             reranker = te.build_head("distilbert", "text-ranking", Path(tmp))
         served = ["--model", f"embed={model_dir(None)}", "--model", f"mrpc={finetuned_mrpc(progress=False)}",
                   "--model", f"rerank={reranker}", "--cache-dir", str(Path(tmp) / "cache")]
-        proc, url = start(served)
+        proc, url = start_server(["--max-queue", "4096", *served])
         rows, results = [], {}
         try:
             for clients in (8, 64):
@@ -157,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 return await task
 
             drain = asyncio.run(drained())
-            out, _ = proc.communicate(timeout=120)
+            _, err = proc.communicate(timeout=120)
+            out = err.decode(errors="replace")
         finally:
             if proc.poll() is None:
                 proc.kill()

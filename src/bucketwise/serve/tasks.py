@@ -282,12 +282,17 @@ class TaskRoutes:
         return {"object": "classify", "data": out, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "id": f"bucketwise-{uuid.uuid4()}", "created": int(time.time())}
 
+    def _ranking(self, route: str, model: str | None, query: str, documents: list[str], field: str) -> str:
+        """The ranking model a request names, its query and documents checked."""
+        name = self.pick("text-ranking", model, route)
+        self._limit(len(documents), f'"{field}"')
+        _no_blank([query], "query")
+        _no_blank(documents, field)
+        return name
+
     async def rerank(self, request: Any) -> Any:
         req: RerankRequest = await self.parse(request, "/rerank")
-        name = self.pick("text-ranking", req.model, "/rerank")
-        self._limit(len(req.texts), '"texts"')
-        _no_blank([req.query], "query")
-        _no_blank(req.texts, "texts")
+        name = self._ranking("/rerank", req.model, req.query, req.texts, "texts")
         head = self.heads[name]
         ranked = await self.run(name, head.rerank, req.query, list(req.texts), raw_scores=req.raw_scores)
         return [{"index": r["index"], "score": r["score"], **({"text": req.texts[r["index"]]} if req.return_text else {})}
@@ -295,10 +300,7 @@ class TaskRoutes:
 
     async def cohere_rerank(self, request: Any) -> Any:
         req: CohereRerankRequest = await self.parse(request, "/v2/rerank")
-        name = self.pick("text-ranking", req.model, "/v2/rerank")
-        self._limit(len(req.documents), '"documents"')
-        _no_blank([req.query], "query")
-        _no_blank(req.documents, "documents")
+        name = self._ranking("/v2/rerank", req.model, req.query, req.documents, "documents")
         head = self.heads[name]
         documents = list(req.documents)
         if req.max_tokens_per_doc is not None:

@@ -79,7 +79,8 @@ def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
     assert sorted(fresh.plan.sizes("seq")) == [16, 32] and sorted(fresh.plan.sizes("batch")) == [1, 4]
     # Long texts padded to 32 before (waste 62%), to 16 after (25%).
     assert fresh.stats.padding_waste < model.stats.padding_waste - 0.2
-    assert "bucketwise_plan_generation 1.0" in metrics and "bucketwise_plan_swaps_total 1.0" in metrics
+    assert 'bucketwise_plan_generation{model="all-MiniLM-L6-v2"} 1.0' in metrics
+    assert 'bucketwise_plan_swaps_total{model="all-MiniLM-L6-v2"} 1.0' in metrics
     assert Plan.load(tmp_path / "plan.gen1.json").sizes("seq") == fresh.plan.sizes("seq")
     # Nothing compiled on the request path: every compile ran in the re-planner's build thread.
     assert compiled_on and set(compiled_on) == {"bucketwise-replan_0"}
@@ -109,10 +110,10 @@ def shifted_server(config, model, until, rounds=60):
 def test_a_replan_over_the_compile_budget_is_not_built():
     model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=0).compile(progress=False)
     config = ServeConfig(replan_every=0.2, replan_min_rows=30, replan_compile_budget=1e-9)
-    embedder, statuses, metrics = shifted_server(config, model, 'bucketwise_replans_rejected_total{reason="compile_budget"}')
+    embedder, statuses, metrics = shifted_server(config, model, 'bucketwise_replans_rejected_total{model="all-MiniLM-L6-v2",reason="compile_budget"}')
     assert embedder.model is model and set(statuses) == {200}
-    assert 'bucketwise_replans_rejected_total{reason="compile_budget"}' in metrics
-    assert "bucketwise_plan_swaps_total 0.0" in metrics
+    assert 'bucketwise_replans_rejected_total{model="all-MiniLM-L6-v2",reason="compile_budget"}' in metrics
+    assert 'bucketwise_plan_swaps_total{model="all-MiniLM-L6-v2"}' not in metrics  # none swapped
 
 
 def test_a_replan_over_the_memory_budget_is_dropped_and_the_plan_stays():
@@ -128,10 +129,10 @@ def test_a_replan_over_the_memory_budget_is_dropped_and_the_plan_stays():
     model = BucketedModel(hungry_embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=1).compile(
         progress=False)
     config = ServeConfig(replan_every=0.2, replan_min_rows=30, replan_memory_budget=16 << 20)
-    embedder, statuses, metrics = shifted_server(config, model, 'bucketwise_replans_rejected_total{reason="memory_budget"}')
+    embedder, statuses, metrics = shifted_server(config, model, 'bucketwise_replans_rejected_total{model="all-MiniLM-L6-v2",reason="memory_budget"}')
     assert embedder.model is model and set(statuses) == {200}
-    assert 'bucketwise_replans_rejected_total{reason="memory_budget"}' in metrics
-    assert "bucketwise_plan_swaps_total 0.0" in metrics
+    assert 'bucketwise_replans_rejected_total{model="all-MiniLM-L6-v2",reason="memory_budget"}' in metrics
+    assert 'bucketwise_plan_swaps_total{model="all-MiniLM-L6-v2"}' not in metrics  # none swapped
 
 
 def test_the_build_pauses_between_buckets_to_its_share_of_the_time():

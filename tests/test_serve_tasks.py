@@ -226,3 +226,41 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-3000:]
     assert "serving mrpc (text-classification" in out and "serving rerank (text-ranking" in out
+
+
+def test_each_text_model_is_re_planned_from_its_own_traffic(tmp_path):
+    """#29: re-planning served one embedder. Now every text model has its re-planner: a
+    classifier's buckets follow its own traffic, its swap leaves one record under its name,
+    and it answers as before."""
+    import asyncio
+
+    from serve_double import make_embedder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = te.build_head("bert", "text-classification", tmp_path)
+    clf = TextClassifier.default(model=str(folder), backend="onnxruntime", plan=Plan.grid(batch=[1, 4], seq=[8, 48]),
+                                 progress=False)
+    texts = ["Alice lives in Paris with Bob.", "Carol works in Berlin near the river."]
+    before = clf.predict(texts, top_k=None)
+    double, _ = make_embedder()
+    app = create_app(double, ServeConfig(replan_every=3600, replan_min_rows=5), heads={"clf": clf})
+    service = app.state.service
+    assert [r.name for r in service.replanners] == ["all-MiniLM-L6-v2", "clf"]
+    replanner = service.replanners[1]
+    old = clf.model
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            for _ in range(20):  # its traffic: lengths the plan serves badly (8 and then 48)
+                for length in (12, 14, 16):
+                    service.served["clf"].traffic.record({"seq": length})
+            swapped = await replanner.step()
+            return swapped, service.served["all-MiniLM-L6-v2"].generation
+
+    swapped, embedder_generation = asyncio.run(run())
+    assert swapped and clf.model is not old and service.served["clf"].model is clf.model
+    assert service.served["clf"].generation == 1 and embedder_generation == 0  # the other model untouched
+    assert 16 in clf.model.plan.sizes("seq") and max(clf.model.plan.sizes("seq")) == 48
+    after = clf.predict(texts, top_k=None)
+    close([[s["score"] for s in row] for row in after], [[s["score"] for s in row] for row in before])

@@ -128,8 +128,6 @@ def run(args: argparse.Namespace) -> int:
     entries = _served_entries(args)
     several = entries is not None
     if several:
-        if args.replan_every is not None:
-            raise ConfigError("--replan-every re-plans a server of one embedder; serve several models without it")
         args.model = None
     else:
         args.model = (args.model or [None])[-1] if isinstance(args.model, list) else args.model

@@ -146,7 +146,7 @@ class Service:
         self.served = {name: Served(name, model, TrafficShapes([d for d in model.plan.dims if d != BATCH],
                                                                half_life=config.traffic_half_life))
                        for name, model in served.items()}
-        self.replanner: Any = None
+        self.replanners: list[Any] = []  # one per re-planned model (serve --replan-every)
         self.shutdown_failed = False  # something the shutdown must do failed: exit non-zero
 
     @property
@@ -165,11 +165,11 @@ class Service:
             rec.batcher = self._start_batcher(rec, rec.model, rec.generation)
         loop = asyncio.get_running_loop()
         writer = loop.create_task(self._write_traffic_every()) if self.config.traffic_file else None
-        replanning = loop.create_task(self.replanner.run()) if self.replanner is not None else None
+        replanning = [loop.create_task(r.run()) for r in self.replanners]
         yield
-        if replanning is not None:
-            replanning.cancel()
-            await self.replanner.close()  # a build under way stops at its next bucket
+        for task in replanning:
+            task.cancel()
+        await asyncio.gather(*(r.close() for r in self.replanners))  # a build under way stops at its next bucket
         # Every admitted request is finished (or, past a drain deadline, answered 503) first.
         await asyncio.gather(*(b.close() for rec in self.served.values() for b in rec.batchers()))
         if writer is not None:
@@ -451,15 +451,18 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         raise ConfigError("one model is served under two names; serve each model under one name")
     service = Service(config, served, JSONResponse)
     if config.replan_every is not None:
-        if embedder is None:
-            raise ConfigError("re-planning (replan_every) needs a text embedder to serve")
+        text_models = {**embedders, **task_heads}
+        if not text_models:
+            raise ConfigError("re-planning (replan_every) needs a text model to serve")
         from .replan import Replanner
 
-        service.replanner = Replanner(service, embedder, every=config.replan_every, min_gain=config.replan_min_gain,
-                                      min_rows=config.replan_min_rows, plans_dir=config.plans_dir,
-                                      compile_budget=config.replan_compile_budget,
-                                      memory_budget=config.replan_memory_budget,
-                                      build_share=config.replan_build_share)
+        # One re-planner per text model, each over its own traffic, swapping its own buckets.
+        service.replanners = [
+            Replanner(service, head, every=config.replan_every, min_gain=config.replan_min_gain,
+                      min_rows=config.replan_min_rows, plans_dir=config.plans_dir,
+                      compile_budget=config.replan_compile_budget, memory_budget=config.replan_memory_budget,
+                      build_share=config.replan_build_share, name=name)
+            for name, head in text_models.items()]
     v2 = KServeV2(config, service)
     app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]

@@ -46,23 +46,27 @@ class Metrics:
                                    ["model"], registry=r)
         self.queued = prom.Gauge("bucketwise_queued_rows", "Rows waiting in the batcher", ["model"], registry=r)
         # Re-planning (serve --replan-every).
-        self.plan_generation = prom.Gauge("bucketwise_plan_generation", "Plan in service: 0 at start, +1 per swap", registry=r)
-        self.plan_swaps = prom.Counter("bucketwise_plan_swaps_total", "Plans swapped in from live traffic", registry=r)
-        self.replan_failures = prom.Counter("bucketwise_replan_failures_total", "Re-plans that failed (the plan stayed)", registry=r)
-        self.planner_seconds = prom.Counter("bucketwise_planner_seconds_total", "Time spent re-planning (not building)", registry=r)
-        self.build_seconds = prom.Gauge("bucketwise_plan_build_seconds", "Build time of the last plan swapped in", registry=r)
+        m = ["model"]
+        self.plan_generation = prom.Gauge("bucketwise_plan_generation", "Plan in service: 0 at start, +1 per swap", m, registry=r)
+        self.plan_swaps = prom.Counter("bucketwise_plan_swaps_total", "Plans swapped in from live traffic", m, registry=r)
+        self.replan_failures = prom.Counter("bucketwise_replan_failures_total", "Re-plans that failed (the plan stayed)", m,
+                                            registry=r)
+        self.planner_seconds = prom.Counter("bucketwise_planner_seconds_total", "Time spent re-planning (not building)", m,
+                                            registry=r)
+        self.build_seconds = prom.Gauge("bucketwise_plan_build_seconds", "Build time of the last plan swapped in", m, registry=r)
         self.build_resident = prom.Gauge(
             "bucketwise_plan_build_resident_bytes",
-            "Growth of the process's resident memory over the build of the last plan swapped in", registry=r)
+            "Growth of the process's resident memory over the build of the last plan swapped in", m, registry=r)
         self.build_peak_resident = prom.Gauge(
             "bucketwise_plan_build_peak_resident_bytes",
-            "Peak resident memory of the process during the build of the last plan swapped in (Linux)", registry=r)
+            "Peak resident memory of the process during the build of the last plan swapped in (Linux)", m, registry=r)
         self.replans_rejected = prom.Counter(
             "bucketwise_replans_rejected_total",
-            "Re-plans that would have paid but were not built: over the compile or memory budget", ["reason"],
+            "Re-plans that would have paid but were not built: over the compile or memory budget", ["model", "reason"],
             registry=r)
         self.expected_waste = prom.Gauge("bucketwise_expected_padding_waste",
-                                         "Padding waste the plan in service is expected to have on the served traffic", registry=r)
+                                         "Padding waste the plan in service is expected to have on the served traffic", m,
+                                         registry=r)
         # Per (served name, generation): the model objects of one name, old and new, apart.
         self._compiled: dict[tuple[str, int], int] = {}
         self._seen: dict[tuple[str, int], dict[tuple[str, Any], int]] = {}  # -> (counter, key) -> last value carried

@@ -1,4 +1,4 @@
-"""Re-planning from live traffic, and a hot swap of the embedder's buckets.
+"""Re-planning from live traffic, and a hot swap of a text model's buckets.
 
 Every ``every`` seconds (``bucketwise serve --replan-every``), :class:`Replanner` plans the
 length buckets again from the traffic the server has served (its decayed histogram,
@@ -9,7 +9,10 @@ expected padded positions per row, on that traffic, beat the current plan's by m
 it holds; the batcher keeps serving from the old buckets meanwhile), then swaps on the
 event loop: new requests go to a new batcher over the new buckets, and the old batcher
 finishes what it had queued before its buckets are released. Each generation's plan is
-written to ``plans_dir`` as ``plan.gen<N>.json`` when one is given.
+written to ``plans_dir`` as ``plan.gen<N>.json`` when one is given (``plan.NAME.gen<N>.json``
+when the server serves several models). A server re-plans each of its text models, the
+embedder and every head, with a :class:`Replanner` of its own; their series in
+``/metrics`` carry ``model="NAME"``.
 
 The build is held to what the server can spare:
 
@@ -90,7 +93,7 @@ class Replanner:
                     await self.step()
                 except Exception:  # a failed re-plan leaves the plan in service as it was
                     log.exception("bucketwise: re-planning failed; the current plan stays")
-                    self.service.metrics.replan_failures.inc()
+                    self.service.metrics.replan_failures.labels(model=self.name).inc()
         finally:
             self._stop.set()
             self._builder.shutdown(wait=False, cancel_futures=True)
@@ -115,7 +118,7 @@ class Replanner:
         sizes, weights = obs.column("seq"), obs.counts
         current_plan = model.plan
         now, waste = expected_padding(current_plan, sizes, weights)
-        self.service.metrics.expected_waste.set(waste)
+        self.service.metrics.expected_waste.labels(model=self.name).set(waste)
         seqs = sorted(current_plan.sizes("seq"))
         batches = sorted(current_plan.sizes(BATCH)) if BATCH in current_plan.dims else None
         proposal = make_plan(obs, k=len(seqs), cap=seqs[-1], grid="auto", batch_sizes=batches,
@@ -144,14 +147,14 @@ class Replanner:
         m = self.service.metrics
         planning = time.perf_counter()
         found = await loop.run_in_executor(self._builder, self.propose)
-        m.planner_seconds.inc(time.perf_counter() - planning)
+        m.planner_seconds.labels(model=self.name).inc(time.perf_counter() - planning)
         if found is None:
             return False
         proposal, new, now, new_waste = found
         if self.compile_budget is not None:
             estimate = self.build_estimate(proposal)
             if estimate > self.compile_budget:
-                m.replans_rejected.labels(reason="compile_budget").inc()
+                m.replans_rejected.labels(model=self.name, reason="compile_budget").inc()
                 log.warning("bucketwise: a re-plan (expected positions per row %.1f -> %.1f) would take about %.1f s "
                             "to build, over the compile budget of %.1f s; the current plan stays (raise "
                             "--replan-compile-budget to allow it)", now, new, estimate, self.compile_budget)
@@ -165,7 +168,7 @@ class Replanner:
             if not await loop.run_in_executor(self._builder, self._build, fresh):
                 return False  # closed while building
         except MemoryBudgetError as err:
-            m.replans_rejected.labels(reason="memory_budget").inc()
+            m.replans_rejected.labels(model=self.name, reason="memory_budget").inc()
             log.warning("bucketwise: a re-plan's buckets did not fit the memory budget; the current plan stays: %s",
                         err)
             await loop.run_in_executor(self._builder, fresh.release)
@@ -173,17 +176,19 @@ class Replanner:
         build_s = time.perf_counter() - started
         after, peak = resident_bytes(), peak_resident_bytes()
         self.swap(fresh)
-        m.plan_generation.set(self.generation)
-        m.plan_swaps.inc()
-        m.build_seconds.set(build_s)
+        m.plan_generation.labels(model=self.name).set(self.generation)
+        m.plan_swaps.labels(model=self.name).inc()
+        m.build_seconds.labels(model=self.name).set(build_s)
         if before is not None and after is not None:
-            m.build_resident.set(after - before)
+            m.build_resident.labels(model=self.name).set(after - before)
         if peak is not None:
-            m.build_peak_resident.set(peak)
-        m.expected_waste.set(new_waste)
+            m.build_peak_resident.labels(model=self.name).set(peak)
+        m.expected_waste.labels(model=self.name).set(new_waste)
         if self.plans_dir is not None:
             self.plans_dir.mkdir(parents=True, exist_ok=True)
-            proposal.save(self.plans_dir / f"plan.gen{self.generation}.json")
+            several = len(self.service.served) > 1
+            proposal.save(self.plans_dir / (f"plan.{self.name}.gen{self.generation}.json" if several
+                                             else f"plan.gen{self.generation}.json"))
         log.warning("bucketwise: plan generation %d in service (expected positions per row %.1f -> %.1f; "
                     "built in %.1f s): %s", self.generation, now, new, build_s, proposal)
         return True

@@ -264,3 +264,58 @@ def test_each_text_model_is_re_planned_from_its_own_traffic(tmp_path):
     assert 16 in clf.model.plan.sizes("seq") and max(clf.model.plan.sizes("seq")) == 48
     after = clf.predict(texts, top_k=None)
     close([[s["score"] for s in row] for row in after], [[s["score"] for s in row] for row in before])
+
+
+def test_serve_splits_one_memory_budget_across_its_models(tmp_path):
+    """`bucketwise serve --memory-budget` with several models: each model's plan is chosen from
+    its traffic and memory so the split is the joint optimum, printed at start."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serve_double import free_port
+
+    from bucketwise.planning.io import read_shapes
+    from bucketwise.planning.joint import ModelDemand, split_budget
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = te.build_head("bert", "text-classification", tmp_path)
+        ranker = te.build_head("distilbert", "text-ranking", tmp_path)
+    fmt = "bucketwise.traffic-shapes/1"
+    (tmp_path / "traffic.clf.json").write_text(json.dumps(
+        {"format": fmt, "dims": ["seq"], "shapes": [[9], [13], [22], [40]], "counts": [400, 300, 200, 100]}))
+    (tmp_path / "traffic.rank.json").write_text(json.dumps(
+        {"format": fmt, "dims": ["seq"], "shapes": [[30], [44], [48]], "counts": [50, 30, 20]}))
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"models": {
+        "clf": {"path": str(clf), "bytes_per_bucket": "10MiB", "shared_bytes": "20MiB"},
+        "rank": {"path": str(ranker), "bytes_per_bucket": "10MiB", "shared_bytes": "20MiB"}}}))
+    # What the split must be (read before the server writes its own traffic over these files at exit).
+    want = split_budget([ModelDemand(n, read_shapes(tmp_path / f"traffic.{n}.json"), float(share), 10 * 2**20, 20 * 2**20,
+                                     options={"batch_sizes": [1], "cap": te.MAX_SEQ_LENGTH, "grid": "auto"})
+                         for n, share in (("clf", 1000), ("rank", 100))], 110 * 2**20)
+    port = free_port()
+    args = ["--port", str(port), "--no-cache", "--no-progress", "--models-config", str(config), "--memory-budget", "110MiB",
+            "--batch-sizes", "1", "--traffic-file", str(tmp_path / "traffic.json")]
+    proc = subprocess.Popen([sys.executable, "-m", "bucketwise.cli", "serve", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert "one memory budget across the models" in out and "budget 110 MiB" in out
+    for name, choice in want.choices.items():
+        assert f'bucketwise_compiled_buckets{{model="{name}"}} {float(len(choice.plan))}' in metrics
+    assert want.memory <= 110 * 2**20 and want.choices["clf"].k > want.choices["rank"].k  # the busy model gets more

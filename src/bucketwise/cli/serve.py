@@ -33,7 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--models-config", metavar="FILE.json",
                        help='per-model options of several models: {"models": {"NAME": {"path": DIR, "task": ..., '
                             '"backend": ..., "plan": PLAN.json, "overflow": ..., "batch_sizes": [...], '
-                            '"seq_sizes": [...]}}}; the flags give what a model leaves out')
+                            '"seq_sizes": [...], "traffic": FILE, "share": 0.8, "bytes_per_bucket": "30MB", '
+                            '"shared_bytes": "90MB"}}}; the flags give what a model leaves out')
+    serve.add_argument("--memory-budget", metavar="BYTES",
+                       help="with several models: one budget for all their buckets, e.g. 8GB; each model's plan is "
+                            "chosen from its traffic (\"traffic\", else --traffic-file's NAME file) and memory "
+                            "(\"bytes_per_bucket\", \"shared_bytes\") so the expected cost over the mix is lowest "
+                            "(bucketwise plan --models does the same offline)")
     serve.add_argument("--max-delay-ms", type=float, default=5.0, help="longest wait of a queued request for its batch (default 5)")
     serve.add_argument("--batch-wait", choices=("adaptive", "fixed"), default="adaptive",
                        help="adaptive (default): a batch that is not full waits only while requests keep arriving "
@@ -194,7 +200,8 @@ def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return model.compile(progress=not args.no_progress, lazy=args.lazy)
 
 
-MODEL_KEYS = ("path", "task", "backend", "plan", "overflow", "batch_sizes", "seq_sizes")
+MODEL_KEYS = ("path", "task", "backend", "plan", "overflow", "batch_sizes", "seq_sizes", "traffic", "share",
+              "bytes_per_bucket", "shared_bytes")
 
 
 def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
@@ -230,6 +237,8 @@ def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | Non
             if unknown:
                 raise ConfigError(f"--models-config: model {name!r} has unknown keys {unknown}; allowed: {list(MODEL_KEYS)}")
             entries[name] = {**entries.get(name, {}), **options}
+    if args.memory_budget and len(entries) < 2:
+        raise ConfigError("--memory-budget splits one budget among several models; serve two or more (--model NAME=DIR)")
     if len(entries) == 1 and not args.models_config:
         (entry,) = entries.values()
         path = entry["path"]
@@ -255,17 +264,56 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
 
     heads = {}
     cache = cache_from_args(args, fallback=True)
+    planned = _split_budget(args, entries) if args.memory_budget else {}
     for name, entry in entries.items():
         task = folder_task(model_dir(entry["path"])).check(entry.get("task"))
         backend = entry.get("backend", args.backend)
         batch_sizes = entry.get("batch_sizes") or args.batch_sizes or ()
         seq_sizes = entry.get("seq_sizes") or args.seq_sizes or ()
         plan_path = entry.get("plan") or args.plan
-        plan = text_plan(plan_path, batch_sizes=batch_sizes, seq_sizes=seq_sizes, backend=backend) \
-            if plan_path or batch_sizes or seq_sizes else None
+        plan = planned.get(name) or (text_plan(plan_path, batch_sizes=batch_sizes, seq_sizes=seq_sizes, backend=backend)
+                                     if plan_path or batch_sizes or seq_sizes else None)
         options = backend_options(args, plan) if plan is not None else dict(getattr(args, "backend_option", None) or [])
         print(f"loading  {name}: {entry['path']} ({task}) on {backend}")
         heads[name] = head_class(task).default(backend=backend, plan=plan, overflow=entry.get("overflow", args.overflow),
                                                progress=not args.no_progress, model=entry["path"], cache=cache,
                                                lazy=args.lazy, backend_options=options)
     return heads
+
+
+def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each model's plan under one --memory-budget (planning.joint.split_budget), printed as a
+    table: its buckets, memory and expected cost."""
+    from ..models.encoders import encoder_info, load_default_tokenizer, model_dir
+    from ..models.frontend import DEFAULT_BATCH_SIZES, FINE_BATCH_SIZES, length_free
+    from ..planning.io import read_shapes
+    from ..planning.joint import ModelDemand, split_budget
+
+    demands = []
+    for name, entry in entries.items():
+        if "plan" in entry:
+            raise ConfigError(f"--memory-budget plans every model; model {name!r} gives its own \"plan\": drop one")
+        traffic = entry.get("traffic")
+        if traffic is None and args.traffic_file:
+            path = Path(args.traffic_file)
+            candidate = path.with_name(f"{path.stem}.{name}{path.suffix}")
+            traffic = str(candidate) if candidate.is_file() else None
+        if traffic is None or "bytes_per_bucket" not in entry:
+            raise ConfigError(f"--memory-budget: model {name!r} needs its traffic (\"traffic\": FILE in --models-config, or "
+                              f"the file --traffic-file wrote for it) and \"bytes_per_bucket\" (bucketwise inspect "
+                              "shows what its buckets hold resident)")
+        obs = read_shapes(traffic)
+        folder = model_dir(entry["path"])
+        backend = entry.get("backend", args.backend)
+        batches = entry.get("batch_sizes") or args.batch_sizes or \
+            list(FINE_BATCH_SIZES if length_free(backend) else DEFAULT_BATCH_SIZES)
+        longest = encoder_info(folder, load_default_tokenizer(folder)).max_length
+        demands.append(ModelDemand(name=name, observed=obs, share=float(entry.get("share", obs.total)),
+                                   bytes_per_bucket=parse_bytes(str(entry["bytes_per_bucket"])),
+                                   shared_bytes=parse_bytes(str(entry.get("shared_bytes", 0))),
+                                   # The top bucket holds every input the model takes, as served plans do.
+                                   options={"batch_sizes": batches, "cap": longest, "grid": "auto"}))
+    joint = split_budget(demands, parse_bytes(args.memory_budget))
+    print("planned  one memory budget across the models:")
+    print(joint)
+    return joint.plans

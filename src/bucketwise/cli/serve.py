@@ -170,10 +170,11 @@ def run(args: argparse.Namespace) -> int:
         from ..models.text import SentenceEmbedder
 
         plan = plan_from_args(args)
+        cache = cache_from_args(args, fallback=True)
         embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow,
-                                            progress=not args.no_progress, model=args.model,
-                                            cache=cache_from_args(args, fallback=True), lazy=args.lazy,
-                                            backend_options=backend_options(args, plan))
+                                            progress=not args.no_progress, model=args.model, cache=cache,
+                                            lazy=args.lazy, backend_options=backend_options(args, plan),
+                                            build_in_child=cache is not None and not args.lazy)
         model = embedder.model
         app = create_app(embedder, config)
         routes = f"/v1/embeddings and /v2/models/{name}/infer"
@@ -277,7 +278,8 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
         print(f"loading  {name}: {entry['path']} ({task}) on {backend}")
         heads[name] = head_class(task).default(backend=backend, plan=plan, overflow=entry.get("overflow", args.overflow),
                                                progress=not args.no_progress, model=entry["path"], cache=cache,
-                                               lazy=args.lazy, backend_options=options)
+                                               lazy=args.lazy, backend_options=options,
+                                               build_in_child=cache is not None and not args.lazy)
     return heads
 
 

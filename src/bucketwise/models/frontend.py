@@ -171,9 +171,16 @@ class TextModel:
         warmup_runs: int = 1,
         truncation: str = "longest_first",
         truncation_side: str = "right",
+        build_in_child: bool = False,
     ) -> Any:
         """The model folder ``model`` (default all-MiniLM-L6-v2) on ``backend`` with
         ``plan`` (default buckets, up to the model's longest input), compiled.
+
+        With ``build_in_child`` and a ``cache``, buckets the cache lacks are compiled by a
+        child process (``bucketwise compile``) and then loaded from the cache here, so this
+        process never loads the framework model or its exporter: a server's cold start
+        then holds what a warm start holds. Backends without an artifact cache (eager,
+        inductor) build here, as without it.
 
         With a ``cache`` (an :class:`~bucketwise.runtime.cache.ArtifactCache` or folder),
         cached buckets are loaded instead of compiled, and the weights are loaded into
@@ -203,6 +210,8 @@ class TextModel:
             warmup_runs=warmup_runs,
         )
         head = cls(bucketed, tokenizer, truncation=truncation, truncation_side=truncation_side)
+        if build and build_in_child:
+            _build_in_child(head, model, backend_options, workers, progress)
         if build:
             head.prepare(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget, verify=verify)
         return head
@@ -458,3 +467,38 @@ class TextModel:
         ``max_length`` if shorter. Heads that window split longer inputs into this."""
         top = int(self.router.limits["seq"])
         return min(top, self.max_length) if self.max_length is not None else top
+
+
+def _build_in_child(head: TextModel, model: str | None, backend_options: Mapping[str, Any] | None,
+                    workers: int | None, progress: bool) -> None:
+    """Compile the buckets of ``head`` that its cache lacks with ``bucketwise compile`` in a
+    child process (see :meth:`TextModel.default`); nothing when every bucket is cached, the
+    model is already loaded here, or the backend has no artifact cache."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    builder = head.model.builder
+    if not builder.cacheable or builder.model_loaded:
+        return  # not cached (eager, inductor), or the model is already here
+    if not builder.uncached():
+        return
+    try:
+        options = [f"{k}={json.dumps(v)}" for k, v in (backend_options or {}).items()]
+    except TypeError:
+        return  # an option the command line cannot carry: build here
+    cache = builder.cache
+    assert cache is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_file = f"{tmp}/plan.json"
+        head.model.plan.save(plan_file)
+        cmd = [sys.executable, "-m", "bucketwise.cli", "compile", "--task", head.task, "--backend", builder.backend.name,
+               "--plan", plan_file, "--cache-dir", str(cache.root), *([] if progress else ["--no-progress"]),
+               *(["--model", model] if model else []), *(a for o in options for a in ("--backend-option", o)),
+               *(["--workers", str(workers)] if workers else [])]
+        # Its progress bars go to this process's stderr; its report is not needed here.
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        said = (done.stderr or "").strip()[-2000:] or "its error is above"
+        raise ConfigError(f"building the buckets in a child process failed ({' '.join(cmd[2:])}): {said}")

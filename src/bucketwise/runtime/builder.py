@@ -328,6 +328,15 @@ class Builder:
             self.report.builds[bucket] = build
         return build
 
+    def uncached(self) -> list[Bucket]:
+        """The plan's buckets the cache holds no entry for (a cheap look for each entry's
+        folder; an entry found corrupt when loaded is still rebuilt then). All of them
+        where nothing is cached."""
+        if not self.cacheable:
+            return list(self.plan.buckets)
+        assert self.cache is not None
+        return [b for b in self.plan.buckets if not self.cache.folder(self.cache.key(self._identity(b))).is_dir()]
+
     def _identity(self, bucket: Bucket) -> dict[str, Any]:
         """What the bucket's cache entry is (its key is the digest of this)."""
         assert self.cache is not None and isinstance(self.backend, CacheableBackend)

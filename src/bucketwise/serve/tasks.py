@@ -22,7 +22,6 @@ model, so rows of concurrent requests share bucketed batches, as embeddings do.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -182,10 +181,6 @@ class TaskRoutes:
         self.max_items, self.max_body_bytes = max_items, max_body_bytes
         # The heads' own code waits here for its batches: a thread per request in flight.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bucketwise-task")
-        self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in heads}
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def tasks(self) -> set[str]:
         return {h.task for h in self.heads.values()}

@@ -297,3 +297,53 @@ def test_swaps_leave_one_record_per_name_and_metrics_of_the_live_model_only():
     assert f'bucketwise_compiled_buckets{{model="{name}"}} {float(len(plans[-1]))}' in text
     assert set(service.metrics._seen) == {(name, 3)}
     assert f'bucketwise_batches_total{{model="{name}"}} 3.0' in text  # counters keep what every model ran
+
+
+def test_three_swaps_under_load_lose_nothing_and_leave_metrics_of_the_live_model(tmp_path):
+    """#29: re-planning swaps one model three times under load; afterwards /metrics holds the
+    series of the live model only (its buckets built, one record, nothing retiring) and
+    every request was answered."""
+    model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 64]), warmup_runs=0).compile(progress=False)
+    embedder = SentenceEmbedder(model, WordTokenizer())
+    config = ServeConfig(replan_every=0.2, replan_min_rows=20, traffic_half_life=0.3)
+    app = create_app(embedder, config)
+    service = app.state.service
+    failures, answers, phase = [], [], {"words": 2}
+    stop = threading.Event()
+    with ThreadServer(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
+
+        def client():
+            with httpx.Client(base_url=url, timeout=30) as http:
+                while not stop.is_set():
+                    words = phase["words"]
+                    r = http.post("/v1/embeddings", json={"input": [" ".join(["word"] * words)]})
+                    if r.status_code != 200:
+                        failures.append((r.status_code, r.text[:200]))
+                    else:
+                        answers.append((words + 2, r.json()["data"][0]["embedding"]))
+
+        workers = [threading.Thread(target=client) for _ in range(6)]
+        for w in workers:
+            w.start()
+        for generation, words in ((1, 10), (2, 38), (3, 18)):  # 12, then 40, then 20 tokens
+            phase["words"] = words
+            deadline = time.time() + 30
+            while service.served["all-MiniLM-L6-v2"].generation < generation and time.time() < deadline:
+                time.sleep(0.05)
+        deadline = time.time() + 10
+        while service.served["all-MiniLM-L6-v2"].retiring and time.time() < deadline:
+            time.sleep(0.05)  # the last old model finishes its queue
+        stop.set()
+        for w in workers:
+            w.join()
+        metrics = httpx.get(f"{url}/metrics").text
+    rec = service.served["all-MiniLM-L6-v2"]
+    assert rec.generation >= 3, "three swaps did not happen"
+    assert failures == [] and answers
+    assert all(a[1][1] == a[0] for a in answers)  # every answer counts its own tokens
+    assert rec.retiring == [] and rec.model is embedder.model
+    live = float(len(rec.model.plan))
+    assert f'bucketwise_compiled_buckets{{model="all-MiniLM-L6-v2"}} {live}' in metrics
+    assert f'bucketwise_plan_generation{{model="all-MiniLM-L6-v2"}} {float(rec.generation)}' in metrics
+    assert set(service.metrics._seen) <= {("all-MiniLM-L6-v2", rec.generation)}

@@ -319,3 +319,39 @@ def test_serve_splits_one_memory_budget_across_its_models(tmp_path):
     for name, choice in want.choices.items():
         assert f'bucketwise_compiled_buckets{{model="{name}"}} {float(len(choice.plan))}' in metrics
     assert want.memory <= 110 * 2**20 and want.choices["clf"].k > want.choices["rank"].k  # the busy model gets more
+
+
+def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, capsys):
+    """Without "bytes_per_bucket", serve --memory-budget takes a model's memory from its
+    buckets measured in the cache (what `bucketwise compile` recorded)."""
+    import json
+
+    from bucketwise.cli import build_parser, main
+    from bucketwise.cli.serve import _served_entries, _split_budget
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = te.build_head("bert", "text-classification", tmp_path)
+        ranker = te.build_head("distilbert", "text-ranking", tmp_path)
+    cache = tmp_path / "cache"
+    for folder in (clf, ranker):
+        assert main(["compile", "--model", str(folder), "--batch-sizes", "1", "--seq-sizes", "16,48",
+                     "--cache-dir", str(cache), "--no-progress"]) == 0
+    fmt = "bucketwise.traffic-shapes/1"
+    for name in ("clf", "rank"):
+        (tmp_path / f"t.{name}.json").write_text(json.dumps({"format": fmt, "dims": ["seq"], "shapes": [[9], [30]],
+                                                             "counts": [10, 5]}))
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"models": {"clf": {"path": str(clf), "traffic": str(tmp_path / "t.clf.json")},
+                                             "rank": {"path": str(ranker), "traffic": str(tmp_path / "t.rank.json")}}}))
+    args = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
+                                      "--batch-sizes", "1", "--cache-dir", str(cache)])
+    capsys.readouterr()
+    plans = _split_budget(args, _served_entries(args))
+    out = capsys.readouterr().out
+    assert "memory   clf:" in out and "memory   rank:" in out and "measured in" in out
+    assert set(plans) == {"clf", "rank"} and all(p.max_size("seq") == te.MAX_SEQ_LENGTH for p in plans.values())
+    empty = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
+                                       "--cache-dir", str(tmp_path / "empty")])
+    with pytest.raises(Exception, match="needs its memory per bucket"):
+        _split_budget(empty, _served_entries(empty))

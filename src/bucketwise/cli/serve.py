@@ -300,13 +300,14 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) 
             path = Path(args.traffic_file)
             candidate = path.with_name(f"{path.stem}.{name}{path.suffix}")
             traffic = str(candidate) if candidate.is_file() else None
-        if traffic is None or "bytes_per_bucket" not in entry:
+        if traffic is None:
             raise ConfigError(f"--memory-budget: model {name!r} needs its traffic (\"traffic\": FILE in --models-config, or "
-                              f"the file --traffic-file wrote for it) and \"bytes_per_bucket\" (bucketwise inspect "
-                              "shows what its buckets hold resident)")
+                              f"the file --traffic-file wrote for it)")
         obs = read_shapes(traffic)
         folder = model_dir(entry["path"])
         backend = entry.get("backend", args.backend)
+        if "bytes_per_bucket" not in entry:
+            entry = {**entry, **_measured_memory(args, name, entry, backend)}
         batches = entry.get("batch_sizes") or args.batch_sizes or \
             list(FINE_BATCH_SIZES if length_free(backend) else DEFAULT_BATCH_SIZES)
         longest = encoder_info(folder, load_default_tokenizer(folder)).max_length
@@ -319,3 +320,23 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) 
     print("planned  one memory budget across the models:")
     print(joint)
     return joint.plans
+
+
+def _measured_memory(args: argparse.Namespace, name: str, entry: dict[str, Any], backend: str) -> dict[str, Any]:
+    """``bytes_per_bucket`` and ``shared_bytes`` of a model as its cache entries measured
+    them (the largest bucket, and what its buckets share once)."""
+    from ..models.tasks import text_model_parts
+    from ..runtime.cache import fingerprint
+    from ..runtime.memory import format_bytes
+
+    cache = cache_from_args(args, fallback=True)
+    if cache is not None:
+        module, _, spec, _ = text_model_parts(backend, entry["path"], entry.get("task"))
+        largest, count, shared = cache.largest_resident(model=fingerprint(module, spec), backend=backend)
+        if largest is not None:
+            print(f"memory   {name}: {format_bytes(largest)} per bucket, {format_bytes(shared)} shared, as "
+                  f"{count} {backend} buckets measured in {cache.root}")
+            return {"bytes_per_bucket": largest, "shared_bytes": shared}
+    raise ConfigError(f"--memory-budget: model {name!r} needs its memory per bucket: \"bytes_per_bucket\" in "
+                      f"--models-config, or buckets of it measured in the cache (bucketwise compile --model "
+                      f"{entry['path']} --backend {backend} measures them)")

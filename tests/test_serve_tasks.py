@@ -347,8 +347,10 @@ def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, caps
     args = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
                                       "--batch-sizes", "1", "--cache-dir", str(cache)])
     capsys.readouterr()
-    plans = _split_budget(args, _served_entries(args))
+    joint = _split_budget(args, _served_entries(args))
+    plans = joint.plans
     out = capsys.readouterr().out
+    assert joint.room_for("clf") == 2 * 10**9 - joint.choices["rank"].memory  # what a re-plan of clf may hold
     assert "memory   clf:" in out and "memory   rank:" in out and "measured in" in out
     assert set(plans) == {"clf", "rank"} and all(p.max_size("seq") == te.MAX_SEQ_LENGTH for p in plans.values())
     empty = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",

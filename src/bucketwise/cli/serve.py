@@ -155,6 +155,11 @@ def run(args: argparse.Namespace) -> int:
     if several:
         heads = _load_heads(args, entries or {})
         app = create_app(None, config, heads=heads)
+        if args.joint is not None:
+            # A re-plan of one model holds at most what the others' plans leave of the budget.
+            for replanner in app.state.service.replanners:
+                room = args.joint.room_for(replanner.name)
+                replanner.memory_budget = room if replanner.memory_budget is None else min(room, replanner.memory_budget)
         models = [h.model for h in heads.values()]
         drain = args.drain_timeout if args.drain_timeout is not None else \
             max(30.0, 2 * sum(worst_drain_seconds(m, args.max_queue) for m in models))
@@ -265,7 +270,8 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
 
     heads = {}
     cache = cache_from_args(args, fallback=True)
-    planned = _split_budget(args, entries) if args.memory_budget else {}
+    args.joint = _split_budget(args, entries) if args.memory_budget else None
+    planned = args.joint.plans if args.joint is not None else {}
     for name, entry in entries.items():
         task = folder_task(model_dir(entry["path"])).check(entry.get("task"))
         backend = entry.get("backend", args.backend)
@@ -283,7 +289,7 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
     return heads
 
 
-def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> Any:
     """Each model's plan under one --memory-budget (planning.joint.split_budget), printed as a
     table: its buckets, memory and expected cost."""
     from ..models.encoders import encoder_info, load_default_tokenizer, model_dir
@@ -319,7 +325,7 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) 
     joint = split_budget(demands, parse_bytes(args.memory_budget))
     print("planned  one memory budget across the models:")
     print(joint)
-    return joint.plans
+    return joint
 
 
 def _measured_memory(args: argparse.Namespace, name: str, entry: dict[str, Any], backend: str) -> dict[str, Any]:

@@ -84,6 +84,11 @@ class JointPlan:
     def memory(self) -> float:
         return sum(c.memory for c in self.choices.values())
 
+    def room_for(self, name: str) -> float:
+        """The memory model ``name`` may hold: the budget less what the other models' plans
+        hold. A re-plan of one model stays within it, leaving the others theirs."""
+        return self.memory_budget - sum(c.memory for n, c in self.choices.items() if n != name)
+
     @property
     def plans(self) -> dict[str, Plan]:
         return {n: c.plan for n, c in self.choices.items()}

@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._optional import require
 from ..errors import ConfigError
@@ -47,7 +47,10 @@ from ..shapes import BATCH
 from ._common import Reject
 from .metrics import Metrics
 
-__all__ = ["OPEN_PATHS", "ServeConfig", "Service", "create_app"]
+if TYPE_CHECKING:
+    from ..runtime.model import BucketedModel
+
+__all__ = ["OPEN_PATHS", "ServeConfig", "Served", "Service", "create_app"]
 
 # Answered without the API key: the probes a load balancer or orchestrator sends. Every other
 # route (traffic shapes, metrics, model metadata, the OpenAPI schema, inference) needs it.
@@ -117,16 +120,16 @@ class Served:
     re-plan swaps its model in), and the models swapped out that still finish their queue."""
 
     name: str
-    model: Any
+    model: "BucketedModel"
     traffic: TrafficShapes
     batcher: Batcher | None = None
     generation: int = 0
-    retiring: list[tuple[Any, Batcher, int]] = field(default_factory=list)  # (model, batcher, generation)
+    retiring: list[tuple["BucketedModel", Batcher, int]] = field(default_factory=list)  # (model, batcher, generation)
 
     def batchers(self) -> list[Batcher]:
         return ([self.batcher] if self.batcher is not None else []) + [b for _, b, _ in self.retiring]
 
-    def models(self) -> list[tuple[Any, int]]:
+    def models(self) -> list[tuple["BucketedModel", int]]:
         """(model, generation) of the model in service and of those still finishing."""
         return [(self.model, self.generation)] + [(m, g) for m, _, g in self.retiring]
 
@@ -135,7 +138,7 @@ class Service:
     """What the routes share: each served name's state (:class:`Served`: model, batcher,
     traffic), metrics, limits and the drain."""
 
-    def __init__(self, config: ServeConfig, served: Mapping[str, Any], json_response: Any) -> None:
+    def __init__(self, config: ServeConfig, served: Mapping[str, "BucketedModel"], json_response: Any) -> None:
         self.config, self.json_response = config, json_response
         self.metrics = Metrics()
         self.draining = False
@@ -150,7 +153,7 @@ class Service:
         self.shutdown_failed = False  # something the shutdown must do failed: exit non-zero
 
     @property
-    def names(self) -> dict[str, Any]:
+    def names(self) -> dict[str, "BucketedModel"]:
         """Served name -> the model that answers it now."""
         return {name: rec.model for name, rec in self.served.items()}
 
@@ -177,7 +180,7 @@ class Service:
             if not self.try_write_traffic():
                 self.shutdown_failed = True  # the server exits non-zero (serve/server.py)
 
-    def _start_batcher(self, rec: Served, model: Any, generation: int) -> Batcher:
+    def _start_batcher(self, rec: Served, model: "BucketedModel", generation: int) -> Batcher:
         batcher = Batcher(model, max_delay=self.config.max_delay, max_queue=self.config.max_queue,
                           on_batch=functools.partial(self.on_batch, rec=rec, model=model, generation=generation),
                           on_alone=functools.partial(self.on_alone, rec=rec),
@@ -187,7 +190,7 @@ class Service:
             batcher.drain(0.0)
         return batcher
 
-    def swap(self, name: str, fresh: Any) -> Batcher:
+    def swap(self, name: str, fresh: "BucketedModel") -> Batcher:
         """Serve ``name`` with ``fresh`` (compiled) from now on, with its own batcher and the
         same traffic histogram. Returns the batcher of the model swapped out, which keeps
         its queue until it closes; then :meth:`retire` forgets that model."""
@@ -200,7 +203,7 @@ class Service:
         rec.batcher = self._start_batcher(rec, fresh, rec.generation)
         return old_batcher
 
-    def retire(self, name: str, old: Any) -> None:
+    def retire(self, name: str, old: "BucketedModel") -> None:
         """Forget a model of ``name`` swapped out whose batcher has closed: its last counts
         are carried into the metrics, and its series of state (buckets built) go."""
         rec = self.served[name]
@@ -209,7 +212,7 @@ class Service:
             self.metrics.forget(name, generation)
         rec.retiring = [r for r in rec.retiring if r[0] is not old]
 
-    def holds(self, model: Any) -> bool:
+    def holds(self, model: "BucketedModel") -> bool:
         """Whether ``model`` serves a name, or still finishes a queue after a swap."""
         return any(m is model for rec in self.served.values() for m, _ in rec.models())
 
@@ -259,7 +262,7 @@ class Service:
     def has_batcher(self, name: str) -> bool:
         return self.served[name].batcher is not None
 
-    def on_batch(self, ev: BatchEvent, rec: Served, model: Any, generation: int) -> None:
+    def on_batch(self, ev: BatchEvent, rec: Served, model: "BucketedModel", generation: int) -> None:
         m = self.metrics
         m.batches.labels(model=rec.name).inc()
         m.batch_rows.labels(model=rec.name).observe(ev.rows)

@@ -16,7 +16,7 @@ Errors take the protocol's shape: ``{"error": "<message>"}``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +27,9 @@ from ..errors import BucketOverflowError, InputError, QueueFullError
 from ..shapes import BATCH
 from ._common import Reject, check_finite, first_error, orjson_module
 from .openai import load_json
+
+if TYPE_CHECKING:
+    from .app import ServeConfig, Service
 
 __all__ = ["DATATYPES", "InferenceRequest", "KServeV2", "datatype_of"]
 
@@ -131,7 +134,7 @@ def output_metadata(model: Any) -> list[dict[str, Any]]:
 class KServeV2:
     """The v2 routes over named bucketed models, each with its batcher."""
 
-    def __init__(self, config: Any, service: Any) -> None:
+    def __init__(self, config: ServeConfig, service: Service) -> None:
         self.config, self.service = config, service
         self._outputs: dict[str, list[dict[str, Any]]] = {}
 

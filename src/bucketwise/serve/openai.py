@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
 from ._common import NON_BLANK, Reject, check_finite, first_error, orjson_module
+
+if TYPE_CHECKING:
+    from ..models.text import SentenceEmbedder
+    from .app import ServeConfig, Service
 
 __all__ = ["EmbeddingsRequest", "EmbeddingsResponse", "ErrorResponse", "OpenAIEmbeddings", "encode_embedding",
            "json_response_class", "parse_texts"]
@@ -161,7 +165,7 @@ class OpenAIRoutes:
     """``GET /v1/models`` (every model served) and ``POST /v1/embeddings``, which picks its
     embedder by the body's ``model``: a served name, or an alias of the default one."""
 
-    def __init__(self, embedders: dict[str, Any], config: Any, service: Any) -> None:
+    def __init__(self, embedders: dict[str, SentenceEmbedder], config: ServeConfig, service: Service) -> None:
         self.config, self.service = config, service
         self.by_name = {name: OpenAIEmbeddings(e, config, service, name=name) for name, e in embedders.items()}
         self.aliases = {a: config.model_name for a in config.model_aliases if config.model_name in embedders}
@@ -204,7 +208,8 @@ class OpenAIRoutes:
 class OpenAIEmbeddings:
     """OpenAI embeddings with one :class:`SentenceEmbedder` and its batcher."""
 
-    def __init__(self, embedder: Any, config: Any, service: Any, *, name: str | None = None) -> None:
+    def __init__(self, embedder: SentenceEmbedder, config: ServeConfig, service: Service, *,
+                 name: str | None = None) -> None:
         self.embedder, self.config, self.service = embedder, config, service
         self.name = name or config.model_name
         self._tokenizer_lock = threading.Lock()

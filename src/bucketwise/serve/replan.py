@@ -38,7 +38,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,10 @@ from ..errors import ConfigError, MemoryBudgetError
 from ..planning import plan as make_plan
 from ..runtime.cache import resident_bytes
 from ..shapes import BATCH
+
+if TYPE_CHECKING:
+    from ..models.frontend import TextModel
+    from .app import Service
 
 __all__ = ["Replanner", "expected_padding"]
 
@@ -67,7 +71,7 @@ def expected_padding(plan: Any, sizes: np.ndarray, weights: np.ndarray, dim: str
 class Replanner:
     """Periodic re-planning and hot swap of one served :class:`SentenceEmbedder`."""
 
-    def __init__(self, service: Any, embedder: Any, *, every: float, min_gain: float = 0.1, min_rows: int = 100,
+    def __init__(self, service: Service, embedder: TextModel, *, every: float, min_gain: float = 0.1, min_rows: int = 100,
                  plans_dir: str | None = None, compile_budget: float | None = None,
                  memory_budget: float | None = None, build_share: float = 0.5, name: str | None = None) -> None:
         if not 0 < build_share <= 1:

@@ -26,17 +26,24 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.config import JsonDict
 
 from ..errors import BucketOverflowError, ConfigError, InputError, QueueFullError
 from ..models.frontend import run_through
+from ..models.heads import QuestionAnswerer, TextClassifier, TextRanker, TokenClassifier
 from ._common import NON_BLANK, Reject, first_error
 from .openai import load_json
 
+if TYPE_CHECKING:
+    from ..models.frontend import TextModel
+    from .app import Service
+
 __all__ = ["TaskRoutes", "ROUTE_TASKS"]
+
+H = TypeVar("H", bound="TextModel")
 
 # The task each route serves.
 ROUTE_TASKS = {
@@ -175,12 +182,17 @@ BODIES: dict[str, type[BaseModel]] = {
 class TaskRoutes:
     """The task routes over the heads a server serves (name -> head)."""
 
-    def __init__(self, heads: dict[str, Any], service: Any, *, max_items: int, max_body_bytes: int,
+    def __init__(self, heads: dict[str, TextModel], service: Service, *, max_items: int, max_body_bytes: int,
                  workers: int = 64) -> None:
         self.heads, self.service = heads, service
         self.max_items, self.max_body_bytes = max_items, max_body_bytes
         # The heads' own code waits here for its batches: a thread per request in flight.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bucketwise-task")
+
+    def head(self, name: str, kind: type[H]) -> H:
+        """The head ``name`` as the class its route calls: :meth:`pick` chose it by its task,
+        and a head registered for a task answers that task's calls (``register_head``)."""
+        return cast(H, self.heads[name])
 
     def tasks(self) -> set[str]:
         return {h.task for h in self.heads.values()}
@@ -257,7 +269,7 @@ class TaskRoutes:
         name = self.pick("text-classification", req.model, "/predict")
         inputs, single = _tei_inputs(req.inputs)
         self._limit(len(inputs), '"inputs"')
-        head = self.heads[name]
+        head = self.head(name, TextClassifier)
         out = await self.run(name, head.predict, inputs, top_k=None, raw_scores=req.raw_scores)
         return out[0] if single else out
 
@@ -266,7 +278,7 @@ class TaskRoutes:
         name = self.pick("text-classification", req.model, "/classify")
         self._limit(len(req.input), '"input"')
         _no_blank(req.input, "input")
-        head = self.heads[name]
+        head = self.head(name, TextClassifier)
         texts = list(req.input)
 
         def classify() -> tuple[Any, int]:
@@ -288,7 +300,7 @@ class TaskRoutes:
     async def rerank(self, request: Any) -> Any:
         req: RerankRequest = await self.parse(request, "/rerank")
         name = self._ranking("/rerank", req.model, req.query, req.texts, "texts")
-        head = self.heads[name]
+        head = self.head(name, TextRanker)
         ranked = await self.run(name, head.rerank, req.query, list(req.texts), raw_scores=req.raw_scores)
         return [{"index": r["index"], "score": r["score"], **({"text": req.texts[r["index"]]} if req.return_text else {})}
                 for r in ranked]
@@ -296,7 +308,7 @@ class TaskRoutes:
     async def cohere_rerank(self, request: Any) -> Any:
         req: CohereRerankRequest = await self.parse(request, "/v2/rerank")
         name = self._ranking("/v2/rerank", req.model, req.query, req.documents, "documents")
-        head = self.heads[name]
+        head = self.head(name, TextRanker)
         documents = list(req.documents)
         if req.max_tokens_per_doc is not None:
             documents = await self.run(name, _cut_documents, head, documents, req.max_tokens_per_doc)
@@ -314,7 +326,7 @@ class TaskRoutes:
         self._limit(len(texts), '"inputs"')
         _no_blank(texts, "inputs")
         p = req.parameters
-        head = self.heads[name]
+        head = self.head(name, TokenClassifier)
         options = {"ignore_labels": p.ignore_labels} if p.ignore_labels is not None else {}
         out = await self.run(name, head.predict, texts, aggregation_strategy=p.aggregation_strategy,
                              stride=p.stride, **options)
@@ -331,7 +343,7 @@ class TaskRoutes:
         _no_blank([i.question for i in items], "question")
         _no_blank([i.context for i in items], "context")
         p = req.parameters
-        head = self.heads[name]
+        head = self.head(name, QuestionAnswerer)
         out = await self.run(name, head.predict, [(i.question, i.context) for i in items], top_k=p.top_k,
                              max_answer_len=p.max_answer_len, doc_stride=p.doc_stride)
         return out[0] if isinstance(req.inputs, QAInput) else out

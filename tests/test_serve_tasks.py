@@ -130,6 +130,8 @@ def test_tei_predict_and_rerank_and_infinity_classify(served):
     assert [r["text"] for r in rerank] == [DOCS[w["index"]] for w in want]
     close([r["score"] for r in rerank], [w["score"] for w in want])
     assert classify["object"] == "classify" and classify["model"] == "paraphrase"
+    tokens = sum(len(ids) for ids, _ in clf.tokenize(["Alice lives in Paris.", "word"]))
+    assert classify["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     want = clf.predict(["Alice lives in Paris.", "word"], top_k=None)
     close([[g["score"] for g in row] for row in classify["data"]], [[w["score"] for w in row] for row in want])
 

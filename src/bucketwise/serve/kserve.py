@@ -138,28 +138,24 @@ class KServeV2:
         self.config, self.service = config, service
         self._outputs: dict[str, list[dict[str, Any]]] = {}
 
-    @property
-    def models(self) -> dict[str, Any]:
-        """Served name -> the model that answers it now (a re-plan swaps it)."""
-        names: dict[str, Any] = self.service.names
-        return names
-
     # -- health and metadata ----------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "bucketwise", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     def ready(self) -> bool:
-        return all(self.service.has_batcher(n) and m.can_serve for n, m in self.models.items())
+        return self.service.ready()
 
     def model(self, name: str, version: str | None = None) -> Any:
-        if name not in self.models:
-            raise Reject(404, f"model {name!r} is not served here; served: {', '.join(sorted(self.models))}",
+        """The model that answers ``name`` now (a re-plan swaps it), read from its record."""
+        rec = self.service.served.get(name)
+        if rec is None:
+            raise Reject(404, f"model {name!r} is not served here; served: {', '.join(sorted(self.service.served))}",
                          reason="unknown_model")
         if version not in (None, VERSION):
             raise Reject(404, f"model {name!r} has no version {version!r}; the one version is {VERSION!r}",
                          reason="unknown_model")
-        return self.models[name]
+        return rec.model
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         model = self.model(name, version)

@@ -220,9 +220,11 @@ class TaskRoutes:
 
     # -- running a head ----------------------------------------------------------------------
 
-    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, name: str, fn: Callable[..., Any], *args: Any, tokens: list[int] | None = None,
+                  **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` (a method of the head ``name``) in a worker thread, its
-        model runs sent through the batcher of that model; its errors as 4xx."""
+        model runs sent through the batcher of that model; its errors as 4xx. ``tokens``,
+        when given, gets the token count of every row the head ran."""
         loop = asyncio.get_running_loop()
         service = self.service
         service.batcher(name)  # 503 while starting, before any work
@@ -232,6 +234,8 @@ class TaskRoutes:
             return await service.batcher(name).submit_many(rows, validated=True)
 
         def through_batcher(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            if tokens is not None:
+                tokens.extend(len(row["input_ids"]) for row in rows)
             return asyncio.run_coroutine_threadsafe(submit(rows), loop).result()
 
         def work() -> Any:
@@ -279,13 +283,10 @@ class TaskRoutes:
         self._limit(len(req.input), '"input"')
         _no_blank(req.input, "input")
         head = self.head(name, TextClassifier)
-        texts = list(req.input)
-
-        def classify() -> tuple[Any, int]:
-            return (head.predict(texts, top_k=None, raw_scores=req.raw_scores),
-                    sum(len(ids) for ids, _ in head.tokenize(texts)))
-
-        out, tokens = await self.run(name, classify)
+        counted: list[int] = []  # the tokens of each text run: the usage, without tokenizing again
+        out = await self.run(name, head.predict, list(req.input), top_k=None, raw_scores=req.raw_scores,
+                             tokens=counted)
+        tokens = sum(counted)
         return {"object": "classify", "data": out, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "id": f"bucketwise-{uuid.uuid4()}", "created": int(time.time())}
 
@@ -327,7 +328,7 @@ class TaskRoutes:
         _no_blank(texts, "inputs")
         p = req.parameters
         head = self.head(name, TokenClassifier)
-        options = {"ignore_labels": p.ignore_labels} if p.ignore_labels is not None else {}
+        options: dict[str, Any] = {"ignore_labels": p.ignore_labels} if p.ignore_labels is not None else {}
         out = await self.run(name, head.predict, texts, aggregation_strategy=p.aggregation_strategy,
                              stride=p.stride, **options)
         return out[0] if isinstance(req.inputs, str) else out

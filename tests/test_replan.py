@@ -27,6 +27,26 @@ def test_expected_padding_counts_each_row_at_its_bucket():
     assert waste == pytest.approx(1 - (4 + 12 + 80) / 120)
 
 
+def start_clients(url, phase, stop, failures, answers, n=6):
+    """``n`` threads posting one text of ``phase["words"]`` words until ``stop``: each
+    failure (status, text) and each answer (tokens sent, embedding) is recorded."""
+
+    def client():
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                words = phase["words"]
+                r = http.post("/v1/embeddings", json={"input": [" ".join(["word"] * words)]})
+                if r.status_code != 200:
+                    failures.append((r.status_code, r.text[:200]))
+                else:
+                    answers.append((words + 2, r.json()["data"][0]["embedding"]))
+
+    workers = [threading.Thread(target=client) for _ in range(n)]
+    for w in workers:
+        w.start()
+    return workers
+
+
 def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
     model = BucketedModel(embed, SPEC, Plan.grid(batch=[1, 4], seq=[8, 32]), warmup_runs=0).compile(progress=False)
     embedder = SentenceEmbedder(model, WordTokenizer())
@@ -40,28 +60,15 @@ def test_traffic_shift_swaps_the_plan_and_no_request_fails(tmp_path):
     model.backend.compile = recording_compile
     config = ServeConfig(replan_every=0.3, replan_min_rows=30, plans_dir=str(tmp_path))
     app = create_app(embedder, config)
-    failures, answers, phase = [], [], {"long": False}
+    failures, answers, phase = [], [], {"words": 2}  # 4 tokens
     stop = threading.Event()
 
     with ThreadServer(app) as server:
         url = f"http://127.0.0.1:{server.port}"
-
-        def client():
-            with httpx.Client(base_url=url, timeout=30) as http:
-                while not stop.is_set():
-                    words = 10 if phase["long"] else 2  # 12 tokens, else 4
-                    r = http.post("/v1/embeddings", json={"input": [" ".join(["word"] * words)]})
-                    if r.status_code != 200:
-                        failures.append((r.status_code, r.text[:200]))
-                    else:
-                        answers.append((words + 2, r.json()["data"][0]["embedding"]))
-
-        workers = [threading.Thread(target=client) for _ in range(6)]
-        for w in workers:
-            w.start()
+        workers = start_clients(url, phase, stop, failures, answers)
         time.sleep(0.6)
         assert embedder.model is model  # short texts fit the plan: no swap
-        phase["long"] = True
+        phase["words"] = 10  # 12 tokens
         deadline = time.time() + 20
         while embedder.model is model and time.time() < deadline:
             time.sleep(0.1)
@@ -312,20 +319,7 @@ def test_three_swaps_under_load_lose_nothing_and_leave_metrics_of_the_live_model
     stop = threading.Event()
     with ThreadServer(app) as server:
         url = f"http://127.0.0.1:{server.port}"
-
-        def client():
-            with httpx.Client(base_url=url, timeout=30) as http:
-                while not stop.is_set():
-                    words = phase["words"]
-                    r = http.post("/v1/embeddings", json={"input": [" ".join(["word"] * words)]})
-                    if r.status_code != 200:
-                        failures.append((r.status_code, r.text[:200]))
-                    else:
-                        answers.append((words + 2, r.json()["data"][0]["embedding"]))
-
-        workers = [threading.Thread(target=client) for _ in range(6)]
-        for w in workers:
-            w.start()
+        workers = start_clients(url, phase, stop, failures, answers)
         for generation, words in ((1, 10), (2, 38), (3, 18)):  # 12, then 40, then 20 tokens
             phase["words"] = words
             deadline = time.time() + 30

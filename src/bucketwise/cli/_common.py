@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +180,24 @@ def image_plan(path: str | None, spec: Any) -> Plan:
         raise ConfigError(f"plan {path!r} buckets the batch, but this model takes one image at a time; "
                           "plan without --batch-sizes")
     return plan
+
+
+def read_models_file(path: str, flag: str, *, required: Sequence[str], allowed: Sequence[str], example: str,
+                     needs: str) -> dict[str, dict[str, Any]]:
+    """The ``{"models": {"NAME": {...}}}`` of a JSON file given with ``flag``: each model's
+    object, holding every ``required`` key and only ``allowed`` ones, else a
+    :class:`ConfigError` naming the flag, the model and what it ``needs``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{flag} {path}: cannot read it as JSON ({err})") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f'{flag} {path}: expected {{"models": {{"NAME": {example}}}}}')
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or any(k not in entry for k in required):
+            raise ConfigError(f"{flag}: model {name!r} needs {needs}")
+        unknown = sorted(set(entry) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{flag}: model {name!r} has unknown keys {unknown}; allowed: {list(allowed)}")
+    return models

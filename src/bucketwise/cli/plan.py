@@ -9,7 +9,7 @@ from typing import Any
 
 from ..backends.base import backend_names
 from ..errors import ConfigError, InputError
-from ._common import add_json_option, printer, sizes, write_json
+from ._common import add_json_option, printer, read_models_file, sizes, write_json
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -229,7 +229,6 @@ JOINT_KEYS = ("traffic", "share", "bytes_per_bucket", "shared_bytes", "k", "batc
 
 def _joint(args: argparse.Namespace, say: Any) -> int:
     """``plan --models FILE --memory-budget B``: every model's plan under one budget."""
-    import json
 
     from ..errors import PlanError
     from ..planning.io import parse_bytes, read_shapes
@@ -239,23 +238,13 @@ def _joint(args: argparse.Namespace, say: Any) -> int:
         raise ConfigError("--models splits one --memory-budget among the models; give it, e.g. --memory-budget 8GB")
     if args.input:
         raise ConfigError("--models reads each model's shapes from its \"traffic\"; give no INPUT")
-    try:
-        spec = json.loads(Path(args.models).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"--models {args.models}: cannot read it as JSON ({err})") from None
-    models = spec.get("models") if isinstance(spec, dict) else None
-    if not isinstance(models, dict) or not models:
-        raise ConfigError(f'--models {args.models}: expected {{"models": {{"NAME": {{"traffic": FILE, '
-                          f'"bytes_per_bucket": BYTES, ...}}}}}}')
+    models = read_models_file(args.models, "--models", required=("traffic", "bytes_per_bucket"), allowed=JOINT_KEYS,
+                              example='{"traffic": FILE, "bytes_per_bucket": BYTES, ...}',
+                              needs='"traffic" (its shapes file) and "bytes_per_bucket"')
     demands = []
     for name, entry in models.items():
-        if not isinstance(entry, dict) or "traffic" not in entry or "bytes_per_bucket" not in entry:
-            raise ConfigError(f"--models: model {name!r} needs \"traffic\" (its shapes file) and \"bytes_per_bucket\"")
-        unknown = sorted(set(entry) - set(JOINT_KEYS))
-        if unknown:
-            raise ConfigError(f"--models: model {name!r} has unknown keys {unknown}; allowed: {list(JOINT_KEYS)}")
         obs = read_shapes(entry["traffic"])
-        options = {k: entry[k] for k in ("batch_sizes", "cap", "grid") if k in entry}
+        options: dict[str, Any] = {k: entry[k] for k in ("batch_sizes", "cap", "grid") if k in entry}
         options.setdefault("grid", args.grid)
         demands.append(ModelDemand(name=name, observed=obs, share=float(entry.get("share", obs.total)),
                                    bytes_per_bucket=parse_bytes(str(entry["bytes_per_bucket"])),

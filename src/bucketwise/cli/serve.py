@@ -4,14 +4,13 @@ KServe v2 over HTTP, for one model or several."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
 from ..planning.io import parse_bytes
-from ._common import add_model_options, backend_options, cache_from_args, image_plan, plan_from_args
+from ._common import add_model_options, backend_options, cache_from_args, image_plan, plan_from_args, read_models_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -229,19 +228,9 @@ def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | Non
             raise ConfigError(f"--model: two models are named {name!r}; name each once (NAME=DIR)")
         entries[name] = {"path": path}
     if args.models_config:
-        try:
-            data = json.loads(Path(args.models_config).read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"--models-config {args.models_config}: cannot read it as JSON ({err})") from None
-        models = data.get("models") if isinstance(data, dict) else None
-        if not isinstance(models, dict) or not models:
-            raise ConfigError(f'--models-config {args.models_config}: expected {{"models": {{"NAME": {{"path": DIR, ...}}}}}}')
+        models = read_models_file(args.models_config, "--models-config", required=("path",), allowed=MODEL_KEYS,
+                                  example='{"path": DIR, ...}', needs='an object with a "path" (its folder)')
         for name, options in models.items():
-            if not isinstance(options, dict) or "path" not in options:
-                raise ConfigError(f"--models-config: model {name!r} needs an object with a \"path\" (its folder)")
-            unknown = sorted(set(options) - set(MODEL_KEYS))
-            if unknown:
-                raise ConfigError(f"--models-config: model {name!r} has unknown keys {unknown}; allowed: {list(MODEL_KEYS)}")
             entries[name] = {**entries.get(name, {}), **options}
     if args.memory_budget and len(entries) < 2:
         raise ConfigError("--memory-budget splits one budget among several models; serve two or more (--model NAME=DIR)")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["NON_BLANK", "Reject", "REJECTION_REASONS", "check_finite", "first_error", "orjson_module"]
+__all__ = ["NON_BLANK", "TEXT_SCHEMA", "TEXT_OR_TEXTS_SCHEMA", "Reject", "REJECTION_REASONS", "check_finite", "first_error", "orjson_module"]
 
 # A character that is not white space as str.isspace() says, which is how the server tells a
 # blank text (ECMA's \S, which JSON Schema's patterns use, counts \x1c-\x1f and \x85 as text).
 NON_BLANK = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+# A text with a non-space character; one of them, or a list of at least one.
+TEXT_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": NON_BLANK}
+TEXT_OR_TEXTS_SCHEMA: dict[str, Any] = {"anyOf": [TEXT_SCHEMA, {"type": "array", "minItems": 1, "items": TEXT_SCHEMA}]}
 
 REJECTION_REASONS = {400: None, 401: "auth", 408: "timeout", 413: "too_large", 415: "content_type",
                      429: "rate", 503: "queue_full"}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
-from ._common import NON_BLANK, Reject, check_finite, first_error, orjson_module
+from ._common import TEXT_OR_TEXTS_SCHEMA, Reject, check_finite, first_error, orjson_module
 
 if TYPE_CHECKING:
     from ..models.text import SentenceEmbedder
@@ -32,9 +32,7 @@ class EmbeddingsRequest(BaseModel):
 
     # The schema says what parse_texts accepts (a text with a non-space character; a list of
     # 1 to max_texts of them; create_app sets maxItems), so clients and fuzzers see the rule.
-    input: str | list[str] = Field(description="a text, or a list of texts (1 to max_texts)", json_schema_extra={
-        "anyOf": [{"type": "string", "minLength": 1, "pattern": NON_BLANK},
-                  {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": NON_BLANK}}]})
+    input: str | list[str] = Field(description="a text, or a list of texts (1 to max_texts)", json_schema_extra=TEXT_OR_TEXTS_SCHEMA)
     model: str | None = Field(None, description="the served model's name (GET /v1/models) or a documented alias")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded")

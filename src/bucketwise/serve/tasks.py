@@ -34,7 +34,7 @@ from pydantic.config import JsonDict
 from ..errors import BucketOverflowError, ConfigError, InputError, QueueFullError
 from ..models.frontend import run_through
 from ..models.heads import QuestionAnswerer, TextClassifier, TextRanker, TokenClassifier
-from ._common import NON_BLANK, Reject, first_error
+from ._common import NON_BLANK, TEXT_OR_TEXTS_SCHEMA, TEXT_SCHEMA, Reject, first_error
 from .openai import load_json
 
 if TYPE_CHECKING:
@@ -65,16 +65,10 @@ def _whole_number(value: Any) -> Any:
 Count = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_whole_number)]  # a whole number, at least 1
 Overlap = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_whole_number)]  # a whole number, at least 0
 
-_TEXT: JsonDict = {"minLength": 1, "pattern": NON_BLANK}  # a string with a non-space character
-_TEXTS: JsonDict = {"items": {"type": "string", "minLength": 1, "pattern": NON_BLANK}}
-_TEXT_OR_TEXTS: JsonDict = {"anyOf": [{"type": "string", "minLength": 1, "pattern": NON_BLANK},
-                                      {"type": "array", "minItems": 1,
-                                       "items": {"type": "string", "minLength": 1, "pattern": NON_BLANK}}]}
-_PREDICT_INPUTS: JsonDict = {"anyOf": [
-    {"type": "string", "minLength": 1, "pattern": NON_BLANK},
-    {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": NON_BLANK}},
-    {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "maxItems": 2,
-                                               "items": {"type": "string", "minLength": 1, "pattern": NON_BLANK}}}]}
+_TEXT: JsonDict = {"minLength": 1, "pattern": NON_BLANK}  # a string field with a non-space character
+_TEXTS: JsonDict = {"items": TEXT_SCHEMA}
+_PREDICT_INPUTS: JsonDict = {"anyOf": [*TEXT_OR_TEXTS_SCHEMA["anyOf"], {
+    "type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "maxItems": 2, "items": TEXT_SCHEMA}}]}
 
 
 class _Body(BaseModel):
@@ -133,7 +127,7 @@ class TokenParameters(BaseModel):
 class TokenRequest(_Body):
     """Hugging Face's token-classification payload."""
 
-    inputs: str | list[str] = Field(json_schema_extra=_TEXT_OR_TEXTS)
+    inputs: str | list[str] = Field(json_schema_extra=TEXT_OR_TEXTS_SCHEMA)
     parameters: TokenParameters = TokenParameters.model_validate({})
 
 

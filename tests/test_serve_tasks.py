@@ -329,6 +329,7 @@ def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, caps
     import json
 
     from bucketwise.cli import build_parser, main
+    from bucketwise.cli._common import cache_from_args
     from bucketwise.cli.serve import _served_entries, _split_budget
 
     with warnings.catch_warnings():
@@ -349,7 +350,7 @@ def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, caps
     args = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
                                       "--batch-sizes", "1", "--cache-dir", str(cache)])
     capsys.readouterr()
-    joint = _split_budget(args, _served_entries(args))
+    joint = _split_budget(args, _served_entries(args), cache_from_args(args))
     plans = joint.plans
     out = capsys.readouterr().out
     assert joint.room_for("clf") == 2 * 10**9 - joint.choices["rank"].memory  # what a re-plan of clf may hold
@@ -358,4 +359,4 @@ def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, caps
     empty = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
                                        "--cache-dir", str(tmp_path / "empty")])
     with pytest.raises(Exception, match="needs its memory per bucket"):
-        _split_budget(empty, _served_entries(empty))
+        _split_budget(empty, _served_entries(empty), cache_from_args(empty))

@@ -259,7 +259,7 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
 
     heads = {}
     cache = cache_from_args(args, fallback=True)
-    args.joint = _split_budget(args, entries) if args.memory_budget else None
+    args.joint = _split_budget(args, entries, cache) if args.memory_budget else None
     planned = args.joint.plans if args.joint is not None else {}
     for name, entry in entries.items():
         task = folder_task(model_dir(entry["path"])).check(entry.get("task"))
@@ -278,11 +278,11 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
     return heads
 
 
-def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> Any:
+def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]], cache: Any) -> Any:
     """Each model's plan under one --memory-budget (planning.joint.split_budget), printed as a
-    table: its buckets, memory and expected cost."""
-    from ..models.encoders import encoder_info, load_default_tokenizer, model_dir
+    table: its buckets, memory and expected cost. ``cache`` holds the buckets measured."""
     from ..models.frontend import DEFAULT_BATCH_SIZES, FINE_BATCH_SIZES, length_free
+    from ..models.tasks import text_model_parts
     from ..planning.io import read_shapes
     from ..planning.joint import ModelDemand, split_budget
 
@@ -299,13 +299,15 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) 
             raise ConfigError(f"--memory-budget: model {name!r} needs its traffic (\"traffic\": FILE in --models-config, or "
                               f"the file --traffic-file wrote for it)")
         obs = read_shapes(traffic)
-        folder = model_dir(entry["path"])
         backend = entry.get("backend", args.backend)
+        # The folder's configuration only (never its weights): its longest input, and its
+        # cache identity for the sizes measured.
+        module, _, spec, _ = text_model_parts(backend, entry["path"], entry.get("task"))
         if "bytes_per_bucket" not in entry:
-            entry = {**entry, **_measured_memory(args, name, entry, backend)}
+            entry = {**entry, **_measured_memory(cache, name, entry, backend, module, spec)}
         batches = entry.get("batch_sizes") or args.batch_sizes or \
             list(FINE_BATCH_SIZES if length_free(backend) else DEFAULT_BATCH_SIZES)
-        longest = encoder_info(folder, load_default_tokenizer(folder)).max_length
+        longest = spec.meta["encoder"].max_length
         demands.append(ModelDemand(name=name, observed=obs, share=float(entry.get("share", obs.total)),
                                    bytes_per_bucket=parse_bytes(str(entry["bytes_per_bucket"])),
                                    shared_bytes=parse_bytes(str(entry.get("shared_bytes", 0))),
@@ -317,16 +319,14 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) 
     return joint
 
 
-def _measured_memory(args: argparse.Namespace, name: str, entry: dict[str, Any], backend: str) -> dict[str, Any]:
-    """``bytes_per_bucket`` and ``shared_bytes`` of a model as its cache entries measured
-    them (the largest bucket, and what its buckets share once)."""
-    from ..models.tasks import text_model_parts
+def _measured_memory(cache: Any, name: str, entry: dict[str, Any], backend: str, module: Any, spec: Any
+                     ) -> dict[str, Any]:
+    """``bytes_per_bucket`` and ``shared_bytes`` of a model (``module`` and ``spec``) as its
+    cache entries measured them (the largest bucket, and what its buckets share once)."""
     from ..runtime.cache import fingerprint
     from ..runtime.memory import format_bytes
 
-    cache = cache_from_args(args, fallback=True)
     if cache is not None:
-        module, _, spec, _ = text_model_parts(backend, entry["path"], entry.get("task"))
         largest, count, shared = cache.largest_resident(model=fingerprint(module, spec), backend=backend)
         if largest is not None:
             print(f"memory   {name}: {format_bytes(largest)} per bucket, {format_bytes(shared)} shared, as "

@@ -152,12 +152,12 @@ def run(args: argparse.Namespace) -> int:
                          replan_compile_budget=args.replan_compile_budget, replan_memory_budget=replan_memory,
                          replan_build_share=args.replan_build_share)
     if several:
-        heads = _load_heads(args, entries or {})
+        heads, joint = _load_heads(args, entries or {})
         app = create_app(None, config, heads=heads)
-        if args.joint is not None:
+        if joint is not None:
             # A re-plan of one model holds at most what the others' plans leave of the budget.
             for replanner in app.state.service.replanners:
-                room = args.joint.room_for(replanner.name)
+                room = joint.room_for(replanner.name)
                 replanner.memory_budget = room if replanner.memory_budget is None else min(room, replanner.memory_budget)
         models = [h.model for h in heads.values()]
         drain = args.drain_timeout if args.drain_timeout is not None else \
@@ -250,17 +250,18 @@ def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | Non
     return entries
 
 
-def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Any]:
     """Each entry's head, compiled: its task from its folder (or its "task"), its options
-    from the entry, else from the flags."""
+    from the entry, else from the flags; and with --memory-budget, the split that chose
+    their plans (else None)."""
     from ..models.encoders import model_dir
     from ..models.tasks import folder_task, head_class
     from ..models.text import text_plan
 
     heads = {}
     cache = cache_from_args(args, fallback=True)
-    args.joint = _split_budget(args, entries, cache) if args.memory_budget else None
-    planned = args.joint.plans if args.joint is not None else {}
+    joint = _split_budget(args, entries, cache) if args.memory_budget else None
+    planned = joint.plans if joint is not None else {}
     for name, entry in entries.items():
         task = folder_task(model_dir(entry["path"])).check(entry.get("task"))
         backend = entry.get("backend", args.backend)
@@ -275,7 +276,7 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
                                                progress=not args.no_progress, model=entry["path"], cache=cache,
                                                lazy=args.lazy, backend_options=options,
                                                build_in_child=cache is not None and not args.lazy)
-    return heads
+    return heads, joint
 
 
 def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]], cache: Any) -> Any:

@@ -31,7 +31,7 @@ from _common import RESULTS, SHARED_DATA, save, table
 from bucketwise.costs import PolynomialCost
 from bucketwise.data import read_mrpc
 from bucketwise.models.text import load_default_tokenizer
-from bucketwise.planning.joint import ModelDemand, equal_split, split_budget
+from bucketwise.planning.joint import ModelDemand, equal_split, plan_choices, split_budget
 
 MiB = 2**20
 BUDGETS_MIB = (720, 900, 1200, 1600, 2400)
@@ -52,9 +52,10 @@ def main() -> int:
         ModelDemand("classify", pair_lengths, 0.05, 60 * MiB, 172 * MiB, max_k=12, options={"cost": large, "grid": 8}),
     ]
     rows, out = [], []
+    choices = plan_choices(demands)  # every model's plan for each k, once for all budgets
     for budget in BUDGETS_MIB:
-        joint = split_budget(demands, budget * MiB)
-        equal = equal_split(demands, budget * MiB)
+        joint = split_budget(demands, budget * MiB, choices=choices)
+        equal = equal_split(demands, budget * MiB, choices=choices)
         ks = lambda p: "/".join(str(ch.k) for ch in p.choices.values())  # noqa: E731
         rows.append([budget, ks(joint), f"{joint.expected_cost:.3f}", f"{joint.memory / MiB:.0f}", ks(equal),
                      f"{equal.expected_cost:.3f}", f"{equal.memory / MiB:.0f}", f"{equal.expected_cost / joint.expected_cost:.3f}"])

@@ -232,7 +232,7 @@ def _joint(args: argparse.Namespace, say: Any) -> int:
 
     from ..errors import PlanError
     from ..planning.io import parse_bytes, read_shapes
-    from ..planning.joint import ModelDemand, equal_split, split_budget
+    from ..planning.joint import ModelDemand, equal_split, plan_choices, split_budget
 
     if not args.memory_budget:
         raise ConfigError("--models splits one --memory-budget among the models; give it, e.g. --memory-budget 8GB")
@@ -251,12 +251,13 @@ def _joint(args: argparse.Namespace, say: Any) -> int:
                                    shared_bytes=parse_bytes(str(entry.get("shared_bytes", 0))),
                                    max_k=int(entry.get("k", args.k or 8)), options=options))
     budget = parse_bytes(args.memory_budget)
-    joint = split_budget(demands, budget)
+    choices = plan_choices(demands)  # planned once, for the split and the comparison
+    joint = split_budget(demands, budget, choices=choices)
     say(f"planned  one budget of {budget / 2**20:.0f} MiB across {len(demands)} models")
     say(joint)
     equal = None
     try:
-        equal = equal_split(demands, budget)
+        equal = equal_split(demands, budget, choices=choices)
     except PlanError as err:  # the comparison only: an equal part may hold nothing
         say(f"equal    an equal split cannot serve every model: {err}")
     if equal is not None:

@@ -24,11 +24,11 @@ from typing import Any
 
 from ..errors import PlanError
 from ..plans import Plan
-from .observe import Observations, observe
+from .observe import observe
 from .planner import plan
 from .report import report
 
-__all__ = ["ModelDemand", "JointPlan", "split_budget", "equal_split"]
+__all__ = ["ModelDemand", "JointPlan", "Choice", "plan_choices", "split_budget", "equal_split"]
 
 
 @dataclass(frozen=True)
@@ -125,28 +125,37 @@ def _choices(demand: ModelDemand) -> list[Choice]:
     return out
 
 
-def split_budget(demands: Sequence[ModelDemand], memory_budget: float, *, unit: float = 2**20) -> JointPlan:
+def plan_choices(demands: Sequence[ModelDemand]) -> dict[str, list[Choice]]:
+    """Each model's plan for every k it can use: what a split chooses from. Plan them once
+    and pass them to :func:`split_budget` and :func:`equal_split` to try several budgets."""
+    return {d.name: _choices(d) for d in demands}
+
+
+def split_budget(demands: Sequence[ModelDemand], memory_budget: float, *, unit: float = 2**20,
+                 choices: Mapping[str, list[Choice]] | None = None) -> JointPlan:
     """Every model's plan under one ``memory_budget`` (bytes), minimising the expected cost
-    per request over the traffic mix. Raises :class:`PlanError` when even one bucket per
-    model does not fit, naming what the smallest plans need."""
+    per request over the traffic mix (``choices``: :func:`plan_choices`, planned here when
+    not given). Raises :class:`PlanError` when even one bucket per model does not fit,
+    naming what the smallest plans need."""
     shares = _shares(demands)
-    options = {d.name: _choices(d) for d in demands}
-    return _best(options, shares, memory_budget, unit)
+    return _best(choices or plan_choices(demands), shares, memory_budget, unit)
 
 
-def equal_split(demands: Sequence[ModelDemand], memory_budget: float) -> JointPlan:
+def equal_split(demands: Sequence[ModelDemand], memory_budget: float, *,
+                choices: Mapping[str, list[Choice]] | None = None) -> JointPlan:
     """The comparison: each model sized alone within an equal part of the budget (what
     planning each model by itself gives)."""
     shares = _shares(demands)
+    options = choices or plan_choices(demands)
     part = memory_budget / len(demands)
-    choices = {}
+    chosen = {}
     for d in demands:
-        fitting = [c for c in _choices(d) if c.memory <= part]
+        fitting = [c for c in options[d.name] if c.memory <= part]
         if not fitting:
-            raise PlanError(f"model {d.name!r}: one bucket needs {_choices(d)[0].memory / 2**20:.0f} MiB, more than an "
-                            f"equal part of the budget ({part / 2**20:.0f} MiB)")
-        choices[d.name] = min(fitting, key=lambda c: c.expected_cost)
-    return JointPlan(choices, shares, memory_budget)
+            raise PlanError(f"model {d.name!r}: one bucket needs {options[d.name][0].memory / 2**20:.0f} MiB, more than "
+                            f"an equal part of the budget ({part / 2**20:.0f} MiB)")
+        chosen[d.name] = min(fitting, key=lambda c: c.expected_cost)
+    return JointPlan(chosen, shares, memory_budget)
 
 
 def _shares(demands: Sequence[ModelDemand]) -> dict[str, float]:
@@ -187,9 +196,3 @@ def _best(options: Mapping[str, list[Choice]], shares: Mapping[str, float], budg
     picked = min(best, key=lambda t: t[0])[1]
     choices = {n: options[n][i] for n, i in zip(options, picked)}
     return JointPlan(choices, dict(shares), budget)
-
-
-def demand_from_traffic(name: str, observations: Observations, **kwargs: Any) -> ModelDemand:
-    """A model's demand with its share of the requests taken from its traffic: the number of
-    inputs it served (``observations.total``)."""
-    return ModelDemand(name=name, observed=observations, share=observations.total, **kwargs)

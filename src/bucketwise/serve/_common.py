@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NON_BLANK", "TEXT_SCHEMA", "TEXT_OR_TEXTS_SCHEMA", "Reject", "REJECTION_REASONS", "check_finite", "first_error", "orjson_module"]
+__all__ = ["NON_BLANK", "TEXT_SCHEMA", "TEXT_OR_TEXTS_SCHEMA", "Reject", "REJECTION_REASONS", "check_finite", "first_error",
+           "no_blank", "orjson_module", "pick_model"]
 
 # A character that is not white space as str.isspace() says, which is how the server tells a
 # blank text (ECMA's \S, which JSON Schema's patterns use, counts \x1c-\x1f and \x85 as text).
@@ -39,6 +41,44 @@ def first_error(err: Any) -> tuple[str, dict[str, Any]]:
     ``"body"``), and pydantic's record of it."""
     first = err.errors()[0]
     return ".".join(str(p) for p in first["loc"]) or "body", first
+
+
+def pick_model(name: Any, *, of_task: Collection[str], served: Collection[str], task: str, route: str,
+               default: str | None = None, aliases: Mapping[str, str] | None = None) -> str:
+    """The served name that answers ``route``: the body's ``model`` (a name of ``of_task``,
+    the models that run ``task``, or one of its ``aliases``); with none named, ``default``
+    when it runs the task, else the one model of the task. Every route picks here, so a
+    wrong name gets the same answer everywhere: 404 naming what is served, or what runs
+    the task where the name runs another."""
+    aliases = aliases or {}
+    if name is None:
+        if default in of_task:
+            return default  # type: ignore[return-value]
+        if len(of_task) == 1:
+            return next(iter(of_task))
+        raise Reject(400, f'{route} serves {len(of_task)} {task} models here ({", ".join(map(repr, sorted(of_task)))}); '
+                          'name one in "model"', param="model")
+    if not isinstance(name, str):
+        raise Reject(400, f'"model" must be a string naming a served model, got {name!r:.80}', param="model")
+    name = aliases.get(name, name)
+    if name in of_task:
+        return name
+    if name in served:
+        raise Reject(404, f"model {name!r} does not run {task}, which {route} needs; models of that task: "
+                          f"{', '.join(map(repr, sorted(of_task))) or 'none'}", param="model", code="model_not_found",
+                     reason="model")
+    raise Reject(404, f"model {name!r} is not served here; served: {', '.join(map(repr, sorted(served))) or 'none'}"
+                 + (f" (also accepted: {', '.join(map(repr, sorted(aliases)))})" if aliases else ""),
+                 param="model", code="model_not_found", reason="model")
+
+
+def no_blank(texts: Sequence[str], what: str) -> None:
+    """Refuse (400) a text with no non-space character: ``what`` names the field, and the
+    message the first blank one (``"input"[2]``) where the field holds several."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            where = f'"{what}"' if len(texts) == 1 else f'"{what}"[{i}]'
+            raise Reject(400, f"{where} is empty; every text needs at least one non-space character", param=what)
 
 
 def check_finite(rows: Any, what: str) -> None:

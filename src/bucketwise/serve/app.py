@@ -48,6 +48,8 @@ from ._common import Reject
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from ..runtime.model import BucketedModel
 
 __all__ = ["OPEN_PATHS", "ServeConfig", "Served", "Service", "create_app"]
@@ -307,14 +309,14 @@ class Service:
         return not (path == "/metrics" and self.config.metrics_without_key)
 
     @staticmethod
-    def check_content_type(request: Any, allowed: tuple[str, ...]) -> None:
+    def check_content_type(request: "Request", allowed: tuple[str, ...]) -> None:
         # Browsers send text/plain and form bodies cross-site without asking: refuse them.
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in allowed:
             shown = " or ".join(a or "none" for a in allowed)
             raise Reject(415, f"content-type must be {shown}, got {ctype or 'none'!r}")
 
-    async def read_body(self, request: Any, limit: int) -> bytes:
+    async def read_body(self, request: "Request", limit: int) -> bytes:
         """The body, read in chunks and refused (413) as soon as it passes ``limit``,
         whether or not a Content-Length announced it; 408 when the client takes longer
         than ``request_timeout`` to send it."""
@@ -467,7 +469,8 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
                       build_share=config.replan_build_share, name=name)
             for name, head in text_models.items()]
     v2 = KServeV2(config, service)
-    app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None)
+    # /openapi.json is served below: the schema may need the embedding size, one probe run off the loop.
+    app = fastapi.FastAPI(title="bucketwise", lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Edge, service=service)  # type: ignore[arg-type]
     errors = {s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 415, 503)}
     v2_errors = {s: {"model": V2Error} for s in (400, 401, 404, 408, 413, 415, 503)}
@@ -634,6 +637,14 @@ def create_app(embedder: Any = None, config: ServeConfig = ServeConfig(), *,
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> Any:
+        if app.openapi_schema is None and embedders:
+            # An embedding size not yet learned from an answer takes one probe run: in a
+            # worker thread, so the event loop keeps serving meanwhile.
+            await asyncio.to_thread(lambda: [e.embedding_size() for e in openai.by_name.values()])
+        return JSONResponse(app.openapi())
     app.state.service = service  # its batchers, metrics and drain (serve/server.py)
     return app
 

@@ -29,6 +29,8 @@ from ._common import Reject, check_finite, first_error, orjson_module
 from .openai import load_json
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from .app import ServeConfig, Service
 
 __all__ = ["DATATYPES", "InferenceRequest", "KServeV2", "datatype_of"]
@@ -172,7 +174,7 @@ class KServeV2:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def infer(self, name: str, request: Any, version: str | None = None) -> tuple[bytes, dict[str, str]]:
+    async def infer(self, name: str, request: Request, version: str | None = None) -> tuple[bytes, dict[str, str]]:
         """The response body and its headers (JSON, or JSON and binary outputs)."""
         model = self.model(name, version)
         # No Content-Type is what non-browser clients send (tritonclient), and also what a

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BucketOverflowError, InputError, QueueFullError
-from ._common import TEXT_OR_TEXTS_SCHEMA, Reject, check_finite, first_error, orjson_module
+from ._common import TEXT_OR_TEXTS_SCHEMA, Reject, check_finite, first_error, no_blank, orjson_module, pick_model
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from ..models.text import SentenceEmbedder
     from .app import ServeConfig, Service
 
@@ -119,9 +121,7 @@ def parse_texts(body: bytes, config: Any, payload: Any = None) -> tuple[Embeddin
         raise Reject(400, '"input" is empty; send at least one string', param="input")
     if len(texts) > config.max_texts:
         raise Reject(413, f'"input" holds {len(texts)} texts; the limit is {config.max_texts} per request', param="input")
-    empty = next((i for i, t in enumerate(texts) if not t.strip()), None)
-    if empty is not None:
-        raise Reject(400, f'"input"[{empty}] is empty; every text needs at least one non-space character', param="input")
+    no_blank(texts, "input")
     for i, t in enumerate(texts):
         try:
             t.encode("utf-8")
@@ -174,28 +174,11 @@ class OpenAIRoutes:
 
     def pick(self, name: Any) -> OpenAIEmbeddings:
         """The embedder ``name`` (a served name or alias), or with none named the default:
-        the server's model name, or its one embedder. 404 naming what is served otherwise."""
-        if name is None:
-            if self.config.model_name in self.by_name:
-                return self.by_name[self.config.model_name]
-            if len(self.by_name) == 1:
-                return next(iter(self.by_name.values()))
-            raise Reject(400, f'this server embeds with {len(self.by_name)} models ({", ".join(map(repr, self.by_name))}); '
-                              'name one in "model"', param="model")
-        if not isinstance(name, str):
-            raise Reject(400, f'"model" must be a string naming a served model, got {name!r:.80}', param="model")
-        name = self.aliases.get(name, name)
-        if name in self.by_name:
-            return self.by_name[name]
-        served = ", ".join(map(repr, self.service.names))
-        if name in self.service.names:
-            raise Reject(404, f"The model {name!r} does not embed: it runs another task. Embedders here: "
-                              f"{', '.join(map(repr, self.by_name))}", param="model", code="model_not_found")
-        raise Reject(404, f"The model {name!r} is not served here; served: {served}"
-                     + (f" (also accepted: {', '.join(map(repr, self.aliases))})" if self.aliases else ""),
-                     param="model", code="model_not_found")
+        the server's model name, or its one embedder (:func:`pick_model`)."""
+        return self.by_name[pick_model(name, of_task=self.by_name, served=self.service.names, task="feature-extraction",
+                                       route="/v1/embeddings", default=self.config.model_name, aliases=self.aliases)]
 
-    async def embeddings(self, request: Any) -> dict[str, Any]:
+    async def embeddings(self, request: Request) -> dict[str, Any]:
         self.service.check_content_type(request, ("application/json",))
         body = await self.service.read_body(request, self.config.max_body_bytes)
         payload = load_json(body)

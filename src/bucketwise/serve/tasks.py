@@ -34,10 +34,12 @@ from pydantic.config import JsonDict
 from ..errors import BucketOverflowError, ConfigError, InputError, QueueFullError
 from ..models.frontend import run_through
 from ..models.heads import QuestionAnswerer, TextClassifier, TextRanker, TokenClassifier
-from ._common import NON_BLANK, TEXT_OR_TEXTS_SCHEMA, TEXT_SCHEMA, Reject, first_error
+from ._common import NON_BLANK, TEXT_OR_TEXTS_SCHEMA, TEXT_SCHEMA, Reject, first_error, no_blank, pick_model
 from .openai import load_json
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from ..models.frontend import TextModel
     from .app import Service
 
@@ -195,22 +197,9 @@ class TaskRoutes:
 
     def pick(self, task: str, name: str | None, route: str) -> str:
         """The served name of the model that answers ``route``: the body's ``model``, or the
-        one model of ``task``. 404 naming the models served otherwise."""
-        of_task = sorted(n for n, h in self.heads.items() if h.task == task)
-        if name is not None:
-            if name in self.heads and self.heads[name].task == task:
-                return name
-            served = ", ".join(repr(n) for n in sorted(self.service.names)) or "none"
-            if name in self.heads or name in self.service.names:
-                raise Reject(404, f"model {name!r} does not run {task}, which {route} needs; models of that task: "
-                                  f"{', '.join(map(repr, of_task)) or 'none'}", "not_found", param="model",
-                             code="model_not_found", reason="model")
-            raise Reject(404, f"model {name!r} is not served here; served: {served}", "not_found", param="model",
-                         code="model_not_found", reason="model")
-        if len(of_task) == 1:
-            return of_task[0]
-        raise Reject(400, f'{route} serves {len(of_task)} {task} models here ({", ".join(map(repr, of_task))}); '
-                          'name one in "model"', param="model")
+        one model of ``task`` (:func:`pick_model`)."""
+        return pick_model(name, of_task=[n for n, h in self.heads.items() if h.task == task], served=self.service.names,
+                          task=task, route=route)
 
     # -- running a head ----------------------------------------------------------------------
 
@@ -245,7 +234,7 @@ class TaskRoutes:
         except (InputError, ConfigError) as err:
             raise Reject(400, str(err)) from None
 
-    async def parse(self, request: Any, route: str) -> Any:
+    async def parse(self, request: Request, route: str) -> Any:
         self.service.check_content_type(request, ("application/json",))
         body = await self.service.read_body(request, self.max_body_bytes)
         payload = load_json(body)
@@ -262,7 +251,7 @@ class TaskRoutes:
 
     # -- the routes ----------------------------------------------------------------------------
 
-    async def predict(self, request: Any) -> Any:
+    async def predict(self, request: Request) -> Any:
         req: PredictRequest = await self.parse(request, "/predict")
         name = self.pick("text-classification", req.model, "/predict")
         inputs, single = _tei_inputs(req.inputs)
@@ -271,11 +260,11 @@ class TaskRoutes:
         out = await self.run(name, head.predict, inputs, top_k=None, raw_scores=req.raw_scores)
         return out[0] if single else out
 
-    async def classify(self, request: Any) -> Any:
+    async def classify(self, request: Request) -> Any:
         req: ClassifyRequest = await self.parse(request, "/classify")
         name = self.pick("text-classification", req.model, "/classify")
         self._limit(len(req.input), '"input"')
-        _no_blank(req.input, "input")
+        no_blank(req.input, "input")
         head = self.head(name, TextClassifier)
         counted: list[int] = []  # the tokens of each text run: the usage, without tokenizing again
         out = await self.run(name, head.predict, list(req.input), top_k=None, raw_scores=req.raw_scores,
@@ -288,11 +277,11 @@ class TaskRoutes:
         """The ranking model a request names, its query and documents checked."""
         name = self.pick("text-ranking", model, route)
         self._limit(len(documents), f'"{field}"')
-        _no_blank([query], "query")
-        _no_blank(documents, field)
+        no_blank([query], "query")
+        no_blank(documents, field)
         return name
 
-    async def rerank(self, request: Any) -> Any:
+    async def rerank(self, request: Request) -> Any:
         req: RerankRequest = await self.parse(request, "/rerank")
         name = self._ranking("/rerank", req.model, req.query, req.texts, "texts")
         head = self.head(name, TextRanker)
@@ -300,7 +289,7 @@ class TaskRoutes:
         return [{"index": r["index"], "score": r["score"], **({"text": req.texts[r["index"]]} if req.return_text else {})}
                 for r in ranked]
 
-    async def cohere_rerank(self, request: Any) -> Any:
+    async def cohere_rerank(self, request: Request) -> Any:
         req: CohereRerankRequest = await self.parse(request, "/v2/rerank")
         name = self._ranking("/v2/rerank", req.model, req.query, req.documents, "documents")
         head = self.head(name, TextRanker)
@@ -314,12 +303,12 @@ class TaskRoutes:
         return {"id": str(uuid.uuid4()), "results": results,
                 "meta": {"api_version": {"version": "2"}}}
 
-    async def token_classification(self, request: Any) -> Any:
+    async def token_classification(self, request: Request) -> Any:
         req: TokenRequest = await self.parse(request, "/token-classification")
         name = self.pick("token-classification", req.model, "/token-classification")
         texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
         self._limit(len(texts), '"inputs"')
-        _no_blank(texts, "inputs")
+        no_blank(texts, "inputs")
         p = req.parameters
         head = self.head(name, TokenClassifier)
         options: dict[str, Any] = {"ignore_labels": p.ignore_labels} if p.ignore_labels is not None else {}
@@ -327,7 +316,7 @@ class TaskRoutes:
                              stride=p.stride, **options)
         return out[0] if isinstance(req.inputs, str) else out
 
-    async def question_answering(self, request: Any) -> Any:
+    async def question_answering(self, request: Request) -> Any:
         req: QARequest = await self.parse(request, "/question-answering")
         name = self.pick("question-answering", req.model, "/question-answering")
         items = [req.inputs] if isinstance(req.inputs, QAInput) else list(req.inputs)
@@ -335,8 +324,8 @@ class TaskRoutes:
             raise Reject(400, '"inputs" is an empty list; send {"question": ..., "context": ...} or a list of them',
                          param="inputs")
         self._limit(len(items), '"inputs"')
-        _no_blank([i.question for i in items], "question")
-        _no_blank([i.context for i in items], "context")
+        no_blank([i.question for i in items], "question")
+        no_blank([i.context for i in items], "context")
         p = req.parameters
         head = self.head(name, QuestionAnswerer)
         out = await self.run(name, head.predict, [(i.question, i.context) for i in items], top_k=p.top_k,
@@ -349,12 +338,12 @@ def _tei_inputs(inputs: Any) -> tuple[list[Any], bool]:
     ["a"] or ["a", "b", "c"] a batch of texts; [["a", "b"], ...] a batch of pairs (or of
     one-text lists). Returns (inputs, whether one input was sent)."""
     if isinstance(inputs, str):
-        _no_blank([inputs], "inputs")
+        no_blank([inputs], "inputs")
         return [inputs], True
     if not inputs:
         raise Reject(400, '"inputs" is an empty list; send a text, a pair, or a list of them', param="inputs")
     if all(isinstance(x, str) for x in inputs):
-        _no_blank(inputs, "inputs")
+        no_blank(inputs, "inputs")
         if len(inputs) == 2:
             return [(inputs[0], inputs[1])], True
         return list(inputs), False
@@ -363,16 +352,9 @@ def _tei_inputs(inputs: Any) -> tuple[list[Any], bool]:
         if not isinstance(item, list) or len(item) not in (1, 2):
             raise Reject(400, f'"inputs"[{i}] must be a text or a pair ["text", "text_pair"], got {item!r:.80}',
                          param="inputs")
-        _no_blank(item, f"inputs[{i}]")
+        no_blank(item, f"inputs[{i}]")
         out.append(item[0] if len(item) == 1 else (item[0], item[1]))
     return out, False
-
-
-def _no_blank(texts: Any, what: str) -> None:
-    for i, t in enumerate(texts):
-        if not t.strip():
-            where = what if len(texts) == 1 else f"{what}[{i}]"
-            raise Reject(400, f'"{where}" is empty; every text needs at least one non-space character', param=what)
 
 
 def _cut_documents(head: Any, documents: list[str], max_tokens: int) -> list[str]:

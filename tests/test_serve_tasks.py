@@ -86,7 +86,7 @@ def test_openai_sdk_embeds_beside_the_other_models(served):
     assert listed == {"all-MiniLM-L6-v2", "paraphrase", "ranker", "ner", "qa"}
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.embeddings.create(model="nope", input="a text")
-    with pytest.raises(openai.NotFoundError, match="does not embed"):
+    with pytest.raises(openai.NotFoundError, match="does not run feature-extraction"):
         client.embeddings.create(model="ranker", input="a text")
 
 
@@ -198,9 +198,14 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
         warnings.simplefilter("ignore")
         clf = te.build_head("bert", "text-classification", tmp_path)
         ranker = te.build_head("roberta", "text-ranking", tmp_path)
+    image_plan = tmp_path / "image_plan.json"
+    Plan.grid(height=[64], width=[64]).save(image_plan)
     config = tmp_path / "models.json"
     config.write_text(json.dumps({"models": {"rerank": {"path": str(ranker), "overflow": "truncate",
-                                                        "batch_sizes": [1, 4], "seq_sizes": [16, te.MAX_SEQ_LENGTH]}}}))
+                                                        "batch_sizes": [1, 4], "seq_sizes": [16, te.MAX_SEQ_LENGTH]},
+                                             # An image model beside the text models, over KServe v2.
+                                             "img": {"path": "mobilenet_v3_small", "backend": "eager",
+                                                     "plan": str(image_plan)}}}))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bucketwise.cli", "serve", "--port", str(port), "--no-cache",
                              "--no-progress", "--model", f"mrpc={clf}", "--models-config", str(config),
@@ -216,7 +221,16 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.2)
         listed = httpx.get(f"{url}/v1/models").json()
-        assert sorted(m["id"] for m in listed["data"]) == ["mrpc", "rerank"]
+        assert sorted(m["id"] for m in listed["data"]) == ["img", "mrpc", "rerank"]
+        meta = httpx.get(f"{url}/v2/models/img").json()
+        (image_input,) = meta["inputs"]
+        pixels = np.random.default_rng(0).random((1, 3, 50, 60), dtype=np.float32)
+        inferred = httpx.post(f"{url}/v2/models/img/infer", json={"inputs": [
+            {"name": image_input["name"], "shape": list(pixels.shape), "datatype": "FP32",
+             "data": pixels.ravel().tolist()}]})
+        assert inferred.status_code == 200, inferred.text
+        (logits,) = inferred.json()["outputs"]
+        assert logits["shape"] == [1, 1000] and len(logits["data"]) == 1000
         predicted = httpx.post(f"{url}/predict", json={"inputs": ["A short sentence.", "And its pair."]})
         assert predicted.status_code == 200 and len(predicted.json()) == 3
         ranked = httpx.post(f"{url}/v2/rerank", json={"model": "rerank", "query": QUERY, "documents": DOCS})
@@ -228,6 +242,7 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-3000:]
     assert "serving mrpc (text-classification" in out and "serving rerank (text-ranking" in out
+    assert "serving img (image, /v2/models/img/infer, eager" in out
 
 
 def test_each_text_model_is_re_planned_from_its_own_traffic(tmp_path):
@@ -350,13 +365,21 @@ def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, caps
     args = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
                                       "--batch-sizes", "1", "--cache-dir", str(cache)])
     capsys.readouterr()
-    joint = _split_budget(args, _served_entries(args), cache_from_args(args))
+    joint = _split_budget(args, _served_entries(args)[0], cache_from_args(args))
     plans = joint.plans
     out = capsys.readouterr().out
     assert joint.room_for("clf") == 2 * 10**9 - joint.choices["rank"].memory  # what a re-plan of clf may hold
     assert "memory   clf:" in out and "memory   rank:" in out and "measured in" in out
     assert set(plans) == {"clf", "rank"} and all(p.max_size("seq") == te.MAX_SEQ_LENGTH for p in plans.values())
+    # A cache that has measured none of a model's buckets: its largest is compiled (in a child
+    # process) and measured there, before the split.
     empty = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB",
-                                       "--cache-dir", str(tmp_path / "empty")])
+                                       "--batch-sizes", "1", "--cache-dir", str(tmp_path / "empty"), "--no-progress"])
+    measured = _split_budget(empty, _served_entries(empty)[0], cache_from_args(empty))
+    out = capsys.readouterr().out
+    assert out.count("compiling its largest (batch=1, seq=48)") == 2 and out.count("as 1 onnxruntime buckets measured") == 2
+    assert set(measured.plans) == {"clf", "rank"}
+    assert {n: c.memory for n, c in measured.choices.items()} != {n: 0 for n in measured.choices}
+    no_cache = build_parser().parse_args(["serve", "--models-config", str(config), "--memory-budget", "2GB", "--no-cache"])
     with pytest.raises(Exception, match="needs its memory per bucket"):
-        _split_budget(empty, _served_entries(empty), cache_from_args(empty))
+        _split_budget(no_cache, _served_entries(no_cache)[0], cache_from_args(no_cache))

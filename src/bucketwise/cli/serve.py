@@ -130,15 +130,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--replan-memory-budget: {err}") from None
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
-    entries = _served_entries(args)
+    entries, served_name = _served_entries(args)
     several = entries is not None
     if several:
         args.model = None
     else:
         args.model = (args.model or [None])[-1] if isinstance(args.model, list) else args.model
     image = not several and is_image_model_name(args.model)
-    name = getattr(args, "served_name", None) or \
-        (args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name))
+    name = served_name or (args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name))
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, streams=args.streams,
                          max_queue=args.max_queue,
@@ -152,22 +151,23 @@ def run(args: argparse.Namespace) -> int:
                          replan_compile_budget=args.replan_compile_budget, replan_memory_budget=replan_memory,
                          replan_build_share=args.replan_build_share)
     if several:
-        heads, joint = _load_heads(args, entries or {})
-        app = create_app(None, config, heads=heads)
+        heads, images, joint = _load_heads(args, entries or {})
+        app = create_app(None, config, heads=heads, models=images)
         if joint is not None:
             # A re-plan of one model holds at most what the others' plans leave of the budget.
             for replanner in app.state.service.replanners:
                 room = joint.room_for(replanner.name)
                 replanner.memory_budget = room if replanner.memory_budget is None else min(room, replanner.memory_budget)
-        models = [h.model for h in heads.values()]
+        models = {**{n: (h.task, h.model) for n, h in heads.items()},
+                  **{n: ("image, /v2/models/" + n + "/infer", m) for n, m in images.items()}}
         drain = args.drain_timeout if args.drain_timeout is not None else \
-            max(30.0, 2 * sum(worst_drain_seconds(m, args.max_queue) for m in models))
-        for served_name, head in heads.items():
-            print(f"serving {served_name} ({head.task}, {head.model.backend.name}, {head.model.plan})")
-        print(f"serving {len(heads)} models on http://{args.host}:{args.port}; drain timeout {drain:.0f} s")
+            max(30.0, 2 * sum(worst_drain_seconds(m, args.max_queue) for _, m in models.values()))
+        for served_name, (what, model) in models.items():
+            print(f"serving {served_name} ({what}, {model.backend.name}, {model.plan})")
+        print(f"serving {len(models)} models on http://{args.host}:{args.port}; drain timeout {drain:.0f} s")
         return run_server(app, host=args.host, port=args.port, drain_timeout=drain, keep_alive=args.keep_alive_timeout)
     if image:
-        model = _image_model(args)
+        model = _image_model(args, args.model)
         app = create_app(None, config, models={name: model})
         routes = f"/v2/models/{name}/infer"
     else:
@@ -188,19 +188,23 @@ def run(args: argparse.Namespace) -> int:
     return run_server(app, host=args.host, port=args.port, drain_timeout=drain, keep_alive=args.keep_alive_timeout)
 
 
-def _image_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _image_model(args: argparse.Namespace, path: str, *, plan: str | None = None, batch_sizes: Any = None,
+                 backend: str | None = None, overflow: Any = None):  # type: ignore[no-untyped-def]
+    """The torchvision model ``path`` (a zoo name), compiled: its plan, batch sizes, backend
+    and overflow as given, else from the flags."""
     from ..models.zoo import load_image_model
     from ..plans import Plan
     from ..runtime.model import BucketedModel
     from ..shapes import BATCH, Bucket
 
-    module, spec, _ = load_image_model(args.model)
-    plan = image_plan(args.plan, spec)
-    if args.batch_sizes:
-        plan = Plan(tuple(Bucket({**{d: s for d, s in b.sizes if d != BATCH}, BATCH: n})
-                          for b in plan.buckets for n in args.batch_sizes))
-    model = BucketedModel(module, spec, plan, backend=args.backend, overflow=args.overflow,
-                          backend_options=backend_options(args, plan),
+    module, spec, _ = load_image_model(path)
+    buckets = image_plan(plan or args.plan, spec)
+    batch_sizes = batch_sizes or args.batch_sizes
+    if batch_sizes:
+        buckets = Plan(tuple(Bucket({**{d: s for d, s in b.sizes if d != BATCH}, BATCH: n})
+                             for b in buckets.buckets for n in batch_sizes))
+    model = BucketedModel(module, spec, buckets, backend=backend or args.backend, overflow=overflow or args.overflow,
+                          backend_options=backend_options(args, buckets),
                           cache=cache_from_args(args, fallback=True))
     return model.compile(progress=not args.no_progress, lazy=args.lazy)
 
@@ -209,9 +213,10 @@ MODEL_KEYS = ("path", "task", "backend", "plan", "overflow", "batch_sizes", "seq
               "bytes_per_bucket", "shared_bytes")
 
 
-def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+def _served_entries(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
     """Each model to serve by name, with its options, when the server serves several (or
-    one folder with a task head); None for one embedder or image model, served as before."""
+    one folder with a task head); else None, for one embedder or image model served as
+    before, with the name ``--model NAME=DIR`` gave it (None for none)."""
     from ..models.encoders import model_dir
     from ..models.tasks import folder_task
     from ..models.zoo import is_image_model_name
@@ -238,31 +243,40 @@ def _served_entries(args: argparse.Namespace) -> dict[str, dict[str, Any]] | Non
         (entry,) = entries.values()
         path = entry["path"]
         if is_image_model_name(path) or folder_task(model_dir(path)).task == "feature-extraction":
-            args.model, args.served_name = [path], next(iter(entries))
-            return None  # one embedder or image model: served as before, under its name
+            args.model = [path]
+            return None, next(iter(entries))  # one embedder or image model: served as before, under its name
     if not entries:
-        return None
+        return None, None
     if len(entries) > 1 and args.plan:
         raise ConfigError("--plan names the buckets of one model; with several, give each its \"plan\" in --models-config")
-    for name, entry in entries.items():
-        if is_image_model_name(entry["path"]):
-            raise ConfigError(f"--model {name}={entry['path']}: an image model is served alone; serve text models together")
-    return entries
+    if args.memory_budget:
+        for name, entry in entries.items():
+            if is_image_model_name(entry["path"]):
+                raise ConfigError(f"--memory-budget plans text models from their token lengths; --model "
+                                  f"{name}={entry['path']} is an image model: serve it without --memory-budget")
+    return entries, None
 
 
-def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Any]:
-    """Each entry's head, compiled: its task from its folder (or its "task"), its options
-    from the entry, else from the flags; and with --memory-budget, the split that chose
-    their plans (else None)."""
+def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]
+                ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Each text entry's head, compiled: its task from its folder (or its "task"), its
+    options from the entry, else from the flags; each image entry's model (served over
+    KServe v2); and with --memory-budget, the split that chose their plans (else None)."""
     from ..models.encoders import model_dir
     from ..models.tasks import folder_task, head_class
     from ..models.text import text_plan
+    from ..models.zoo import is_image_model_name
 
-    heads = {}
+    heads, images = {}, {}
     cache = cache_from_args(args, fallback=True)
     joint = _split_budget(args, entries, cache) if args.memory_budget else None
     planned = joint.plans if joint is not None else {}
     for name, entry in entries.items():
+        if is_image_model_name(entry["path"]):
+            print(f"loading  {name}: {entry['path']} (image) on {entry.get('backend', args.backend)}")
+            images[name] = _image_model(args, entry["path"], plan=entry.get("plan"), batch_sizes=entry.get("batch_sizes"),
+                                        backend=entry.get("backend"), overflow=entry.get("overflow"))
+            continue
         task = folder_task(model_dir(entry["path"])).check(entry.get("task"))
         backend = entry.get("backend", args.backend)
         batch_sizes = entry.get("batch_sizes") or args.batch_sizes or ()
@@ -276,7 +290,7 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]) ->
                                                progress=not args.no_progress, model=entry["path"], cache=cache,
                                                lazy=args.lazy, backend_options=options,
                                                build_in_child=cache is not None and not args.lazy)
-    return heads, joint
+    return heads, images, joint
 
 
 def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]], cache: Any) -> Any:
@@ -286,6 +300,7 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]], 
     from ..models.tasks import text_model_parts
     from ..planning.io import read_shapes
     from ..planning.joint import ModelDemand, split_budget
+    from ..shapes import BATCH, Bucket
 
     demands = []
     for name, entry in entries.items():
@@ -303,12 +318,14 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]], 
         backend = entry.get("backend", args.backend)
         # The folder's configuration only (never its weights): its longest input, and its
         # cache identity for the sizes measured.
-        module, _, spec, _ = text_model_parts(backend, entry["path"], entry.get("task"))
-        if "bytes_per_bucket" not in entry:
-            entry = {**entry, **_measured_memory(cache, name, entry, backend, module, spec)}
+        module, _, spec, task = text_model_parts(backend, entry["path"], entry.get("task"))
         batches = entry.get("batch_sizes") or args.batch_sizes or \
             list(FINE_BATCH_SIZES if length_free(backend) else DEFAULT_BATCH_SIZES)
         longest = spec.meta["encoder"].max_length
+        if "bytes_per_bucket" not in entry:
+            largest = Bucket({BATCH: max(batches), "seq": longest})  # the bucket every plan here has at its top
+            entry = {**entry, **_measured_memory(cache, name, entry, backend, module, spec, task, largest,
+                                                 dict(getattr(args, "backend_option", None) or []), not args.no_progress)}
         demands.append(ModelDemand(name=name, observed=obs, share=float(entry.get("share", obs.total)),
                                    bytes_per_bucket=parse_bytes(str(entry["bytes_per_bucket"])),
                                    shared_bytes=parse_bytes(str(entry.get("shared_bytes", 0))),
@@ -320,19 +337,32 @@ def _split_budget(args: argparse.Namespace, entries: dict[str, dict[str, Any]], 
     return joint
 
 
-def _measured_memory(cache: Any, name: str, entry: dict[str, Any], backend: str, module: Any, spec: Any
-                     ) -> dict[str, Any]:
+def _measured_memory(cache: Any, name: str, entry: dict[str, Any], backend: str, module: Any, spec: Any, task: str,
+                     largest: Any, backend_options: dict[str, Any], progress: bool) -> dict[str, Any]:
     """``bytes_per_bucket`` and ``shared_bytes`` of a model (``module`` and ``spec``) as its
-    cache entries measured them (the largest bucket, and what its buckets share once)."""
+    cache entries measured them (the largest bucket, and what its buckets share once).
+    With none measured yet, its ``largest`` bucket is compiled into the cache by a child
+    process first, and measured there: served plans hold that bucket, so nothing is
+    compiled that the server would not load."""
+    from ..models.frontend import compile_in_child
+    from ..plans import Plan
     from ..runtime.cache import fingerprint
     from ..runtime.memory import format_bytes
 
     if cache is not None:
-        largest, count, shared = cache.largest_resident(model=fingerprint(module, spec), backend=backend)
-        if largest is not None:
-            print(f"memory   {name}: {format_bytes(largest)} per bucket, {format_bytes(shared)} shared, as "
+        model = fingerprint(module, spec)
+        found, count, shared = cache.largest_resident(model=model, backend=backend)
+        if found is None:
+            print(f"memory   {name}: none of its {backend} buckets is measured in {cache.root}; compiling its largest "
+                  f"({', '.join(f'{d}={n}' for d, n in largest.as_dict().items())}) to measure it")
+            if compile_in_child(task, backend, Plan((largest,)), cache.root, model=entry["path"],
+                                backend_options=backend_options, progress=progress):
+                found, count, shared = cache.largest_resident(model=model, backend=backend)
+        if found is not None:
+            print(f"memory   {name}: {format_bytes(found)} per bucket, {format_bytes(shared)} shared, as "
                   f"{count} {backend} buckets measured in {cache.root}")
-            return {"bytes_per_bucket": largest, "shared_bytes": shared}
+            return {"bytes_per_bucket": found, "shared_bytes": shared}
     raise ConfigError(f"--memory-budget: model {name!r} needs its memory per bucket: \"bytes_per_bucket\" in "
                       f"--models-config, or buckets of it measured in the cache (bucketwise compile --model "
-                      f"{entry['path']} --backend {backend} measures them)")
+                      f"{entry['path']} --backend {backend} measures them; the server does it itself where it has a "
+                      f"cache and the backend caches its buckets)")

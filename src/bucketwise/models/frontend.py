@@ -36,7 +36,7 @@ from ..router import OverflowPolicy
 from ..runtime.model import BucketedModel
 from ..shapes import BATCH, Bucket
 
-__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "default_text_plan", "length_free", "run_through"]
+__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "compile_in_child", "default_text_plan", "length_free", "run_through"]
 
 Text = str | tuple[str, str]
 Encoded = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text, unpadded
@@ -474,27 +474,38 @@ def _build_in_child(head: TextModel, model: str | None, backend_options: Mapping
     """Compile the buckets of ``head`` that its cache lacks with ``bucketwise compile`` in a
     child process (see :meth:`TextModel.default`); nothing when every bucket is cached, the
     model is already loaded here, or the backend has no artifact cache."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
     builder = head.model.builder
     if not builder.cacheable or builder.model_loaded:
         return  # not cached (eager, inductor), or the model is already here
     if not builder.uncached():
         return
+    assert builder.cache is not None
+    compile_in_child(head.task, builder.backend.name, head.model.plan, builder.cache.root, model=model,
+                     backend_options=backend_options, workers=workers, progress=progress)
+
+
+def compile_in_child(task: str, backend: str, plan: Plan, cache_root: Any, *, model: str | None = None,
+                     backend_options: Mapping[str, Any] | None = None, workers: int | None = None,
+                     progress: bool = True) -> bool:
+    """Compile ``plan``'s buckets of the folder ``model`` (default all-MiniLM-L6-v2) for
+    ``task`` into the cache at ``cache_root`` with ``bucketwise compile`` in a child
+    process, which loads the framework model and its exporter so this process need not.
+    Returns False, building nothing, when a backend option cannot be written on a command
+    line; raises :class:`ConfigError` with the child's error when it fails."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
     try:
         options = [f"{k}={json.dumps(v)}" for k, v in (backend_options or {}).items()]
     except TypeError:
-        return  # an option the command line cannot carry: build here
-    cache = builder.cache
-    assert cache is not None
+        return False  # an option the command line cannot carry: the caller builds here
     with tempfile.TemporaryDirectory() as tmp:
         plan_file = f"{tmp}/plan.json"
-        head.model.plan.save(plan_file)
-        cmd = [sys.executable, "-m", "bucketwise.cli", "compile", "--task", head.task, "--backend", builder.backend.name,
-               "--plan", plan_file, "--cache-dir", str(cache.root), *([] if progress else ["--no-progress"]),
+        plan.save(plan_file)
+        cmd = [sys.executable, "-m", "bucketwise.cli", "compile", "--task", task, "--backend", backend,
+               "--plan", plan_file, "--cache-dir", str(cache_root), *([] if progress else ["--no-progress"]),
                *(["--model", model] if model else []), *(a for o in options for a in ("--backend-option", o)),
                *(["--workers", str(workers)] if workers else [])]
         # Its progress bars go to this process's stderr; its report is not needed here.
@@ -502,3 +513,4 @@ def _build_in_child(head: TextModel, model: str | None, backend_options: Mapping
     if done.returncode != 0:
         said = (done.stderr or "").strip()[-2000:] or "its error is above"
         raise ConfigError(f"building the buckets in a child process failed ({' '.join(cmd[2:])}): {said}")
+    return True

@@ -475,3 +475,19 @@ def test_predict_runs_a_sentence_encoder_folder_as_feature_extraction(tmp_path, 
     assert np.abs(got - want).max() <= 1e-6
     assert main(["predict", "--model", folder, "--input", str(inp), "--top-k", "2", "--no-cache"]) == 2
     assert "--top-k: not for feature-extraction" in capsys.readouterr().err
+
+
+def test_every_head_is_found_after_only_the_embedder_was_imported():
+    """head_class imported the heads only while no head at all was registered, so a process
+    that had imported models.text (which registers the embedder) could not find the
+    reranker: "task 'text-ranking' is not one bucketwise runs". A fresh process sees it."""
+    import subprocess
+    import sys
+
+    code = ("import bucketwise.models.text\n"
+            "from bucketwise.models.tasks import TASKS, head_class\n"
+            "print(sorted(head_class(t).__name__ for t in TASKS))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(sorted(["SentenceEmbedder", "TextClassifier", "TextRanker", "TokenClassifier",
+                                              "QuestionAnswerer"]))

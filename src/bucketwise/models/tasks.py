@@ -155,8 +155,10 @@ def register_head(task: str, cls: Any) -> None:
 
 def head_class(task: str) -> Any:
     """The head class registered for ``task``."""
-    if not _REGISTRY:
-        from . import heads, text  # noqa: F401 - importing them registers the heads
+    if task not in _REGISTRY:
+        # Importing them registers the heads. Not only when none is registered: importing
+        # models.text alone registers the embedder, and the other heads must still come.
+        from . import heads, text  # noqa: F401
 
     if task not in _REGISTRY:
         raise ConfigError(f"task {task!r} is not one bucketwise runs; the text tasks are {', '.join(TASKS)}")

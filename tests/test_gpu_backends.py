@@ -182,6 +182,31 @@ def test_inductor_reduce_overhead_on_cpu_compiles_as_before_without_cuda_graphs(
         assert check_parity(bm, text_samples(4), atol=1e-5).ok
 
 
+# -- jax: executables keyed by the device they run on --------------------------------------
+
+
+def test_jax_executables_are_keyed_by_the_device_kind_and_placed_on_the_backends_device():
+    jax = pytest.importorskip("jax")
+    from test_jax import SPEC, forward, params
+
+    from bucketwise.backends.jax import JaxModel
+    from bucketwise.jax import bucket_jit, placement
+
+    device = jax.devices()[0]
+    p = params()
+    assert placement(p) == ((device.platform, device.device_kind, device.id),)
+    assert placement({k: np.asarray(v) for k, v in p.items()}) == placement(p)  # host params: the default device
+    fast = bucket_jit(forward, spec=SPEC, plan=Plan.grid(batch=[1], seq=[8, 16])).compile(p)
+    assert {key[2] for key in fast._executables} == {placement(p)}
+    backend = get_backend("jax", device="cpu")
+    assert backend.cache_key()["options"]["device_kind"] == device.device_kind
+    assert backend.cache_key()["options"]["platform"] == "cpu"
+    artifact = backend.compile(JaxModel(forward, p), SPEC, Bucket(batch=1, seq=8))
+    params_sharding, inputs_sharding = artifact.executable.input_shardings[0]
+    assert all(s.device_set == {backend.device} for s in jax.tree.leaves(inputs_sharding))
+    assert all(s.device_set == {backend.device} for s in jax.tree.leaves(params_sharding))
+
+
 # -- on a GPU (skipped where CUDA is absent) ------------------------------------------------
 
 

@@ -9,7 +9,9 @@ backend depends on it:
   view's is), so a replay reads whatever the static inputs hold now and leaves its
   results in the static outputs;
 - a host sync during capture (``.item()``, ``bool(tensor)``, data-dependent shapes) fails,
-  as ``cudaStreamBeginCapture`` makes it fail on a GPU.
+  as ``cudaStreamBeginCapture`` makes it fail on a GPU;
+- during capture ``torch.cuda.is_current_stream_capturing()`` is true, as it is on a GPU
+  (libraries such as transformers skip their host syncs when it is).
 
 It also records what the backend asked for (pools, streams, captures) for the tests.
 Users never touch this API: it stands in for ``torch.cuda`` internals only.
@@ -118,8 +120,13 @@ class FakeCuda:
     @contextlib.contextmanager
     def graph(self, graph, *, pool):
         self.events.append(("capture", pool))
-        with _Recorder(graph):
-            yield
+        capturing = torch.cuda.is_current_stream_capturing
+        torch.cuda.is_current_stream_capturing = lambda: True
+        try:
+            with _Recorder(graph):
+                yield
+        finally:
+            torch.cuda.is_current_stream_capturing = capturing
 
     def new_stream(self, device):
         self._streams += 1

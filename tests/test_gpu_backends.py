@@ -161,6 +161,31 @@ def test_a_module_that_syncs_with_the_host_cannot_be_captured_and_the_error_says
         BucketedModel(Syncing(), TEXT_SPEC, PLAN, backend=get_backend("cuda-graphs", device="cpu")).compile(progress=False)
 
 
+
+def test_the_benchmarks_transformers_bert_captures_without_host_syncs_and_matches_eager(fake, tmp_path):
+    # The model benchmarks/gpu runs (Hugging Face BERT, SDPA attention, mean pooling),
+    # tiny: transformers skips its mask checks (host syncs) while a stream captures.
+    pytest.importorskip("transformers")
+    pytest.importorskip("jax")
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.pop(0)
+    module, _, spec = bench_gpu.build_models(bench_gpu.TINY, "cpu", tmp_path)
+    rng = np.random.default_rng(0)
+    samples = [bench_gpu.token_batch(rng, lengths) for lengths in ([5], [17, 9], [30], [12, 32])]
+    with BucketedModel(module, spec, Plan.grid(batch=[1, 2], seq=[16, 32]),
+                       backend=get_backend("cuda-graphs", device="cpu")) as bm:
+        bm.compile(progress=False)
+        report = check_parity(bm, samples, atol=1e-5)
+        assert report.ok, str(report)
+        assert sum(g.replays for g in fake.graphs) == 4 + bm.stats.runs
+
 # -- inductor's modes ---------------------------------------------------------------------
 
 
@@ -229,3 +254,45 @@ def test_inductor_reduce_overhead_on_a_gpu_matches_eager():
         bm.compile(progress=False)
         assert bm.builder.artifact(bm.plan.buckets[0]).cudagraphs
         assert check_parity(bm, text_samples(4), atol=1e-4).ok
+
+
+# -- the GPU benchmark script, dry run on CPU ----------------------------------------------
+
+
+def test_gpu_benchmark_dry_run_writes_every_section_and_skips_the_cuda_only_ones_with_a_note(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    pytest.importorskip("jax")
+    pytest.importorskip("transformers")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OUT": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "bench_gpu.py"), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_buckets.json").read_text())
+    assert result["dry_run"] is True and result["settings"]["device"] == "cpu"
+    sections = result["sections"]
+    assert list(sections) == ["setup", "eager_exact", "eager_padded", "cuda_graphs", "pool_memory", "jax",
+                              "inductor_reduce_overhead", "torch_compile_naive"]
+    for name in ("setup", "eager_exact", "eager_padded", "jax"):
+        assert sections[name]["status"] == "ok", sections[name]
+    for name in ("cuda_graphs", "pool_memory", "inductor_reduce_overhead", "torch_compile_naive"):
+        assert sections[name] == {"status": "skipped", "note": "CUDA only: skipped in the dry run (CPU)"}
+    exact, padded = sections["eager_exact"], sections["eager_padded"]
+    assert exact["batch1"]["calls"] == 6 and exact["batch1"]["p50_ms"] <= exact["batch1"]["p99_ms"]
+    assert exact["bulk"]["rows"] == 12 and exact["bulk"]["batches"] == 3
+    assert set(padded["compile_s_per_bucket"]) == set(result["settings"]["buckets"])
+    assert len(result["settings"]["buckets"]) == 8 and 0 < padded["padding_waste"] < 1
+    assert max(padded["max_abs_diff_vs_eager"].values()) < 1e-4
+    jx = sections["jax"]
+    assert jx["naive_jit"]["calls"] == jx["bucketed"]["calls"] == 6 and jx["bucketed"]["compiles"] == 4
+    assert jx["naive_jit"]["compiles"] == result["settings"]["lengths"]["sample_distinct"]  # one per length
+    assert max(jx["max_abs_diff_vs_torch_eager"].values()) < 1e-4  # the same weights in plain JAX
+    t = result["targets"]
+    assert t["cuda_graphs_batch1_throughput_vs_eager"] == {"met": None, "note": "not measured"}
+    assert t["bucketed_jax_stream_vs_naive_jit"]["met"] is None  # timings of a dry run are not judged
+    assert t["max_abs_diff_vs_eager_fp32:eager_padded"]["met"] is True

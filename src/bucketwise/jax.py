@@ -44,7 +44,7 @@ from .runtime.stats import BucketStats
 from .shapes import Bucket
 from .spec import ModelSpec
 
-__all__ = ["bucket_jit", "BucketedJit", "JaxModel"]
+__all__ = ["bucket_jit", "BucketedJit", "JaxModel", "placement"]
 
 _PARAMS: contextvars.ContextVar[Any] = contextvars.ContextVar("bucketwise_jax_params")
 
@@ -79,7 +79,8 @@ class BucketedJit:
         self.compiler_options = dict(compiler_options or {})
         self._apply = lambda params, inputs: fn(params, **inputs)
         self._lock = threading.Lock()
-        self._executables: dict[tuple[Bucket, Any], Any] = {}
+        # (bucket, params' shapes, the devices they are on) -> executable
+        self._executables: dict[tuple[Bucket, Any, tuple[tuple[str, str, int], ...]], Any] = {}
         self.compiles = 0
         self.runner = Runner(spec, Router(plan, overflow=overflow), _Source(self), self._eager)
 
@@ -108,7 +109,7 @@ class BucketedJit:
 
     def executable(self, bucket: Bucket, params: Any) -> Any:
         """The compiled executable of ``bucket`` for params shaped like ``params``."""
-        key = (bucket, _abstract(params))
+        key = (bucket, _abstract(params), placement(params))
         with self._lock:
             if key not in self._executables:
                 self._executables[key] = self.lower(params, bucket).compile(self.compiler_options or None)
@@ -133,6 +134,27 @@ class _Source:
         params = _PARAMS.get()
         spec = self.owner.spec
         return JaxArtifact(bucket, self.owner.executable(bucket, params), params, spec.input_names, spec.output_names)
+
+
+def placement(params: Any) -> tuple[tuple[str, str, int], ...]:
+    """Where an executable lowered for ``params`` runs: ``(platform, device_kind, id)`` of
+    each device their leaves are on (jax's default device for host arrays and for no
+    params). An executable is compiled for one device kind, so the same params moved to
+    another device (a CPU copy, another GPU model) need their own."""
+    devices: set[Any] = set()
+    for leaf in jax.tree.leaves(params):
+        if isinstance(leaf, jax.Array):
+            devices.update(leaf.sharding.device_set)
+    if not devices or any(not isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params)):
+        devices.add(_default_device())
+    return tuple(sorted((d.platform, d.device_kind, d.id) for d in devices))
+
+
+def _default_device() -> Any:
+    default = getattr(jax.config, "jax_default_device", None)  # a config flag (typed stubs lack it)
+    if isinstance(default, str):  # a platform name: its first device
+        return jax.devices(default)[0]
+    return default if default is not None else jax.devices()[0]
 
 
 def _abstract(params: Any) -> Any:

@@ -10,17 +10,33 @@ import torch
 from ..errors import BackendError
 from .base import named_outputs
 
-__all__ = ["example_args", "is_module", "named_outputs", "positional", "Positional"]
+__all__ = ["example_args", "is_module", "module_device", "named_outputs", "on_device", "positional", "Positional"]
 
 
 def is_module(model: Any) -> bool:
     return isinstance(model, torch.nn.Module)
 
 
-def example_args(spec: Any, bucket: Any) -> tuple[torch.Tensor, ...]:
-    """The bucket's example inputs as positional tensors, for tracing and compiling."""
+def module_device(model: Any) -> torch.device:
+    """Where a module's weights are: the device of its first parameter or buffer (CPU for a
+    module that has neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def on_device(inputs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """``inputs`` with every tensor on ``device`` (those already there are not copied):
+    NumPy callers' inputs reach a module on a GPU as host tensors."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) and v.device != device else v for k, v in inputs.items()}
+
+
+def example_args(spec: Any, bucket: Any, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+    """The bucket's example inputs as positional tensors, for tracing and compiling (on
+    ``device``, where given)."""
     example = spec.example_inputs(bucket)
-    return tuple(torch.from_numpy(example[n]) for n in spec.input_names)
+    args = tuple(torch.from_numpy(example[n]) for n in spec.input_names)
+    return args if device is None else tuple(a.to(device) for a in args)
 
 
 class Positional(torch.nn.Module):

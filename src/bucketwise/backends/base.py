@@ -11,6 +11,11 @@ that bucket's shape. The protocol declares everything the runtime calls:
 - ``compile(source, spec, bucket)``: the artifact of one bucket. Backends never change the
   bucket they are given: the router chose it.
 
+A backend whose buckets share state built in order may also define
+``build_order(buckets) -> list[Bucket]``: the builder then builds in that order (the
+``cuda-graphs`` backend captures its largest bucket first, whose memory pool the smaller
+ones reuse).
+
 Artifacts declare ``array_kind``: ``"numpy"``, ``"torch"`` or ``"jax"``, what ``run``
 takes and returns. The runner hands each artifact its own kind, so a torch tensor on a device goes
 through a torch backend without a host round trip.
@@ -143,6 +148,7 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "inductor": "bucketwise.backends.inductor:InductorBackend",
     "jax": "bucketwise.backends.jax:JaxBackend",
     "neuron": "bucketwise.backends.neuron:NeuronBackend",
+    "cuda-graphs": "bucketwise.backends.cuda_graphs:CudaGraphsBackend",
 }
 
 # The optional packages each backend needs, and the extra that installs them. (The ONNX
@@ -157,6 +163,8 @@ REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "jax": (("jax", "jax"), ("jaxlib", "jax")),
     # torch-neuronx comes from AWS's pip repository (INSTALL_HINTS).
     "neuron": (("torch", "torch"), ("torch_neuronx", "neuron")),
+    # A CUDA build of torch on a machine with an NVIDIA GPU (compile checks the GPU).
+    "cuda-graphs": (("torch", "torch"),),
 }
 
 # How to install a backend whose packages are not on PyPI alone.

@@ -61,10 +61,10 @@ def run_eager(model: Any, spec: ModelSpec, inputs: Mapping[str, Any]) -> dict[st
     if is_torch_module(model):
         import torch
 
-        from ._torch import named_outputs
+        from ._torch import module_device, named_outputs, on_device
 
-        with torch.inference_mode():
-            return named_outputs(model(**inputs), spec.output_names)
+        with torch.inference_mode():  # a module on a GPU gets its inputs there
+            return named_outputs(model(**on_device(inputs, module_device(model))), spec.output_names)
     result = model(**inputs)
     names = spec.output_names
     if isinstance(result, Mapping):

@@ -127,9 +127,11 @@ def as_jax_model(model: Any) -> JaxModel:
     )
 
 
-def input_structs(spec: ModelSpec, bucket: Bucket) -> dict[str, Any]:
-    """The spec's inputs at ``bucket``'s shape, as jax lowers a function for them."""
-    return {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype)) for s in spec.inputs}
+def input_structs(spec: ModelSpec, bucket: Bucket, *, sharding: Any = None) -> dict[str, Any]:
+    """The spec's inputs at ``bucket``'s shape, as jax lowers a function for them (placed
+    by ``sharding`` where given, else where jax places uncommitted arrays)."""
+    return {s.name: jax.ShapeDtypeStruct(s.padded_shape(bucket), jax_dtype(s.dtype), sharding=sharding)
+            for s in spec.inputs}
 
 
 @dataclass
@@ -184,10 +186,15 @@ class JaxBackend:
             return self._params[model]
 
     def _executable(self, model: JaxModel, spec: ModelSpec, bucket: Bucket) -> Any:
-        """Lower and compile ``bucket``; the params enter as shapes only (no copy)."""
-        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(np.result_type(x))), model.params)
+        """Lower and compile ``bucket`` for the backend's device (not jax's default one,
+        which differs where ``device`` names another platform); the params enter as
+        shapes only (no copy)."""
+        on = jax.sharding.SingleDeviceSharding(self.device)
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(np.result_type(x)), sharding=on),
+                              model.params)
+        inputs = input_structs(spec, bucket, sharding=on)
         try:
-            return jax.jit(model.apply).lower(shapes, input_structs(spec, bucket)).compile(self.compiler_options or None)
+            return jax.jit(model.apply).lower(shapes, inputs).compile(self.compiler_options or None)
         except Exception as err:
             raise BackendError(f"jax could not compile bucket {bucket!r}: {type(err).__name__}: {err}") from err
 

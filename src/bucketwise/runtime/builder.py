@@ -228,10 +228,13 @@ class Builder:
 
     def build_order(self, buckets: Sequence[Bucket]) -> list[Bucket]:
         """``buckets`` in the order they are built: most traffic first (the shares the plan
-        records), ties in the plan's order."""
+        records), ties in the plan's order; or the backend's own order where it defines
+        ``build_order`` (CUDA graphs share a pool the largest bucket must size first)."""
         traffic = self.plan.meta.get("traffic") or {}
         rank = {b: i for i, b in enumerate(self.plan.buckets)}
-        return sorted(buckets, key=lambda b: (-float(traffic.get(b.label(), 0.0)), rank.get(b, 0)))
+        ordered = sorted(buckets, key=lambda b: (-float(traffic.get(b.label(), 0.0)), rank.get(b, 0)))
+        own = getattr(self.backend, "build_order", None)  # optional, as shared_files is (backends/base.py)
+        return ordered if own is None else list(own(ordered))
 
     def _build_all(self, buckets: list[Bucket], *, workers: int, bar: Any) -> None:
         # Cache hits whose memory an earlier load measured: loaded in parallel where the

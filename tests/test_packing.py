@@ -429,3 +429,120 @@ def test_a_lazy_packed_module_compiles_once_and_starts_warm_from_the_cache(folde
         assert report.max_abs["sentence_embedding"] <= 1e-4
         model.close()
     assert len(loads) == 1  # the second start loaded no weights
+
+
+# ---------------------------------------------------------------------------------------
+# Rows of several lengths, and packed text models end to end (the front end packs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 64), max_size=60), max_segments=st.integers(1, 8))
+def test_rows_of_several_lengths_open_at_the_shortest_that_holds_their_first_sequence(lengths, max_segments):
+    edges = (16, 32, 64)
+    got = pack(lengths, edges, max_segments)
+    assert sorted(s.sequence for row in got.rows for s in row) == list(range(len(lengths)))
+    assert len(got.row_lengths) == len(got.rows) and got.row_length == 64
+    for r, row in enumerate(got.rows):
+        own = got.length_of(r)
+        assert own in edges and sum(s.length for s in row) <= own and len(row) <= max_segments
+        # The row opened at the shortest length that held its first (longest) sequence.
+        assert own == min(e for e in edges if e >= row[0].length)
+    # Longer rows' room is used before a shorter row opens: never more rows than packing
+    # each length class apart, and never more padding than rows of the longest length.
+    apart = sum(len(pack([n for n in lengths if lo < n <= hi], hi, max_segments).rows)
+                for lo, hi in zip((0, 16, 32), edges))
+    assert len(got.rows) <= apart
+    assert got.padding <= pack(lengths, 64, max_segments).padding + 1e-9 or len(got.rows) <= apart
+
+
+@pytest.fixture(scope="module")
+def corpus_texts():
+    from bucketwise.corpus import stdlib_docstrings
+
+    texts = stdlib_docstrings()[:120]
+    return texts + [t.split(".")[0] for t in texts[:60]]  # short ones too: first sentences
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(te.ARCHITECTURES))
+def test_a_packed_embedder_embeds_as_the_unpacked_one(folders, corpus_texts, name):
+    """SentenceEmbedder.default(pack=S): texts packed into rows of the plan's lengths, every
+    embedding within 1e-5 of the unpacked embedder's, for each architecture and pooling, on
+    ONNX Runtime, with the parity probe run when the buckets were built."""
+    from bucketwise import Plan
+    from bucketwise.models.text import SentenceEmbedder
+
+    plan = Plan.grid(batch=[2, 8], seq=[24, ROW])
+    packed = SentenceEmbedder.default(model=str(folders[name]), backend="onnxruntime", plan=plan, pack=6, progress=False,
+                                      overflow="truncate")
+    plain = SentenceEmbedder.default(model=str(folders[name]), backend="onnxruntime", plan=plan, progress=False,
+                                     overflow="truncate")
+    assert packed.model.spec.input_names[:3] == ("input_ids", "segment_ids", "position_ids")
+    got, want = packed.embed(corpus_texts), plain.embed(corpus_texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    stats = packed.model.stats
+    assert stats.real_volume == sum(min(len(ids), ROW) for ids, _ in plain.tokenize(corpus_texts))
+    assert stats.padding_waste < plain.model.stats.padding_waste  # rows filled with several texts
+    assert sum(stats.hits.values()) < len(corpus_texts) / 6  # far fewer runs than texts
+
+
+def test_the_default_packed_plan_has_two_shapes_and_pairs_pack_in_a_classifier(root):
+    from bucketwise.models.frontend import packed_text_plan
+    from bucketwise.models.heads import TextClassifier
+
+    assert sorted((b["batch"], b["seq"]) for b in packed_text_plan(512).buckets) == [(4, 256), (16, 128)]
+    assert [(b["batch"], b["seq"]) for b in packed_text_plan(48).buckets] == [(16, 48)]
+    folder = te.build_head("bert", "text-classification", root)
+    from bucketwise import Plan
+
+    plan = Plan.grid(batch=[4], seq=[ROW])
+    packed = TextClassifier.default(model=str(folder), backend="onnxruntime", plan=plan, pack=4, progress=False)
+    plain = TextClassifier.default(model=str(folder), backend="onnxruntime", plan=plan, progress=False)
+    inputs = [*TEXTS, *PAIRS] * 3
+    got, want = packed.predict(inputs, top_k=None), plain.predict(inputs, top_k=None)
+    for g, w in zip(got, want):
+        assert [s["label"] for s in g] == [s["label"] for s in w]
+        np.testing.assert_allclose([s["score"] for s in g], [s["score"] for s in w], atol=1e-5)
+    assert sum(packed.model.stats.hits.values()) < sum(plain.model.stats.hits.values())
+
+
+def test_heads_that_read_tokens_and_backends_that_cannot_pack_are_refused(root):
+    from bucketwise.models.heads import TokenClassifier
+    from bucketwise.models.text import SentenceEmbedder
+
+    folder = te.build_head("bert", "token-classification", root)
+    with pytest.raises(ConfigError, match="per token.*run it unpacked"):
+        TokenClassifier.default(model=str(folder), backend="onnxruntime", pack=4, progress=False)
+    with pytest.raises(ConfigError, match="jax backend.*does not pack"):
+        SentenceEmbedder.default(backend="jax", pack=4, progress=False, build=False)
+
+
+def test_a_packed_model_that_packs_wrongly_is_never_built_to_serve(folders):
+    """The compile-time probe: a backend whose artifacts lose the segments (every real
+    token in segment 1, as a runtime that dropped the block mask and the per-segment
+    pooling would give) raises ParityError from default(), before anything is served."""
+    from bucketwise import Plan
+    from bucketwise.backends import base
+    from bucketwise.backends.eager import EagerBackend
+    from bucketwise.models.text import SentenceEmbedder
+
+    class OneSegment(EagerBackend):
+        name = "one-segment"
+
+        def compile(self, model, spec, bucket):
+            artifact = super().compile(model, spec, bucket)
+            run = artifact.run
+            def one_segment(inputs):
+                seg = inputs["segment_ids"]
+                return run({**inputs, "segment_ids": (seg > 0).to(seg.dtype) if hasattr(seg, "to") else (seg > 0) * 1})
+
+            artifact.run = one_segment
+            return artifact
+
+    base.register_backend("one-segment", OneSegment)
+    try:
+        with pytest.raises(ParityError, match="packed 4 to a row.*refusing to serve it packed"):
+            SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="one-segment",
+                                     plan=Plan.grid(batch=[4], seq=[ROW]), pack=4, progress=False)
+    finally:
+        base._REGISTRY.pop("one-segment")

@@ -36,7 +36,8 @@ from ..router import OverflowPolicy
 from ..runtime.model import BucketedModel
 from ..shapes import BATCH, Bucket
 
-__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "compile_in_child", "default_text_plan", "length_free", "run_through"]
+__all__ = ["TextModel", "Encoded", "TRUNCATIONS", "SIDES", "PACKED_SEGMENTS", "compile_in_child", "default_text_plan",
+           "length_free", "packed_text_plan", "run_through"]
 
 Text = str | tuple[str, str]
 Encoded = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text, unpadded
@@ -90,6 +91,20 @@ def default_text_plan(max_length: int | None = None, backend: Any = None) -> Pla
     return Plan.grid(batch=batches, seq=seqs)
 
 
+PACKED_SEGMENTS = 16  # texts per packed row, by default (bucketwise embed --pack)
+
+
+def packed_text_plan(max_length: int | None = None) -> Plan:
+    """The default buckets of a packed text model: 16 rows of 128 positions, where short
+    and medium texts are packed, and 4 rows of the model's longest input up to 256, for
+    the long ones: two compiled shapes (one, 16 rows, where the model takes at most 128
+    tokens)."""
+    top = min(256, max_length or 256)
+    short = min(128, top)
+    buckets = {Bucket({BATCH: 16, "seq": short}), Bucket({BATCH: 4 if top > short else 16, "seq": top})}
+    return Plan(tuple(sorted(buckets, key=lambda b: (b["seq"], b[BATCH]))))
+
+
 def length_free(backend: Any) -> bool:
     """True when ``backend`` (a name, with its default options, or an instance) shares one
     artifact between buckets that differ only in length."""
@@ -121,6 +136,8 @@ class TextModel:
             raise ConfigError(f"truncation_side={truncation_side!r}; use 'right' (keep the start) or 'left' (keep the end)")
         self.model = model
         self.tokenizer = tokenizer
+        self.packing: Any = None  # a PackedModel when texts are packed into rows (default(pack=S))
+        self.packed_folder: str | None = None  # its folder, which the parity probe loads unpacked
         self.truncation = truncation
         self.truncation_side = truncation_side
         if hasattr(tokenizer, "truncation_side"):
@@ -153,6 +170,29 @@ class TextModel:
         raise NotImplementedError
 
     @classmethod
+    def _load_packed(cls, backend: str, path: str | None, max_segments: int) -> tuple[Any, Any, Any, Any]:
+        """(LazyModel, tokenizer, spec, :class:`~bucketwise.models.packing.PackedModel`) of
+        the folder ``path`` packed ``max_segments`` texts to a row, or a
+        :class:`ConfigError` where this head or ``backend`` does not pack."""
+        from .encoders import model_dir
+        from .packing import lazy_packed_module
+
+        if backend == "jax":
+            raise ConfigError("pack: the jax backend runs its own BERT, which does not pack; use onnxruntime or "
+                              "openvino, or run unpacked (no pack)")
+        module, packed = lazy_packed_module(model_dir(path), cls.task, max_segments=max_segments)
+        per_position = [n for n in cls.outputs if n not in packed.segment_outputs]
+        if per_position:
+            raise ConfigError(f"pack: a {cls.task} head reads {', '.join(per_position)} per token, and packed rows "
+                              "give per-text outputs only to embeddings, classification and reranking; run it "
+                              "unpacked (no pack)")
+        # The head reads its folder's description (labels, longest input) and tokenizer as
+        # unpacked; nothing of it loads weights.
+        _, tokenizer, unpacked = cls._load(backend, path)
+        spec = type(packed.spec)(packed.spec.inputs, packed.spec.outputs, {**unpacked.meta, **packed.spec.meta})
+        return module, tokenizer, spec, packed
+
+    @classmethod
     def default(
         cls,
         *,
@@ -172,6 +212,7 @@ class TextModel:
         truncation: str = "longest_first",
         truncation_side: str = "right",
         build_in_child: bool = False,
+        pack: int | None = None,
     ) -> Any:
         """The model folder ``model`` (default all-MiniLM-L6-v2) on ``backend`` with
         ``plan`` (default buckets, up to the model's longest input), compiled.
@@ -194,10 +235,23 @@ class TextModel:
         buckets a known set of texts uses (what ``bucketwise embed`` does).
         ``warmup_runs`` (default 1) runs each artifact that many times on example inputs
         once built; a batch job that runs every bucket it builds right away can use 0.
+
+        ``pack=S`` packs up to ``S`` texts into each row of a bucket (see
+        :mod:`bucketwise.models.packing` and :meth:`run_groups`): each bucket is rows ×
+        row length, and the default plan is :func:`packed_text_plan`. Heads whose outputs
+        are per text (embeddings, classification, reranking) pack; the parity probe then
+        compares every packed output with its text run alone.
         """
         runtime = get_backend(backend, **dict(backend_options or {}))
-        module, tokenizer, spec = cls._load(runtime.name, model)
-        longest = spec.meta["encoder"].max_length
+        packing = None
+        if pack is not None:
+            module, tokenizer, spec, packing = cls._load_packed(runtime.name, model, pack)
+            longest = min(packing.max_length, spec.meta["encoder"].max_length)
+            if plan is None:
+                plan = packed_text_plan(longest)
+        else:
+            module, tokenizer, spec = cls._load(runtime.name, model)
+            longest = spec.meta["encoder"].max_length
         if plan is None or (plan == default_text_plan(backend=runtime) and plan.max_size("seq") > longest):
             plan = default_text_plan(longest, runtime)  # the default buckets stop at the model's longest input
         bucketed = BucketedModel(
@@ -209,8 +263,13 @@ class TextModel:
             cache=cache,
             warmup_runs=warmup_runs,
         )
-        head = cls(bucketed, tokenizer, truncation=truncation, truncation_side=truncation_side)
-        if build and build_in_child:
+        head = cls(bucketed, tokenizer, truncation=truncation, truncation_side=truncation_side,
+                   max_length=longest if packing is not None else None)
+        if packing is not None:
+            from .encoders import model_dir
+
+            head.packing, head.packed_folder = packing, model_dir(model)
+        if build and build_in_child and packing is None:  # the child compiles unpacked buckets
             _build_in_child(head, model, backend_options, workers, progress)
         if build:
             head.prepare(progress=progress, lazy=lazy, workers=workers, memory_budget=memory_budget, verify=verify)
@@ -247,6 +306,8 @@ class TextModel:
             texts = [" ".join(["word"] * n) for n in (1, 5, max(1, limit // 2 - 2), max(1, limit - 2))]
             texts.append(("a word", "and its pair"))  # type: ignore[arg-type]
         encoded = self.tokenize(texts)
+        if self.packing is not None:
+            return self._verify_packed(encoded, atol)
         got = self.run_tokenized(encoded)
         worst = 0.0
         for row, outs in zip(self.rows(encoded), got):
@@ -261,6 +322,24 @@ class TextModel:
                 "Try another backend (e.g. torchscript), or report the model"
             )
         return worst
+
+    def _verify_packed(self, encoded: Sequence[Encoded], atol: float) -> float:
+        """The parity probe of a packed model: ``encoded`` packed into rows of the largest
+        bucket's length and run there, each output compared with its text run alone
+        through the unpacked model (:func:`~bucketwise.models.packing.check_packed_parity`)."""
+        from .packing import check_packed_parity, packed_module
+
+        full = packed_module(self.packed_folder, self.task, max_segments=self.packing.max_segments)
+        ids = [list(i) for i, _ in encoded]
+        types = [list(t) for _, t in encoded] if self.packing.takes_token_types else None
+        try:
+            report = check_packed_parity(full, ids, token_type_ids=types, row_length=int(self.router.limits["seq"]),
+                                         run=self.model.run, atol=atol)
+        except ParityError as err:
+            raise ParityError(f"{self.model.model_name} on {self.model.backend.name}, packed "
+                              f"{self.packing.max_segments} to a row: {err}; refusing to serve it packed. "
+                              "Run it unpacked (no pack), or try another backend") from None
+        return max(report.max_abs.values(), default=0.0)
 
     def describe_outputs(self) -> str:
         return " and ".join(self.outputs)
@@ -381,6 +460,9 @@ class TextModel:
         each text's own length."""
         submit = getattr(_ROUTE, "submit", None)
         if submit is not None:  # in a server: through its batcher (see run_through)
+            if self.packing is not None:
+                raise ConfigError("a packed model runs in bulk (embed, predict); the server's batcher does not pack "
+                                  "yet: serve it unpacked")
             if len(encoded) == 0:
                 raise InputError("texts is empty; pass at least one text")
             self.admit(encoded)
@@ -405,6 +487,16 @@ class TextModel:
         if len(encoded) == 0:
             raise InputError("texts is empty; pass at least one text")
         bar = tqdm(total=len(encoded), desc=desc, unit="text") if progress else None
+        if self.packing is not None:
+            try:
+                for idx, outs in self._run_packed(encoded):
+                    yield idx, outs
+                    if bar is not None:
+                        bar.update(len(idx))
+            finally:
+                if bar is not None:
+                    bar.close()
+            return
         rows = self.rows(encoded)
         lengths = [len(ids) for ids, _ in encoded]
         try:
@@ -422,7 +514,47 @@ class TextModel:
 
     def buckets_for(self, encoded: Sequence[Encoded]) -> set[Bucket]:
         """The buckets :meth:`run_tokenized` runs ``encoded`` in (for ``prepare(only=)``)."""
-        return {b for b, _ in self._runs([len(ids) for ids, _ in encoded]) if b is not None}
+        lengths = [len(ids) for ids, _ in encoded]
+        if self.packing is not None:
+            return {b for b, _ in self._packed_runs(lengths)}
+        return {b for b, _ in self._runs(lengths) if b is not None}
+
+    def _packed_runs(self, lengths: Sequence[int]) -> list[tuple[Bucket, list[tuple[Any, ...]]]]:
+        """The runs of a packed model for texts of ``lengths``: (bucket, rows), each row a
+        tuple of :class:`~bucketwise.models.packing.Slot` (text index, offset, length).
+
+        The texts are packed first-fit decreasing into rows of the buckets' lengths, at
+        most ``max_segments`` to a row (:func:`~bucketwise.models.packing.pack`): a row
+        opens at the shortest length that holds its first text, and shorter texts fill
+        the room longer rows leave. The rows are then placed as texts are (:meth:`_runs`):
+        by the length they fill, so a row that came out short runs in a shorter bucket."""
+        from .packing import pack
+
+        longest = next((i for i, n in enumerate(lengths) if self.router.queue_edge("seq", n) is None), None)
+        if longest is not None:
+            raise BucketOverflowError(f"text {longest} has {lengths[longest]} tokens; the longest packed row holds "
+                                      f"{self.router.limits['seq']}")
+        rows = pack(lengths, self.router.queue_edges("seq"), self.packing.max_segments).rows
+        used = [sum(s.length for s in row) for row in rows]
+        return [(bucket, [rows[r] for r in part]) for bucket, part in self._runs(used) if bucket is not None]
+
+    def _run_packed(self, encoded: Sequence[Encoded]) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+        """Run ``encoded`` packed (:meth:`_packed_runs`); yield (text indices, outputs) per run."""
+        packing = self.packing
+        ids = [i for i, _ in encoded]
+        types = [t for _, t in encoded] if packing.takes_token_types else None
+        for bucket, rows in self._packed_runs([len(i) for i in ids]):
+            used = [sum(s.length for s in row) for row in rows]
+            arrays = [{name: a[0] for name, a in packing.inputs(ids, [row], row_length=n, token_type_ids=types).items()}
+                      for row, n in zip(rows, used)]
+            outs = self.model.run_rows(arrays, [{"seq": n} for n in used], bucket)
+            idx: list[int] = []
+            got: list[dict[str, Any]] = []
+            for row, out in zip(rows, outs):
+                for k, slot in enumerate(row):
+                    idx.append(slot.sequence)
+                    got.append({name: out[name][k] for name in packing.segment_outputs})
+            yield idx, got
 
     def _runs(self, lengths: Sequence[int]) -> Iterator[tuple[Bucket | None, list[int]]]:
         """The runs for texts of ``lengths``: (bucket, indices), sorted by length and

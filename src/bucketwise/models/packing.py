@@ -43,6 +43,7 @@ how its sequence-classification head pools), plus a parity test.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -100,6 +101,11 @@ class Packing:
     unpacked: tuple[int, ...]
     row_length: int
     max_segments: int
+    row_lengths: tuple[int, ...] = ()  # each row's own length, where rows of several lengths were packed
+
+    def length_of(self, r: int) -> int:
+        """The length of row ``r``: its own where rows of several lengths were packed."""
+        return self.row_lengths[r] if self.row_lengths else self.row_length
 
     @property
     def positions(self) -> int:
@@ -109,7 +115,7 @@ class Packing:
     @property
     def padding(self) -> float:
         """Share of the rows' positions that are padding (0 with no rows)."""
-        total = len(self.rows) * self.row_length
+        total = sum(self.row_lengths) if self.row_lengths else len(self.rows) * self.row_length
         return 1.0 - self.positions / total if total else 0.0
 
 
@@ -129,7 +135,7 @@ def _check_lengths(lengths: Sequence[int]) -> list[int]:
     return out
 
 
-def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> Packing:
+def pack(lengths: Sequence[int], row_length: int | Sequence[int], max_segments: int) -> Packing:
     """Place sequences of ``lengths`` into rows, first-fit decreasing.
 
     Sequences are taken longest first (ties in input order); each goes into the first row
@@ -137,8 +143,19 @@ def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> Packing:
     ``max_segments`` segments, else into a new row. Sequences longer than ``row_length``
     are left out, in :attr:`Packing.unpacked`. Deterministic; O(n log n): a segment tree
     over the rows' free room finds the first row that fits.
+
+    ``row_length`` may list several lengths (a packed plan's bucket lengths): a new row is
+    opened at the shortest that holds the sequence that opens it, and
+    :attr:`Packing.row_lengths` gives each row's. Longer rows open first, so shorter
+    sequences fill their room before a shorter row is opened.
     """
-    _check_layout_args(row_length, max_segments)
+    edges = sorted({row_length} if isinstance(row_length, (int, np.integer)) else set(row_length))
+    if not edges:
+        raise ConfigError("packing: row_length lists no lengths")
+    for edge in edges:
+        _check_layout_args(edge, max_segments)
+    several = len(edges) > 1
+    row_length = int(edges[-1])
     sizes = _check_lengths(lengths)
     order = sorted((i for i in range(len(sizes)) if sizes[i] <= row_length), key=lambda i: (-sizes[i], i))
     unpacked = tuple(i for i in range(len(sizes)) if sizes[i] > row_length)
@@ -150,6 +167,7 @@ def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> Packing:
     tree = [-1] * (2 * size)
     rows: list[list[Slot]] = []
     used: list[int] = []
+    capacity: list[int] = []
     for i in order:
         n = sizes[i]
         if tree[1] >= n:
@@ -161,15 +179,17 @@ def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> Packing:
             r = len(rows)
             rows.append([])
             used.append(0)
+            capacity.append(int(edges[bisect.bisect_left(edges, n)]))
         rows[r].append(Slot(i, used[r], n))
         used[r] += n
         node = r + size
-        tree[node] = row_length - used[r] if len(rows[r]) < max_segments else -1
+        tree[node] = capacity[r] - used[r] if len(rows[r]) < max_segments else -1
         node //= 2
         while node:
             tree[node] = max(tree[2 * node], tree[2 * node + 1])
             node //= 2
-    return Packing(tuple(tuple(row) for row in rows), unpacked, row_length, max_segments)
+    return Packing(tuple(tuple(row) for row in rows), unpacked, row_length, max_segments,
+                   tuple(capacity) if several else ())
 
 
 def next_fit_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> int:

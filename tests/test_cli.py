@@ -12,8 +12,13 @@ from bucketwise.errors import InputError
 def test_backends_lists_every_backend(capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
-    for name in ("eager", "onnxruntime", "openvino", "torchscript", "inductor"):
+    for name in ("eager", "onnxruntime", "openvino", "torchscript", "inductor", "cuda-graphs"):
         assert name in out
+    import torch
+
+    # A backend that needs a GPU is not called available on a machine without one.
+    line = next(x for x in out.splitlines() if x.startswith("cuda-graphs"))
+    assert ("available" == line.split(maxsplit=1)[1]) == torch.cuda.is_available(), line
 
 
 def test_help_names_the_main_options(capsys):

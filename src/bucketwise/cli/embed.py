@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..models.frontend import PACKED_SEGMENTS
 from ._common import add_json_option, add_model_options, backend_options, cache_from_args, plan_from_args, printer, write_json
 
 
@@ -29,6 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="embed on Ray (Ray Data map_batches over this many actors, each with the compiled buckets; "
                             "a local Ray starts unless RAY_ADDRESS names a cluster). Needs bucketwise[ray]")
     add_model_options(embed)
+    embed.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
+                       help=f"pack up to S texts (default {PACKED_SEGMENTS}) into each row of a bucket, so rows hold "
+                            "several short texts: default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); "
+                            "not with --backend jax or --ray")
     embed.add_argument("--limit", type=int, metavar="N", help="embed only the first N texts")
     add_json_option(embed, "the report")
     embed.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -38,13 +43,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import read_texts
+    from ..models.frontend import packed_text_plan
     from ..models.text import DEFAULT_MODEL_NAME, SentenceEmbedder
 
     if args.ray is not None:
+        if args.pack is not None:
+            raise ConfigError("--pack runs in this process; --ray does not pack yet: drop one of them")
         return _run_on_ray(args)
     if args.output and Path(args.output).suffix != ".npy":
         raise InputError(f"--output {args.output!r} must end in .npy (embeddings are saved with numpy.save)")
-    plan = plan_from_args(args)
+    if args.pack is not None and args.pack < 1:
+        raise ConfigError(f"--pack {args.pack}: the texts per row must be at least 1 (e.g. --pack 16)")
+    # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
+    sized = args.plan or args.batch_sizes or args.seq_sizes
+    plan = plan_from_args(args) if args.pack is None or sized else None
     progress = not args.no_progress
     say = printer(args)
     # Read the input before loading the model, so a bad file fails in a blink.
@@ -55,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     # skip the warm-up runs, since each bucket built runs real rows next.
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
                                         model=args.model, cache=cache_from_args(args),
-                                        backend_options=backend_options(args, plan), build=False, warmup_runs=0)
+                                        backend_options=backend_options(args, plan or packed_text_plan()), build=False,
+                                        warmup_runs=0, pack=args.pack)
+    plan = embedder.model.plan  # what the model was built with: the default stops at its longest input
     texts, encoded, source, skipped = _texts(args, embedder, texts)
     embedder.prepare(progress=progress, only=embedder.buckets_for(encoded))
     compile_s = time.perf_counter() - start
@@ -76,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model or DEFAULT_MODEL_NAME,
         "backend": args.backend,
         "plan": plan.to_json(),
+        "pack": args.pack,
         "texts": len(texts),
         "seconds": seconds,
         "compile_seconds": compile_s,
@@ -172,6 +187,8 @@ def _say_report(say: Any, args: argparse.Namespace, plan: Any, embedder: Any, te
     say(f"backend  {args.backend}, {len(plan)} buckets ({plan}), "
         + (f"{used} built (those this input uses), " if used < len(plan) else "")
         + f"ready in {compile_s:.1f} s" + (f" ({built.hits} from the cache)" if built.hits else ""))
+    if args.pack is not None:
+        say(f"packing  up to {args.pack} texts per row, {sum(stats.hits.values())} runs for {len(texts)} texts")
     say(f"speed    {len(texts) / seconds:,.1f} texts/s, {tokens / seconds:,.0f} tokens/s ({seconds:.2f} s)")
     say(f"padding  {stats.padding_waste:.1%} of computed positions were padding "
         f"({stats.real_volume:,} real tokens, {stats.padded_volume:,} computed)")

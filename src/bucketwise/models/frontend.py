@@ -95,13 +95,14 @@ PACKED_SEGMENTS = 16  # texts per packed row, by default (bucketwise embed --pac
 
 
 def packed_text_plan(max_length: int | None = None) -> Plan:
-    """The default buckets of a packed text model: 16 rows of 128 positions, where short
-    and medium texts are packed, and 4 rows of the model's longest input up to 256, for
-    the long ones: two compiled shapes (one, 16 rows, where the model takes at most 128
-    tokens)."""
+    """The default buckets of a packed text model: 16 and 4 rows of 128 positions, where
+    short and medium texts are packed (4 rows for a small input's last run), and one row
+    of the model's longest input up to 256, for the long ones: three compiled shapes (two
+    where the model takes at most 128 tokens)."""
     top = min(256, max_length or 256)
     short = min(128, top)
-    buckets = {Bucket({BATCH: 16, "seq": short}), Bucket({BATCH: 4 if top > short else 16, "seq": top})}
+    buckets = {Bucket({BATCH: 16, "seq": short}), Bucket({BATCH: 4, "seq": short}), Bucket({BATCH: 1 if top > short else 4,
+                                                                                          "seq": top})}
     return Plan(tuple(sorted(buckets, key=lambda b: (b["seq"], b[BATCH]))))
 
 
@@ -536,7 +537,8 @@ class TextModel:
                                       f"{self.router.limits['seq']}")
         rows = pack(lengths, self.router.queue_edges("seq"), self.packing.max_segments).rows
         used = [sum(s.length for s in row) for row in rows]
-        return [(bucket, [rows[r] for r in part]) for bucket, part in self._runs(used) if bucket is not None]
+        return [(bucket, [rows[r] for r in part]) for bucket, part in self._runs(used, few_shapes=True)
+                if bucket is not None]
 
     def _run_packed(self, encoded: Sequence[Encoded]) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
         """Run ``encoded`` packed (:meth:`_packed_runs`); yield (text indices, outputs) per run."""
@@ -556,12 +558,14 @@ class TextModel:
                     got.append({name: out[name][k] for name in packing.segment_outputs})
             yield idx, got
 
-    def _runs(self, lengths: Sequence[int]) -> Iterator[tuple[Bucket | None, list[int]]]:
+    def _runs(self, lengths: Sequence[int], *, few_shapes: bool = False) -> Iterator[tuple[Bucket | None, list[int]]]:
         """The runs for texts of ``lengths``: (bucket, indices), sorted by length and
         grouped by the length edge they fit (every text of a group is covered by the same
         buckets), each group cut by :meth:`Router.take`, except that a group's last run
         fills a smaller batch bucket exactly, if it holds at least half of the rows left,
-        rather than pad over 1/8 of a larger one;
+        rather than pad over 1/8 of a larger one; with ``few_shapes`` (a packed plan's few
+        batch sizes, far apart), wherever runs of the smaller bucket hold the rows left in
+        fewer positions than the larger one;
         ``(None, [i])`` for a text longer than every bucket (the overflow policy's, one by
         one)."""
         groups: dict[int | None, list[int]] = {}
@@ -579,7 +583,8 @@ class TextModel:
                     # as much as real ones: run a full smaller bucket now, the rest next,
                     # where it takes at least half the rows (not many small runs instead).
                     full = self._full_run(n, edge)
-                    if full is not None and 2 * full[1] >= n:
+                    if full is not None and (2 * full[1] >= n or (
+                            few_shapes and -(-n // full[1]) * full[0].volume < bucket.volume)):
                         bucket, n = full
                 part, idx = idx[:n], idx[n:]
                 yield bucket, part

@@ -88,3 +88,25 @@ def exact_session(backend: Any, module: Any, spec: Any, plan: Any) -> Any:
     workdir = tempfile.TemporaryDirectory(prefix="bucketwise-bench-")
     _WORKDIRS.append(workdir)
     return backend.session(backend.export(module, spec, export_example(plan), Path(workdir.name)))
+
+
+def wait_ready(proc: Any, url: str, *, what: str, timeout: float, log: Path | None = None) -> None:
+    """Wait until ``url`` answers 200, or raise naming ``what``: with the tail of ``log``
+    (the server's output) when the process exits first; after killing it at ``timeout``."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            said = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise RuntimeError(f"{what} exited: {said}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{what} did not become ready in {timeout:.0f} s" + (f"; log {log}" if log is not None else ""))

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import save, table
+from _common import save, table, wait_ready
 from bench_serve import free_port
 from heldout import heldout_sets
 
@@ -98,18 +98,8 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str, s
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-peers-{port}.log", "wb")  # never a full pipe
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited: {Path(log.name).read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url + ready, timeout=1).status_code == 200:
-                return proc, url, path
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{name} did not become ready in 300 s")
+    wait_ready(proc, url + ready, what=name, timeout=300, log=Path(log.name))
+    return proc, url, path
 
 
 SERVER_SUMS = ("bucketwise_queue_seconds_sum", "bucketwise_queue_seconds_count", "bucketwise_inference_seconds_sum",

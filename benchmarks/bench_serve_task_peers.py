@@ -88,7 +88,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _common import save, table
+from _common import save, table, wait_ready
 from bench_serve import free_port
 from bench_serve_peers import cpu_seconds, median_over_rounds, rss_mib
 from heldout import heldout_sets
@@ -258,18 +258,9 @@ def start(server: str, task: str, folder: Path, args: argparse.Namespace, hub: P
     with open(log_path, "wb") as log:  # never a full pipe
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600  # a first start compiles (bucketwise) or optimizes (infinity)
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{server} ({task}) exited: {log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url + ready, timeout=1).status_code == 200:
-                return proc, url, log_path
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{server} ({task}) did not become ready in 600 s; log {log_path}")
+    # A first start compiles (bucketwise) or optimizes (infinity).
+    wait_ready(proc, url + ready, what=f"{server} ({task})", timeout=600, log=log_path)
+    return proc, url, log_path
 
 
 def graph_loaded(log: Path) -> str:

@@ -147,6 +147,30 @@ def test_default_buckets_stop_at_the_models_longest_input_and_longer_plans_are_r
         SentenceEmbedder.default(model=folder, plan=Plan.grid(batch=[1], seq=[16, 64]), build=False)
 
 
+def test_embed_on_the_command_line_reports_the_plan_it_built_not_the_default_it_was_given(tmp_path, capsys):
+    """#32's finding on the command line: `bucketwise embed --model DIR` (a folder of
+    max_seq_length 48) built buckets up to 48 but printed and wrote to --json the default
+    plan it passed, up to seq 256."""
+    pytest.importorskip("sentence_transformers")
+    import json
+
+    import tiny_encoders as te
+
+    from bucketwise.cli import main
+
+    folder = str(te.build("roberta-lasttoken-dense-normalize", tmp_path))
+    texts = tmp_path / "t.txt"
+    texts.write_text("one text\nanother, longer text\n")
+    report = tmp_path / "r.json"
+    assert main(["embed", "--model", folder, "--input", str(texts), "--backend", "eager", "--no-cache",
+                 "--no-progress", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    written = Plan.from_json(json.loads(report.read_text())["plan"])
+    assert written.max_size("seq") == te.MAX_SEQ_LENGTH == 48
+    backend_line = next(line for line in printed.splitlines() if line.startswith("backend"))
+    assert f"{len(written)} buckets" in backend_line and "256" not in backend_line
+
+
 def test_a_cold_start_built_in_a_child_process_holds_what_a_warm_start_holds(tmp_path):
     """#29: after a cold compile a server still held the torch model and the exporter (1.1 to
     1.47 GB under load against 491 to 610 MiB after a warm start). With build_in_child, the

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
                                         model=args.model, cache=cache_from_args(args),
                                         backend_options=backend_options(args, plan), build=False, warmup_runs=0)
+    plan = embedder.model.plan  # what the model was built with: the default stops at its longest input
     texts, encoded, source, skipped = _texts(args, embedder, texts)
     embedder.prepare(progress=progress, only=embedder.buckets_for(encoded))
     compile_s = time.perf_counter() - start

@@ -3,7 +3,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "tests" / "data"
+# Six COCO photographs (500 x 346 to 640 x 489, and 427 x 640 upright), shipped with
+# the tests: see tests/data/coco/ATTRIBUTION.md for their licenses.
+COCO_IMAGES = DATA / "coco" / "images"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # MRPC, until the tests generate their text
 
 
 def pytest_collection_modifyitems(config, items):

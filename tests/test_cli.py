@@ -163,6 +163,39 @@ def test_plan_from_csv_json_npy_writes_a_plan(tmp_path, capsys):
     assert Plan.load(out).dims == ("height", "width")
 
 
+def test_plan_names_a_next_step_that_fits_the_shapes(tmp_path, capsys):
+    """#32: a shapes file of token lengths ended with a next step for images
+    (`bucketwise predict lengths.csv ... --model resnet50`). Token lengths name a text
+    command, image sides predict on images, other dims no command at all."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    def step(path, *extra):
+        assert main(["plan", str(path), "--k", "2", "--output", str(tmp_path / "plan.json"), *extra]) == 0
+        return capsys.readouterr().out.splitlines()[-1]
+
+    for name, content in (("lengths.csv", "seq\n12\n40\n33\n"), ("bare.csv", "12\n40\n33\n"),
+                          ("lengths.json", "[12, 40, 33]")):
+        (tmp_path / name).write_text(content)
+        line = step(tmp_path / name)
+        assert "bucketwise serve --plan" in line and "predict" not in line and "resnet50" not in line, line
+
+    (tmp_path / "sides.csv").write_text("height,width\n480,640\n640,480\n500,500\n")
+    line = step(tmp_path / "sides.csv")
+    assert "bucketwise predict IMAGES --plan" in line and "--model resnet50" in line, line  # a CSV is not the images
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (w, h) in enumerate([(64, 48), (40, 60)]):
+        Image.new("RGB", (w, h)).save(photos / f"{i}.png")
+    line = step(photos)
+    assert f"bucketwise predict {photos} --plan" in line, line
+
+    (tmp_path / "other.csv").write_text("length\n12\n40\n33\n")
+    for line in (step(tmp_path / "other.csv"), step(tmp_path / "bare.csv", "--dims", "length")):
+        after = line.split(";", 1)[1].replace("bucketwise.Plan.load", "")
+        assert "(length)" in after and "bucketwise" not in after and "name their column seq" in after, line
+
+
 def test_plan_budget_and_neuron_rule(tmp_path, capsys):
     from bucketwise import Plan
 

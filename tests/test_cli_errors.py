@@ -2,11 +2,8 @@
 one line naming the value and the fix, and exits 2; nothing prints a traceback."""
 
 import pytest
-from conftest import SHARED_DATA
 
 from bucketwise.cli import main
-
-COCO = SHARED_DATA / "coco-tiny" / "train2017"
 
 
 def _images(tmp, *, bad: bool = False):

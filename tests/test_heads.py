@@ -43,9 +43,7 @@ STRIDE = 8
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {(kind, task): te.build_head(kind, task, root) for kind in te.HEAD_KINDS for task in TASKS}
+    return {(kind, task): te.build_head(kind, task, root) for kind in te.HEAD_KINDS for task in TASKS}
 
 
 class Reference:
@@ -464,9 +462,7 @@ def test_predict_runs_a_sentence_encoder_folder_as_feature_extraction(tmp_path, 
     from bucketwise.cli import main
     from bucketwise.models.text import SentenceEmbedder
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        folder = str(te.build("bert-cls", tmp_path))
+    folder = str(te.build("bert-cls", tmp_path))
     inp = _jsonl(tmp_path / "in.jsonl", ["A short sentence.", {"text": "a sentence", "text_pair": "and its pair"}])
     out = tmp_path / "out.jsonl"
     assert main(["predict", "--model", folder, "--input", str(inp), "--output", str(out), "--no-progress", "--no-cache"]) == 0

@@ -111,10 +111,11 @@ def test_bucket_jit_compiles_once_per_bucket_not_once_per_length():
                                np.asarray(exact(p, long_ids, long_mask)["pooled"]), atol=1e-5)
 
 
-def test_minilm_in_jax_matches_the_torch_model(tmp_path, mrpc_dir):
+def test_minilm_in_jax_matches_the_torch_model(tmp_path):
     pytest.importorskip("safetensors")
     torch = pytest.importorskip("torch")
-    from bucketwise.data import read_mrpc
+    from sentences import sentences
+
     from bucketwise.models.encoders import lazy_default_encoder
     from bucketwise.models.jax_bert import bert_encoder
     from bucketwise.models.text import SentenceEmbedder
@@ -123,7 +124,7 @@ def test_minilm_in_jax_matches_the_torch_model(tmp_path, mrpc_dir):
     plan = Plan.grid(batch=[1, 8], seq=[16, 32, 64])
     embedder = SentenceEmbedder(BucketedModel(model, spec, plan, backend="jax", cache=tmp_path), tokenizer)
     embedder.prepare(progress=False)
-    texts = [a for a, _ in read_mrpc(mrpc_dir / "msr_paraphrase_test.txt")[:24]]
+    texts = sentences(24)
     got = embedder.embed(texts, progress=False)
     lazy, _, tspec = lazy_default_encoder(None)
     module = lazy.load()

@@ -6,15 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SHARED_DATA
-
-COCO = SHARED_DATA / "coco-tiny" / "train2017"
+from conftest import COCO_IMAGES as COCO
+from conftest import ROOT
 
 
 @pytest.mark.slow
 def test_the_package_and_pillow_alone_plan_from_an_image_folder(tmp_path):
-    if not COCO.is_dir():
-        pytest.skip(f"coco-tiny not found at {COCO}")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"

@@ -220,13 +220,14 @@ def test_report_ranks_strategies_and_sums_traffic():
 
 
 @pytest.mark.slow
-def test_mrpc_planned_k4_beats_powers_of_two_and_quantiles(mrpc_dir):
+def test_sentence_pairs_planned_k4_beat_powers_of_two_and_quantiles():
     pytest.importorskip("transformers")
-    from bucketwise.data import read_mrpc
+    from sentences import sentence_pairs
+
     from bucketwise.models.text import load_default_encoder
 
     _, tokenizer, _ = load_default_encoder()
-    pairs = read_mrpc(mrpc_dir / "msr_paraphrase_train.txt")
+    pairs = sentence_pairs(4080)  # as many as MRPC's train split, of its lengths
     obs = Observations.from_texts(pairs, tokenizer)
     assert obs.total == len(pairs)
     p = plan(obs, k=4)
@@ -237,13 +238,10 @@ def test_mrpc_planned_k4_beats_powers_of_two_and_quantiles(mrpc_dir):
 
 def test_plan_from_an_image_folder(tmp_path):
     pytest.importorskip("PIL")
-    from conftest import SHARED_DATA
+    from conftest import COCO_IMAGES as folder
 
-    folder = SHARED_DATA / "coco-tiny" / "train2017"
-    if not folder.is_dir():
-        pytest.skip("coco-tiny not found")
     obs = Observations.from_images(folder)
-    assert obs.dims == ("height", "width") and obs.total == 80
+    assert obs.dims == ("height", "width") and obs.total == len(list(folder.iterdir())) == 6
     assert obs.max("height") <= 640 and obs.max("width") <= 640
     p = plan(folder, k=3, grid=32)
     assert p.dims == ("height", "width") and 1 <= len(p) <= 3

@@ -6,14 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import COCO_IMAGES as COCO
 
 from bucketwise.cli import main
 
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("torchvision")
-
-COCO = SHARED_DATA / "coco-tiny" / "train2017"
 
 FACTORY = '''
 import torch
@@ -67,9 +65,8 @@ def test_predict_any_image_model_on_a_folder(photos, tmp_path, capsys, model, ki
 
 
 @pytest.mark.slow
-def test_coco_tiny_compiles_and_predicts_on_onnxruntime(tmp_path, capsys):
-    if not COCO.is_dir():
-        pytest.skip(f"coco-tiny not found at {COCO}")
+def test_coco_images_compile_and_predict_on_onnxruntime(tmp_path, capsys):
+    n = len(list(COCO.iterdir()))
     plan, cache = tmp_path / "plan.json", str(tmp_path / "cache")
     assert main(["plan", str(COCO), "--k", "3", "--output", str(plan)]) == 0
     assert main(["compile", "--model", "resnet50", "--plan", str(plan), "--backend", "onnxruntime",
@@ -79,21 +76,16 @@ def test_coco_tiny_compiles_and_predicts_on_onnxruntime(tmp_path, capsys):
     assert main(["predict", str(COCO), "--model", "resnet50", "--plan", str(plan), "--backend", "onnxruntime",
                  "--cache-dir", cache, "--no-progress", "--output", str(top), "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["images"] == 80 and report["stats"]["runs"] == 80
+    assert report["images"] == n == 6 and report["stats"]["runs"] == n
     rows = [json.loads(line) for line in top.read_text().splitlines()]
-    assert len(rows) == 80 and all(len(r["top"]) == 5 for r in rows)
+    assert len(rows) == n and all(len(r["top"]) == 5 for r in rows)
     dets = tmp_path / "dets.json"
     # Random weights score every box alike and low: keep them all, to see them filtered.
-    # Keeping every box makes the detector slow on a CPU, so it runs on 8 of the images.
-    subset = tmp_path / "subset"
-    subset.mkdir()
-    for f in sorted(COCO.iterdir())[:8]:
-        (subset / f.name).write_bytes(f.read_bytes())
-    assert main(["predict", str(subset), "--model", "fasterrcnn", "--plan", str(plan), "--backend", "onnxruntime",
+    assert main(["predict", str(COCO), "--model", "fasterrcnn", "--plan", str(plan), "--backend", "onnxruntime",
                  "--cache-dir", cache, "--no-progress", "--output", str(dets), "--score-threshold", "0"]) == 0
     coco = json.loads(dets.read_text())
     sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
-    assert len(sizes) == 8 and coco["annotations"]
+    assert len(sizes) == n and coco["annotations"]
     for a in coco["annotations"]:  # boxes in the padding were dropped, the rest clipped
         x, y, w, h = a["bbox"]
         width, height = sizes[a["image_id"]]

@@ -17,6 +17,7 @@ serve = pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from sentences import sentences  # noqa: E402
 from serve_double import free_port  # noqa: E402
 
 import bucketwise.ray as bwr  # noqa: E402
@@ -66,7 +67,7 @@ def post(port, texts, timeout=60):
 
 
 @pytest.mark.slow
-def test_serve_replicas_share_the_cache_batch_by_bucket_and_scale_down_losing_nothing(local_ray, mrpc_dir):
+def test_serve_replicas_share_the_cache_batch_by_bucket_and_scale_down_losing_nothing(local_ray):
     from bucketwise.models.text import SentenceEmbedder
     from bucketwise.ray import text_plan
     from bucketwise.runtime.cache import ArtifactCache
@@ -78,8 +79,7 @@ def test_serve_replicas_share_the_cache_batch_by_bucket_and_scale_down_losing_no
     started = time.perf_counter()
     serve.run(bwr.app(args), name="bucketwise", route_prefix="/")  # returns once both replicas are warm
     ready_s = time.perf_counter() - started
-    lines = (mrpc_dir / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()[1:]
-    texts = [s for line in lines for s in line.split("\t")[3:5]][:400]
+    texts = sentences(400)
 
     # The official client, through Ray's proxy.
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
@@ -203,16 +203,15 @@ def test_serve_replicas_share_the_cache_batch_by_bucket_and_scale_down_losing_no
 
 
 @pytest.mark.slow
-def test_ray_data_embeds_20000_texts_with_two_actors_as_one_process_does(local_ray, mrpc_dir):
+def test_ray_data_embeds_20000_texts_with_two_actors_as_one_process_does(local_ray):
     from bucketwise.models.text import SentenceEmbedder
     from bucketwise.ray import text_plan
     from bucketwise.runtime.cache import ArtifactCache
 
-    lines = (mrpc_dir / "msr_paraphrase_train.txt").read_text(encoding="utf-8-sig").splitlines()[1:]
-    sentences = [s for line in lines for s in line.split("\t")[3:5]]
+    some = sentences(4000)
     # 20,000 texts of varied lengths (the first 3-22 words of each sentence), short enough
     # for a 2-core CI machine.
-    texts = [" ".join(sentences[i % len(sentences)].split()[: 3 + i % 20]) for i in range(20_000)]
+    texts = [" ".join(some[i % len(some)].split()[: 3 + i % 20]) for i in range(20_000)]
     cache = str(local_ray)
     kwargs = {"batch_sizes": (1, 8), "seq_sizes": (16, 32, 64, 128), "cache_dir": cache}
     started = time.perf_counter()
@@ -237,7 +236,7 @@ def test_embed_dataset_names_a_missing_text_column(local_ray):
 
 
 @pytest.mark.slow
-def test_embed_cli_on_ray_writes_npy_in_input_order_and_parquet_shards(local_ray, tmp_path, mrpc_dir):
+def test_embed_cli_on_ray_writes_npy_in_input_order_and_parquet_shards(local_ray, tmp_path):
     import pyarrow.parquet as pq
 
     from bucketwise.cli import main
@@ -245,8 +244,7 @@ def test_embed_cli_on_ray_writes_npy_in_input_order_and_parquet_shards(local_ray
     from bucketwise.ray import RayServeOptions, text_plan
     from bucketwise.runtime.cache import ArtifactCache
 
-    lines = (mrpc_dir / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()[1:301]
-    texts = [line.split("\t")[3] for line in lines]
+    texts = sentences(300)
     src = tmp_path / "texts.txt"
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
     common = ["embed", "--input", str(src), "--ray", "2", "--batch-sizes", "1,8", "--seq-sizes", "16,32,64,128",
@@ -265,7 +263,7 @@ def test_embed_cli_on_ray_writes_npy_in_input_order_and_parquet_shards(local_ray
 
 
 @pytest.mark.slow
-def test_ray_data_runs_another_architecture_as_one_process_does(local_ray, tmp_path, mrpc_dir):
+def test_ray_data_runs_another_architecture_as_one_process_does(local_ray, tmp_path):
     # A model the project is not tuned to: a tiny RoBERTa (byte-level BPE, no token types,
     # last-token pooling, a Dense layer) with random weights, from tests/tiny_encoders.py.
     pytest.importorskip("sentence_transformers")
@@ -274,8 +272,7 @@ def test_ray_data_runs_another_architecture_as_one_process_does(local_ray, tmp_p
     from bucketwise.models.text import SentenceEmbedder
 
     folder = str(te.build("roberta-lasttoken-dense-normalize", tmp_path))
-    lines = (mrpc_dir / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()[1:]
-    texts = [" ".join(line.split("\t")[3].split()[: 3 + i % 12]) for i, line in enumerate(lines[:400])]
+    texts = [" ".join(s.split()[: 3 + i % 12]) for i, s in enumerate(sentences(400))]
     got = bwr.embed_texts(texts, model=folder, concurrency=2, batch_size=100, cache_dir=str(local_ray))
     local = SentenceEmbedder.default(model=folder, cache=str(local_ray), progress=False)
     want = local.embed(texts)

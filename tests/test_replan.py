@@ -220,20 +220,20 @@ def test_a_swap_on_onnx_runtime_keeps_serving_on_the_shared_sessions():
 
 
 @pytest.mark.slow
-def test_another_architecture_replans_under_the_official_openai_client(tmp_path, mrpc_dir):
+def test_another_architecture_replans_under_the_official_openai_client(tmp_path):
     # A model the project is not tuned to (a tiny RoBERTa: byte-level BPE, no token types,
     # last-token pooling, Dense, Normalize; random weights), on ONNX Runtime, driven by the
-    # openai package, on MRPC sentences: traffic moves from 2-3 words to 10-14, the server
+    # openai package, on MRPC-length sentences: traffic moves from 2-3 words to 10-14, the server
     # re-plans and swaps, every answer matches sentence-transformers before and after.
     openai = pytest.importorskip("openai")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("sentence_transformers")
     import tiny_encoders as te
     from sentence_transformers import SentenceTransformer
+    from sentences import sentences
 
     folder = te.build("roberta-lasttoken-dense-normalize", tmp_path)
-    lines = (mrpc_dir / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()[1:200]
-    words = [line.split("\t")[3].split() for line in lines]
+    words = [s.split() for s in sentences(199)]
     short = [" ".join(w[:2 + i % 2]) for i, w in enumerate(words)]
     long = [" ".join(w[:10 + i % 5]) for i, w in enumerate(words) if len(w) >= 14]
     reference = SentenceTransformer(str(folder), device="cpu")

@@ -170,7 +170,6 @@ def tiny_heads(root):
     """A tiny head of every text task (random weights, built offline), so every task's route is
     in the schema; none without transformers."""
     import importlib.util
-    import warnings
 
     if importlib.util.find_spec("transformers") is None:
         return {}
@@ -185,9 +184,7 @@ def tiny_heads(root):
                                   ("rank", "distilbert", "text-ranking", TextRanker),
                                   ("ner", "roberta", "token-classification", TokenClassifier),
                                   ("qa", "bert", "question-answering", QuestionAnswerer)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            folder = te.build_head(kind, task, root)
+        folder = te.build_head(kind, task, root)
         heads[name] = cls.default(model=str(folder), backend="onnxruntime", plan=plan, progress=False)
     return heads
 

@@ -8,8 +8,6 @@ tests/tiny_encoders.py) and the bundled all-MiniLM-L6-v2. Every answer is checke
 the same head run in-process, within 1e-5; bad inputs get a 4xx and the server keeps
 serving."""
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -37,11 +35,9 @@ DOCS = ["Bears live in forests.", "word", "The city of Berlin has a bear on its 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        folders = {task: te.build_head(kind, task, root) for kind, task in (
-            ("bert", "text-classification"), ("distilbert", "text-ranking"),
-            ("roberta", "token-classification"), ("bert", "question-answering"))}
+    folders = {task: te.build_head(kind, task, root) for kind, task in (
+        ("bert", "text-classification"), ("distilbert", "text-ranking"),
+        ("roberta", "token-classification"), ("bert", "question-answering"))}
     kw = dict(backend="onnxruntime", plan=PLAN, progress=False)
     heads = {
         "paraphrase": TextClassifier.default(model=str(folders["text-classification"]), **kw),
@@ -194,10 +190,8 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
 
     from serve_double import free_port
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf = te.build_head("bert", "text-classification", tmp_path)
-        ranker = te.build_head("roberta", "text-ranking", tmp_path)
+    clf = te.build_head("bert", "text-classification", tmp_path)
+    ranker = te.build_head("roberta", "text-ranking", tmp_path)
     image_plan = tmp_path / "image_plan.json"
     Plan.grid(height=[64], width=[64]).save(image_plan)
     config = tmp_path / "models.json"
@@ -253,9 +247,7 @@ def test_each_text_model_is_re_planned_from_its_own_traffic(tmp_path):
 
     from serve_double import make_embedder
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        folder = te.build_head("bert", "text-classification", tmp_path)
+    folder = te.build_head("bert", "text-classification", tmp_path)
     clf = TextClassifier.default(model=str(folder), backend="onnxruntime", plan=Plan.grid(batch=[1, 4], seq=[8, 48]),
                                  progress=False)
     texts = ["Alice lives in Paris with Bob.", "Carol works in Berlin near the river."]
@@ -297,10 +289,8 @@ def test_serve_splits_one_memory_budget_across_its_models(tmp_path):
     from bucketwise.planning.io import read_shapes
     from bucketwise.planning.joint import ModelDemand, split_budget
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf = te.build_head("bert", "text-classification", tmp_path)
-        ranker = te.build_head("distilbert", "text-ranking", tmp_path)
+    clf = te.build_head("bert", "text-classification", tmp_path)
+    ranker = te.build_head("distilbert", "text-ranking", tmp_path)
     fmt = "bucketwise.traffic-shapes/1"
     (tmp_path / "traffic.clf.json").write_text(json.dumps(
         {"format": fmt, "dims": ["seq"], "shapes": [[9], [13], [22], [40]], "counts": [400, 300, 200, 100]}))
@@ -347,10 +337,8 @@ def test_the_joint_budget_reads_each_models_memory_from_the_cache(tmp_path, caps
     from bucketwise.cli._common import cache_from_args
     from bucketwise.cli.serve import _served_entries, _split_budget
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf = te.build_head("bert", "text-classification", tmp_path)
-        ranker = te.build_head("distilbert", "text-ranking", tmp_path)
+    clf = te.build_head("bert", "text-classification", tmp_path)
+    ranker = te.build_head("distilbert", "text-ranking", tmp_path)
     cache = tmp_path / "cache"
     for folder in (clf, ranker):
         assert main(["compile", "--model", str(folder), "--batch-sizes", "1", "--seq-sizes", "16,48",

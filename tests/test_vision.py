@@ -3,7 +3,7 @@ image planning, and the ready torchvision models (those skip without torchvision
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import COCO_IMAGES as COCO
 from test_vision_geometry import fake_detector, strided_net
 
 from bucketwise import Bucket, BucketedModel, BucketOverflowError, InputError, Plan, pad, route
@@ -18,7 +18,6 @@ from bucketwise.models.vision import (
 )
 
 Image = pytest.importorskip("PIL.Image")
-COCO = SHARED_DATA / "coco-tiny" / "train2017"
 
 
 def rgb(h, w, seed=0):
@@ -82,28 +81,45 @@ def test_resize_to_fit_maps_boxes_and_dense_outputs_back():
 
 
 def test_plan_from_an_image_folder(tmp_path, capsys):
-    if not COCO.is_dir():
-        pytest.skip(f"coco-tiny not found at {COCO}")
     from bucketwise.cli import main
     from bucketwise.planning import plan
 
     p = plan(COCO, k=3, grid=32)
     assert p.dims == ("height", "width") and len(p) <= 3
-    for f in sorted(COCO.iterdir())[:20]:
+    for f in sorted(COCO.iterdir()):
         with Image.open(f) as im:
             w, h = im.size
         assert route(p, {"height": h, "width": w}).covers({"height": h, "width": w})
     out = tmp_path / "p.json"
     assert main(["plan", str(COCO), "--k", "3", "--grid", "32", "--output", str(out)]) == 0
-    assert "80 inputs" in capsys.readouterr().out
+    assert "6 inputs" in capsys.readouterr().out
+
+
+def test_the_shipped_coco_images_are_those_annotated_and_each_is_attributed():
+    """tests/data/coco: every image has its COCO record (size as read), a license that
+    allows any use (CC BY 2.0 or no known restrictions) and a line in ATTRIBUTION.md."""
+    import json
+
+    meta = json.loads((COCO.parent / "annotations.json").read_text())
+    attribution = (COCO.parent / "ATTRIBUTION.md").read_text()
+    licenses = {lic["id"]: lic for lic in meta["licenses"]}
+    assert set(licenses) <= {4, 7}  # COCO's ids of "Attribution License" and "No known copyright restrictions"
+    records = {im["file_name"]: im for im in meta["images"]}
+    files = sorted(f.name for f in COCO.iterdir())
+    assert files == sorted(records) and len(files) == 6
+    for name in files:
+        im = records[name]
+        with Image.open(COCO / name) as opened:
+            assert opened.size == (im["width"], im["height"])
+        row = next(line for line in attribution.splitlines() if line.startswith(f"| {name} |"))
+        assert im["flickr_url"] in row and im["coco_url"] in row and licenses[im["license"]]["url"] in row
+    assert {a["image_id"] for a in meta["annotations"]} == {im["id"] for im in meta["images"]}
 
 
 # -- ready torchvision models -------------------------------------------------------------------
 
 
 def coco_images(n):
-    if not COCO.is_dir():
-        pytest.skip(f"coco-tiny not found at {COCO}")
     return [Image.open(f).convert("RGB") for f in sorted(COCO.iterdir())[:n]]
 
 

@@ -76,7 +76,12 @@ def build(name: str, root: Path, *, sentence_transformers: bool = True) -> Path:
     folder. With ``sentence_transformers=False``, a plain transformers folder instead."""
     import torch
     import transformers
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers 6 moved the modules and deprecates the old path
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # before 6
+        from sentence_transformers import models  # type: ignore[no-redef]
 
     kind, pooling, extra = ARCHITECTURES[name]
     folder = root / (name if sentence_transformers else f"{name}-plain")

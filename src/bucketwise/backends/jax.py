@@ -190,8 +190,9 @@ class JaxBackend:
         which differs where ``device`` names another platform); the params enter as
         shapes only (no copy)."""
         on = jax.sharding.SingleDeviceSharding(self.device)
-        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(np.result_type(x)), sharding=on),
-                              model.params)
+        # An array's own dtype: np.result_type of a jax array is a deprecated implicit conversion.
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jax_dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x)),
+                                                             sharding=on), model.params)
         inputs = input_structs(spec, bucket, sharding=on)
         try:
             return jax.jit(model.apply).lower(shapes, inputs).compile(self.compiler_options or None)

@@ -159,8 +159,13 @@ def run(args: argparse.Namespace) -> int:
     elif "seq" in obs.dims:
         model = f" --model {args.model}" if args.model else ""
         step = f"use it with: bucketwise serve{model} --plan {args.output}"
+    elif set(obs.dims) == {"height", "width"}:  # image sides: an image folder, or a shapes file of them
+        images = args.input if Path(args.input).is_dir() else "IMAGES"
+        step = f"use it with: bucketwise predict {images} --plan {args.output} --model resnet50"
     else:
-        step = f"use it with: bucketwise predict {args.input} --plan {args.output} --model resnet50"
+        step = (f"its dims ({', '.join(obs.dims)}) are neither token lengths (seq) nor image sides (height, width): "
+                f"load it with bucketwise.Plan.load({str(args.output)!r}) for a model over them, or, for token lengths, "
+                "name their column seq to serve a text model with them")
     say(f"wrote    {args.output} ({len(p)} buckets: {p}); {step}")
     if args.plot:
         from ..planning.report import alternatives

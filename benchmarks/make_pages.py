@@ -391,6 +391,51 @@ def hostile(d: dict) -> tuple[Table, Plot]:
                    right=("peak RSS MiB", {"peak RSS MiB": [r["rss_mib_peak"] for r in d["results"]]}))
 
 
+def joint_serve(d: dict) -> tuple[Table, Plot]:
+    rows = []
+    for key, m in d["summary"].items():
+        split, clients = key.split()
+        plan = d["splits"][split]
+        ks = ", ".join(f"{n} {v['k']}" for n, v in plan["models"].items())
+        rows.append([clients, split, ks, f(plan["memory"] / 2**20, 0), f(plan["expected_cost"], 1), f(m["req_per_s"]),
+                     f(m["embed_p99_ms"], 0), f(m["worst_route_p99_ms"], 0), f(m["rss_mib"], 0), str(m["errors"]), str(m["lost"])])
+    t = Table(["clients", "split", "length buckets per model", "MiB planned", "expected padded tokens/request", "req/s",
+               "embed p99 ms", "worst route p99 ms", "server RSS MiB", "errors", "lost"], rows)
+    clients = sorted({int(k.split()[1]) for k in d["summary"]})
+    return t, Plot("bar", [f"{c} clients" for c in clients],
+                   {split: [d["summary"][f"{split} {c}"]["req_per_s"] for c in clients] for split in ("planned", "equal")},
+                   "requests/s", right=("embed p99 ms", {split: [d["summary"][f"{split} {c}"]["embed_p99_ms"] for c in clients]
+                                                          for split in ("planned", "equal")}))
+
+
+def task_peers(d: dict) -> tuple[Table, Plot]:
+    med = {(m["server"], m["task"], m["clients"]): m for m in d["median"]}
+    rows = []
+    for (server, task, clients), m in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        base = med.get(("infinity-emb (optimum)", task, clients))
+        mine = server != "infinity-emb (optimum)" and base is not None
+        rows.append([task, str(clients), server, f(m["throughput"]), f(m["p99_ms"]), ratio(m["throughput"] / base["throughput"]) if mine else "—",
+                     ratio(m["p99_ms"] / base["p99_ms"]) if mine else "—", str(m["errors"]), str(m["lost"])])
+    t = Table(["task", "clients", "server", "req/s (median)", "p99 ms (median)", "req/s vs infinity", "p99 vs infinity", "errors", "lost"], rows)
+    cells = sorted({(task, c) for _, task, c in med})
+    return t, Plot("bar", [f"{task} {c}" for task, c in cells],
+                   {server: [med[(server, task, c)]["throughput"] for task, c in cells] for server in d["servers"]}, "requests/s (median)")
+
+
+def packing_bench(d: dict) -> tuple[Table, Plot]:
+    rows = []
+    for set_name, got in d["sets"].items():
+        for config, c in got["configs"].items():
+            rows.append([f"{set_name} ({got['texts']} texts, median {got['median_tokens']} tokens)", config, f(c["texts_per_s"], 0), ratio(c["vs_exact"]),
+                         pct(c["padding_waste"]), "—" if c["shapes"] is None else str(c["shapes"]), f(c["rss_mib"], 0),
+                         sci(c["max_abs_diff_vs_reference"])])
+    t = Table(["set", "configuration", "texts/s", "vs exact", "padding", "compiled shapes", "peak RSS MiB", "max diff"], rows)
+    sets = list(d["sets"])
+    configs = [c for c in d["sets"][sets[0]]["configs"] if c != "exact (reference)"]
+    return t, Plot("barh", configs, {s: [d["sets"][s]["configs"][c]["vs_exact"] for c in configs] for s in sets},
+                   "throughput against the exact-shape reference")
+
+
 # ---------------------------------------------------------------- the pages
 
 BENCHES = [
@@ -421,6 +466,13 @@ BENCHES = [
     Bench("joint_budget", "One memory budget across models", "Three models (80% embeddings, 15% reranks, 5% classifications on MRPC test lengths): "
           "the jointly optimal split of a memory budget against an equal split, in expected cost (not served and timed).", joint,
           "python benchmarks/bench_joint_budget.py", "Planning"),
+    Bench("joint_serve", "One memory budget across models, served", "The planned split of one budget against an equal split, each served by "
+          "`bucketwise serve` on OpenVINO (one compiled model per bucket, each model's memory per bucket measured): all-MiniLM-L6-v2 (`embed`, 80% of "
+          "requests), a MiniLM cross-encoder (`rerank`, 15%, a query against four documents) and the MRPC classifier (`mrpc`, 5%); plans fitted on "
+          "MRPC train lengths, load from MRPC test text; rounds alternate the splits, medians shown.", joint_serve, None, "Planning"),
+    Bench("serve_task_peers", "Reranking and classification against infinity-emb", "`bucketwise serve` and infinity-emb 0.0.78's ONNX engine "
+          "serving the same MiniLM reranker on `/rerank` (a query against six held-out sentences) and the same MRPC classifier on `/classify` (one "
+          "held-out sentence), each server a fresh process per round, rounds rotating the order; medians over rounds.", task_peers, None, "Serving"),
     Bench("serve_peers_median", "Serving against infinity-emb", "`bucketwise serve` (ONNX Runtime, default plan) and infinity-emb 0.0.78's ONNX engine "
           "on the same MiniLM weights, one text per request: held-out sentences (\"singles\") and the same with 20% of requests 3–4 sentences "
           "joined (\"mix\"). Each server a fresh process per round; the median over rounds, with each round's p99.", peers, None, "Serving"),

@@ -462,8 +462,8 @@ class TextModel:
         submit = getattr(_ROUTE, "submit", None)
         if submit is not None:  # in a server: through its batcher (see run_through)
             if self.packing is not None:
-                raise ConfigError("a packed model runs in bulk (embed, predict); the server's batcher does not pack "
-                                  "yet: serve it unpacked")
+                raise ConfigError("a packed model runs in bulk (bucketwise embed --pack, or pack= in Python); the "
+                                  "server's batcher does not pack yet: serve it unpacked")
             if len(encoded) == 0:
                 raise InputError("texts is empty; pass at least one text")
             self.admit(encoded)

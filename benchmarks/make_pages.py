@@ -470,6 +470,10 @@ BENCHES = [
           "`bucketwise serve` on OpenVINO (one compiled model per bucket, each model's memory per bucket measured): all-MiniLM-L6-v2 (`embed`, 80% of "
           "requests), a MiniLM cross-encoder (`rerank`, 15%, a query against four documents) and the MRPC classifier (`mrpc`, 5%); plans fitted on "
           "MRPC train lengths, load from MRPC test text; rounds alternate the splits, medians shown.", joint_serve, None, "Planning"),
+    Bench("packing", "Packed buckets", "all-MiniLM-L6-v2 on held-out prose in bulk: packed plans of three shapes (16 texts to a row at most) "
+          "against the backend's default plan, an unpacked plan of three shapes planned on the set itself, and the exact-shape reference (one "
+          "dynamic ONNX Runtime session, texts sorted and batched by 32); each configuration in a fresh process from a warm cache.",
+          packing_bench, None, "Compilers and padding"),
     Bench("serve_task_peers", "Reranking and classification against infinity-emb", "`bucketwise serve` and infinity-emb 0.0.78's ONNX engine "
           "serving the same MiniLM reranker on `/rerank` (a query against six held-out sentences) and the same MRPC classifier on `/classify` (one "
           "held-out sentence), each server a fresh process per round, rounds rotating the order; medians over rounds.", task_peers, None, "Serving"),

@@ -47,7 +47,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -144,7 +146,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def load(url: str, path: str, texts: list[str], clients: int, seconds: float, offset: int = 0) -> dict:
+async def closed_loop(url: str, clients: int, seconds: float, send: Callable[[int], tuple[str, Any]],
+                      good: Callable[[Any], bool], *, offset: int = 0, missing: float | None = None) -> dict:
+    """``clients`` clients posting back to back for ``seconds``: client ``w`` sends
+    ``send(i)`` (a path and a JSON body) for i = offset + w, offset + w + clients, ...; an
+    answer counts as ok when ``good(response)``. Returns the counts (sent, ok, errors,
+    lost: sent and no answer), why each went wrong, req/s, and p50/p99 of the ok answers
+    (``missing`` where none was)."""
     latencies: list[float] = []
     counts = {"sent": 0, "ok": 0, "errors": 0, "lost": 0}
     why: list[str] = []  # the exception of each lost request, the status of each error
@@ -154,17 +162,21 @@ async def load(url: str, path: str, texts: list[str], clients: int, seconds: flo
         async def worker(w: int) -> None:
             i = offset + w
             while time.perf_counter() < stop:
-                text = texts[i % len(texts)]
+                path, body = send(i)
                 i += clients
                 counts["sent"] += 1
                 t = time.perf_counter()
                 try:
-                    r = await client.post(path, json={"input": [text], "model": "all-MiniLM-L6-v2"})
+                    r = await client.post(path, json=body)
                 except httpx.HTTPError as err:
                     counts["lost"] += 1
                     why.append(f"{type(err).__name__}: {err}"[:200])
                     continue
-                if r.status_code == 200 and len(r.json()["data"]) == 1:
+                try:
+                    ok = good(r)
+                except (ValueError, KeyError, TypeError):
+                    ok = False
+                if ok:
                     counts["ok"] += 1
                     latencies.append(time.perf_counter() - t)
                 else:
@@ -176,8 +188,15 @@ async def load(url: str, path: str, texts: list[str], clients: int, seconds: flo
         elapsed = time.perf_counter() - begin
     lat = np.array(latencies) * 1e3
     return {**counts, "why": why[:20], "seconds": elapsed, "throughput": counts["ok"] / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else missing,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else missing}
+
+
+async def load(url: str, path: str, texts: list[str], clients: int, seconds: float, offset: int = 0) -> dict:
+    """One text per request to ``path`` (OpenAI or infinity embeddings), texts in turn."""
+    return await closed_loop(url, clients, seconds,
+                             lambda i: (path, {"input": [texts[i % len(texts)]], "model": "all-MiniLM-L6-v2"}),
+                             lambda r: r.status_code == 200 and len(r.json()["data"]) == 1, offset=offset)
 
 
 def median_over_rounds(results: list[dict]) -> dict[tuple, dict]:

@@ -90,7 +90,7 @@ import httpx
 import numpy as np
 from _common import save, table, wait_ready
 from bench_serve import free_port
-from bench_serve_peers import cpu_seconds, median_over_rounds, rss_mib
+from bench_serve_peers import closed_loop, cpu_seconds, median_over_rounds, rss_mib
 from heldout import heldout_sets
 from mrpc_model import cache_dir, finetuned_mrpc
 
@@ -308,43 +308,13 @@ def scores(server: str, task: str, body: Any) -> list[float]:
 
 async def load(server: str, task: str, url: str, texts: list[str], clients: int, seconds: float,
                args: argparse.Namespace, offset: int = 0) -> dict:
-    latencies: list[float] = []
-    counts = {"sent": 0, "ok": 0, "errors": 0, "lost": 0}
-    why: list[str] = []  # the exception of each lost request, the status of each error
-    stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        async def worker(w: int) -> None:
-            i = offset + w
-            while time.perf_counter() < stop:
-                path, body, expect = request(server, task, i, texts, args)
-                i += clients
-                counts["sent"] += 1
-                t = time.perf_counter()
-                try:
-                    r = await client.post(path, json=body)
-                except httpx.HTTPError as err:
-                    counts["lost"] += 1
-                    why.append(f"{type(err).__name__}: {err}"[:200])
-                    continue
-                try:
-                    good = r.status_code == 200 and len(results_of(server, task, r.json())) == expect
-                except (ValueError, KeyError, TypeError):
-                    good = False
-                if good:
-                    counts["ok"] += 1
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    counts["errors"] += 1
-                    why.append(f"HTTP {r.status_code}: {r.text[:150]}")
-
-        begin = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(clients)))
-        elapsed = time.perf_counter() - begin
-    lat = np.array(latencies) * 1e3
-    return {**counts, "why": why[:20], "seconds": elapsed, "throughput": counts["ok"] / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+    """Back-to-back requests of ``task`` in ``server``'s body (:func:`request`); an answer
+    is ok with as many results as its request asked for (every request of a task asks for
+    the same number)."""
+    expect = request(server, task, 0, texts, args)[2]
+    return await closed_loop(url, clients, seconds, lambda i: request(server, task, i, texts, args)[:2],
+                             lambda r: r.status_code == 200 and len(results_of(server, task, r.json())) == expect,
+                             offset=offset, missing=float("nan"))
 
 
 def probe(server: str, task: str, url: str, texts: list[str], args: argparse.Namespace) -> list[float]:

@@ -110,3 +110,17 @@ def wait_ready(proc: Any, url: str, *, what: str, timeout: float, log: Path | No
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"{what} did not become ready in {timeout:.0f} s" + (f"; log {log}" if log is not None else ""))
+
+
+def run_child(script: str, args: list[Any], what: str) -> Any:
+    """``script --child JSON(args)`` in a fresh Python process (a configuration measured
+    apart: a process that has run torch runs ONNX Runtime slower); the JSON on its last
+    line of output, or a RuntimeError naming ``what`` with the end of its stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{what}: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import run_child as in_child
 from _common import save, table
 from heldout import heldout_sets
 
@@ -136,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = SentenceEmbedder.default(progress=False, build=False).tokenizer
 
     def run_child(config: str, set_name: str) -> dict:
-        payload = json.dumps([config, set_name, cache, args.batch, args.single, args.repeats])
-        done = subprocess.run([sys.executable, __file__, "--child", payload], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if done.returncode != 0:
-            raise RuntimeError(f"{config} on {set_name}: {done.stderr[-2000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return in_child(__file__, [config, set_name, cache, args.batch, args.single, args.repeats], f"{config} on {set_name}")
 
     for p in PLANS:  # fill the cache: every bucketwise start after this is warm
         run_child(f"bucketwise {p}", "short")

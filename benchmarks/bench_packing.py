@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import run_child as in_child
 from _common import save, table
 from bench_exact import reference
 from heldout import heldout_sets
@@ -121,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           ("default", "unpacked k=3", *PACKED)]
 
     def run_child(config: str, backend: str, set_name: str) -> dict:
-        payload = json.dumps([config, backend, set_name, cache, args.repeats])
-        done = subprocess.run([sys.executable, __file__, "--child", payload], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if done.returncode != 0:
-            raise RuntimeError(f"{config} on {backend}, {set_name}: {done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return in_child(__file__, [config, backend, set_name, cache, args.repeats], f"{config} on {backend}, {set_name}")
 
     tokenizer = SentenceEmbedder.default(progress=False, build=False).tokenizer
     results: dict[str, Any] = {"sets": {}, "packed_plans": {c: [list(b) for b in p] for c, p in PACKED.items()},

@@ -75,31 +75,13 @@ def test_a_plain_transformers_folder_is_mean_pooled_and_says_so(tmp_path):
 
 
 def test_outputs_that_do_not_match_the_model_are_refused(folders):
-    from bucketwise.backends import base
-    from bucketwise.backends.eager import EagerBackend
+    from faulty_backend import faulty_eager
 
-    class Drifting(EagerBackend):
-        """Eager, with the sentence embedding nudged: what a faulty compiler would do."""
+    def drift(run):  # the sentence embedding nudged: what a faulty compiler would do
+        return lambda inputs: {**(out := run(inputs)), "sentence_embedding": out["sentence_embedding"] + 1e-2}
 
-        name = "drifting"
-
-        def compile(self, model, spec, bucket):
-            artifact = super().compile(model, spec, bucket)
-            run = artifact.run
-
-            def drift(inputs):
-                out = run(inputs)
-                return {**out, "sentence_embedding": out["sentence_embedding"] + 1e-2}
-
-            artifact.run = drift
-            return artifact
-
-    base.register_backend("drifting", Drifting)
-    try:
-        with pytest.raises(ParityError, match="refusing to serve them"):
-            SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="drifting", plan=PLAN, progress=False)
-    finally:
-        base._REGISTRY.pop("drifting")
+    with faulty_eager("drifting", drift), pytest.raises(ParityError, match="refusing to serve them"):
+        SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="drifting", plan=PLAN, progress=False)
 
 
 def test_the_command_line_takes_any_model_folder(folders, tmp_path, capsys):

@@ -236,26 +236,16 @@ def test_the_qa_mask_matters(folders):
 
 
 def test_a_head_the_backend_gets_wrong_is_refused(folders):
-    from bucketwise.backends import base
-    from bucketwise.backends.eager import EagerBackend
+    from faulty_backend import faulty_eager
 
-    class Drifting(EagerBackend):
-        name = "drifting-logits"
+    def drift(run):
+        return lambda inputs: {k: v + 1e-2 for k, v in run(inputs).items()}
 
-        def compile(self, model, spec, bucket):
-            artifact = super().compile(model, spec, bucket)
-            run = artifact.run
-            artifact.run = lambda inputs: {k: v + 1e-2 for k, v in run(inputs).items()}
-            return artifact
-
-    base.register_backend("drifting-logits", Drifting)
-    try:
+    with faulty_eager("drifting-logits", drift):
         for task in TASKS:
             with pytest.raises(ParityError, match="refusing to serve them"):
                 head_class(task).default(model=str(folders["bert", task]), backend="drifting-logits", plan=PLAN,
                                          progress=False)
-    finally:
-        base._REGISTRY.pop("drifting-logits")
 
 
 def test_tasks_are_read_from_the_folder(folders, tmp_path):

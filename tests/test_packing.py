@@ -521,28 +521,18 @@ def test_a_packed_model_that_packs_wrongly_is_never_built_to_serve(folders):
     """The compile-time probe: a backend whose artifacts lose the segments (every real
     token in segment 1, as a runtime that dropped the block mask and the per-segment
     pooling would give) raises ParityError from default(), before anything is served."""
+    from faulty_backend import faulty_eager
+
     from bucketwise import Plan
-    from bucketwise.backends import base
-    from bucketwise.backends.eager import EagerBackend
     from bucketwise.models.text import SentenceEmbedder
 
-    class OneSegment(EagerBackend):
-        name = "one-segment"
+    def one_segment(run):
+        def changed(inputs):
+            seg = inputs["segment_ids"]
+            return run({**inputs, "segment_ids": (seg > 0).to(seg.dtype) if hasattr(seg, "to") else (seg > 0) * 1})
+        return changed
 
-        def compile(self, model, spec, bucket):
-            artifact = super().compile(model, spec, bucket)
-            run = artifact.run
-            def one_segment(inputs):
-                seg = inputs["segment_ids"]
-                return run({**inputs, "segment_ids": (seg > 0).to(seg.dtype) if hasattr(seg, "to") else (seg > 0) * 1})
-
-            artifact.run = one_segment
-            return artifact
-
-    base.register_backend("one-segment", OneSegment)
-    try:
-        with pytest.raises(ParityError, match="packed 4 to a row.*refusing to serve it packed"):
-            SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="one-segment",
-                                     plan=Plan.grid(batch=[4], seq=[ROW]), pack=4, progress=False)
-    finally:
-        base._REGISTRY.pop("one-segment")
+    with faulty_eager("one-segment", one_segment), \
+            pytest.raises(ParityError, match="packed 4 to a row.*refusing to serve it packed"):
+        SentenceEmbedder.default(model=str(folders["bert-cls"]), backend="one-segment",
+                                 plan=Plan.grid(batch=[4], seq=[ROW]), pack=4, progress=False)

@@ -68,6 +68,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_ready(port, proc, timeout=60.0):
+    """Wait until the server process ``proc`` answers GET /readyz on ``port`` with 200.
+    Raises RuntimeError with its output if it exits first, or (killed) if it is not ready
+    within ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}) before it was ready: {proc.stdout.read()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the server was not ready in {timeout:g} s: {proc.stdout.read()[-3000:]}")
+
+
 class ThreadServer:
     """An app on uvicorn in a thread of this process (for tests that need the model here)."""
 

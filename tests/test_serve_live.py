@@ -17,21 +17,14 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 HERE = Path(__file__).parent
-from serve_double import ThreadServer, free_port  # noqa: E402
+from serve_double import ThreadServer, free_port, wait_ready  # noqa: E402
 
 
 def start(port, *args):
     proc = subprocess.Popen([sys.executable, str(HERE / "serve_double.py"), "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {proc.stdout.read()}")
+    wait_ready(port, proc)
+    return proc
 
 
 def queued(port):

@@ -186,9 +186,8 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
-    from serve_double import free_port
+    from serve_double import free_port, wait_ready
 
     clf = te.build_head("bert", "text-classification", tmp_path)
     ranker = te.build_head("roberta", "text-ranking", tmp_path)
@@ -207,13 +206,7 @@ def test_the_command_line_serves_several_models_each_by_name(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(port, proc, timeout=120)
         listed = httpx.get(f"{url}/v1/models").json()
         assert sorted(m["id"] for m in listed["data"]) == ["img", "mrpc", "rerank"]
         meta = httpx.get(f"{url}/v2/models/img").json()
@@ -282,9 +275,8 @@ def test_serve_splits_one_memory_budget_across_its_models(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
-    from serve_double import free_port
+    from serve_double import free_port, wait_ready
 
     from bucketwise.planning.io import read_shapes
     from bucketwise.planning.joint import ModelDemand, split_budget
@@ -310,13 +302,7 @@ def test_serve_splits_one_memory_budget_across_its_models(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bucketwise.cli", "serve", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(port, proc, timeout=120)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -5,6 +5,13 @@ than any bucket holds is cut into chunks, and what the overflow policy does with
 larger than every bucket. The runner, the batcher, text tokenizing, the server's admission
 check and the planner's traffic estimate all ask it; nothing else decides.
 
+Placement (issue #30): for many inputs at once, the router answers with runs (:class:`Run`):
+each a bucket and its rows, each row a tuple of :class:`~bucketwise.packer.Slot`
+(input index, offset in the row, length). Unpacked, a row holds one slot at offset 0;
+packed, several inputs share a row. Bulk jobs ask :meth:`Router.place` for every run of
+a list of lengths; the batcher asks :meth:`Router.next_run` for the run of a due queue,
+with the rows of smaller queues riding in its spare room.
+
 Routing contract (tested at the edges): the chosen bucket *covers* the shape (is at least
 as large in every dim); among covering buckets it is the cheapest under the plan's cost
 model, ties going to the smaller volume; a size equal to a bucket edge goes to that
@@ -14,6 +21,7 @@ bucket. The router only ever chooses among buckets that exist in the plan.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,12 +29,15 @@ from typing import Literal
 import numpy as np
 
 from .errors import BucketOverflowError, ConfigError, PlanError
+from .packer import Slot, pack
 from .plans import Plan
 from .shapes import BATCH, Bucket, Shape
 
 __all__ = [
     "Router",
     "Route",
+    "Run",
+    "Slot",
     "route",
     "OverflowPolicy",
     "OVERFLOW_POLICIES",
@@ -53,6 +64,28 @@ class Route:
     policy: Literal["bucket", "truncate", "fallback"]
     shape: Mapping[str, int]
     chunks: tuple[tuple[int, int, Bucket], ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run the router placed: ``bucket`` and its ``rows``, each row a tuple of
+    :class:`~bucketwise.packer.Slot` (``sequence``: the input's index in the caller's list,
+    ``offset`` in the row, ``length``). Unpacked, every row holds one slot at offset 0.
+    ``bucket`` is ``None`` for an input longer than every bucket: it runs alone, under the
+    overflow policy."""
+
+    bucket: Bucket | None
+    rows: tuple[tuple[Slot, ...], ...]
+
+    @property
+    def items(self) -> list[int]:
+        """The inputs of the run, row by row, in slot order."""
+        return [s.sequence for row in self.rows for s in row]
+
+    @property
+    def filled(self) -> list[int]:
+        """Each row's filled length: where its last slot ends."""
+        return [row[-1].offset + row[-1].length if row else 0 for row in self.rows]
 
 
 class Router:
@@ -220,6 +253,152 @@ class Router:
             raise BucketOverflowError(self.overflow_message({**sizes, BATCH: 1}))
         n = min(rows, step)
         return self.route({**sizes, BATCH: n}), n
+
+    # -- placement: many inputs at once ---------------------------------------------------
+
+    def place(self, lengths: Sequence[int], *, max_segments: int = 1, dim: str = "seq") -> list[Run]:
+        """Every run for inputs of ``lengths`` along ``dim`` (a plan over batch and
+        ``dim``), in bulk.
+
+        Unpacked (``max_segments=1``): inputs are sorted by length and grouped by the
+        edge they fit (:meth:`queue_edge`: every input of a group is covered by the same
+        buckets), and each group is cut by :meth:`take`, except that a group's last run
+        fills a smaller batch bucket exactly, where that bucket holds at least half of the
+        rows left, rather than pad over 1/8 of a larger one. An input longer than every
+        bucket gets a run of its own with ``bucket=None`` (the overflow policy's).
+
+        Packed (``max_segments > 1``): inputs are first packed first-fit decreasing into
+        rows of the plan's lengths, at most ``max_segments`` to a row
+        (:func:`~bucketwise.packer.pack`); the rows are then placed as inputs are, by the
+        length they fill, and a group's last run is split into smaller full buckets
+        wherever that computes fewer positions (a packed plan's few batch sizes are far
+        apart). An input longer than every bucket raises :class:`BucketOverflowError`.
+        """
+        if max_segments < 1:
+            raise ConfigError(f"max_segments must be >= 1, got {max_segments}")
+        if max_segments == 1:
+            return [Run(bucket, tuple((Slot(i, 0, int(lengths[i])),) for i in part))
+                    for bucket, part in self._groups(lengths, dim, few_shapes=False)]
+        over = next((i for i, n in enumerate(lengths) if self.queue_edge(dim, n) is None), None)
+        if over is not None:
+            raise BucketOverflowError(f"text {over} has {lengths[over]} tokens; the longest packed row holds "
+                                      f"{self.limits[dim]}")
+        rows = pack(lengths, self.queue_edges(dim), max_segments).rows
+        filled = [row[-1].offset + row[-1].length for row in rows]
+        return [Run(bucket, tuple(rows[r] for r in part))
+                for bucket, part in self._groups(filled, dim, few_shapes=True) if bucket is not None]
+
+    def _groups(self, lengths: Sequence[int], dim: str, *, few_shapes: bool) -> list[tuple[Bucket | None, list[int]]]:
+        """(bucket, indices) per run for rows of ``lengths``: see :meth:`place`."""
+        groups: dict[int | None, list[int]] = {}
+        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+            groups.setdefault(self.queue_edge(dim, lengths[i]), []).append(i)
+        out: list[tuple[Bucket | None, list[int]]] = []
+        for edge, idx in groups.items():
+            if edge is None:
+                out.extend((None, [i]) for i in idx)
+                continue
+            while idx:
+                bucket, n = self.take(len(idx), **{dim: edge})
+                if n == len(idx) and bucket[BATCH] - n > bucket[BATCH] // 8:
+                    # The group's last, partial run would be over 1/8 pad rows, which cost
+                    # as much as real ones: run a full smaller bucket now, the rest next,
+                    # where it takes at least half the rows (not many small runs instead).
+                    full = self._full_run(n, dim, edge)
+                    if full is not None and (2 * full[1] >= n or (
+                            few_shapes and -(-n // full[1]) * full[0].volume < bucket.volume)):
+                        bucket, n = full
+                part, idx = idx[:n], idx[n:]
+                out.append((bucket, part))
+        return out
+
+    def _full_run(self, rows: int, dim: str, edge: int) -> tuple[Bucket, int] | None:
+        """The largest bucket at ``dim`` = ``edge`` that ``rows`` rows fill exactly, if any."""
+        for size in reversed(self.queue_edges(BATCH)):
+            if size <= rows:
+                bucket = self.route({BATCH: size, dim: edge})
+                if bucket[BATCH] == size:
+                    return bucket, size
+        return None
+
+    def next_run(self, due: Sequence[Shape], riders: Sequence[Shape] = (), *, max_segments: int = 1) -> Run:
+        """The run for the rows of one due queue (the batcher's), oldest first: each of
+        ``due`` has the queue's sizes per non-batch dim, all within the same edges
+        (:meth:`queue_key`). ``riders`` are rows waiting in other queues, oldest first;
+        slots index ``due`` then ``riders`` (rider ``j`` is ``len(due) + j``).
+
+        The bucket is the one :meth:`take` chooses for the due rows. Its spare room is
+        computed anyway, so it is filled with the oldest riders that fit within it, which
+        then cost nothing extra and leave sooner; a rider never makes the run larger.
+
+        Unpacked, a row is one input and riders fill spare batch rows. Packed
+        (``max_segments > 1``, a plan over batch and one more dim), due rows are packed
+        first-fit decreasing into rows of the queue's edge, as many of the oldest as the
+        largest covering bucket's rows hold; riders then fill, first fit and oldest
+        first, the room left in those rows (up to the bucket's length and
+        ``max_segments``) and the spare rows.
+        """
+        if not due:
+            raise ConfigError("next_run needs at least one due row")
+        key = {d: n for d, n in self._edges_of(due[0]).items()}
+        if max_segments <= 1:
+            bucket, n = self.take(len(due), **key)
+            rows = [(Slot(i, 0, math.prod(due[i].values())),) for i in range(n)]
+            free = bucket[BATCH] - n
+            for j, sizes in enumerate(riders):
+                if free == 0:
+                    break
+                if all(sizes[d] <= bucket[d] for d in key):
+                    rows.append((Slot(len(due) + j, 0, math.prod(sizes[d] for d in key)),))
+                    free -= 1
+            return Run(bucket, tuple(rows))
+        (dim,) = key
+        edge = key[dim]
+        lengths = [int(s[dim]) for s in due]
+        step = self.max_rows({dim: edge, BATCH: 1})
+        if step == 0:
+            raise BucketOverflowError(self.overflow_message({dim: edge, BATCH: 1}))
+        # The oldest prefix of the due rows whose packing fits the largest covering bucket.
+        lo, hi = 1, len(lengths)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(pack(lengths[:mid], edge, max_segments).rows) <= step:
+                lo = mid
+            else:
+                hi = mid - 1
+        packed = [list(row) for row in pack(lengths[:lo], edge, max_segments).rows]
+        bucket, _ = self.take(len(packed), **key)
+        width = bucket[dim]
+        used = [row[-1].offset + row[-1].length for row in packed]
+        for j, sizes in enumerate(riders):
+            n = int(sizes[dim])
+            if n > width:
+                continue
+            r = next((r for r in range(len(packed)) if used[r] + n <= width and len(packed[r]) < max_segments), None)
+            if r is None:
+                if len(packed) == bucket[BATCH]:
+                    continue
+                packed.append([])
+                used.append(0)
+                r = len(packed) - 1
+            packed[r].append(Slot(len(due) + j, used[r], n))
+            used[r] += n
+        return Run(bucket, tuple(tuple(row) for row in packed))
+
+    def _edges_of(self, sizes: Shape) -> dict[str, int]:
+        key = self.queue_key(sizes)
+        if key is None:
+            raise BucketOverflowError(self.overflow_message({**sizes, BATCH: 1} if self.batched else sizes))
+        return dict(zip((d for d in self.dims if d != BATCH), key))
+
+    def padded(self, sizes: np.ndarray, dim: str) -> np.ndarray:
+        """Each of ``sizes`` padded to the smallest edge of ``dim`` that holds it (the
+        queue it waits in); a size above every edge stays as it is (the overflow
+        policy's). Vectorised :meth:`queue_edge`."""
+        edges = np.asarray(self._sizes[dim])
+        sizes = np.asarray(sizes)
+        at = np.searchsorted(edges, sizes)
+        return np.where(at < len(edges), edges[np.minimum(at, len(edges) - 1)], sizes)
 
     # -- sets of buckets and many shapes ------------------------------------------------
 

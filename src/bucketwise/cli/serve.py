@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
+from ..models.frontend import PACKED_SEGMENTS, packed_text_plan
 from ..planning.io import parse_bytes
 from ._common import add_model_options, backend_options, cache_from_args, image_plan, plan_from_args, read_models_file
 
@@ -91,6 +92,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--replan-build-share", type=float, default=0.5, metavar="FRACTION",
                        help="most share of the wall time a re-plan's build may run: it pauses after each bucket, "
                             "leaving the cores to requests (default 0.5; 1: no pause)")
+    serve.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
+                       help=f"serve text models packed: the batcher packs up to S waiting texts (default "
+                            f"{PACKED_SEGMENTS}) into each row of a bucket; default buckets 16 and 4 rows x 128, 1 row x "
+                            "256 (docs/packing.md). Texts are served at /v1/embeddings and the task routes, not over "
+                            "KServe v2; not with --replan-every or --memory-budget")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             replan_memory = parse_bytes(args.replan_memory_budget)
         except InputError as err:
             raise ConfigError(f"--replan-memory-budget: {err}") from None
+    _check_pack(args)
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
     entries, served_name = _served_entries(args)
@@ -137,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         args.model = (args.model or [None])[-1] if isinstance(args.model, list) else args.model
     image = not several and is_image_model_name(args.model)
+    if image and args.pack is not None:
+        raise ConfigError(f"--pack packs texts; --model {args.model} is an image model: drop --pack")
     name = served_name or (args.model if image else (Path(args.model).name if args.model else ServeConfig.model_name))
     config = ServeConfig(max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                          max_delay=args.max_delay_ms / 1e3, batch_wait=args.batch_wait, streams=args.streams,
@@ -173,12 +182,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..models.text import SentenceEmbedder
 
-        plan = plan_from_args(args)
+        # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
+        sized = args.plan or args.batch_sizes or args.seq_sizes
+        plan = plan_from_args(args) if args.pack is None or sized else None
         cache = cache_from_args(args, fallback=True)
         embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow,
                                             progress=not args.no_progress, model=args.model, cache=cache,
-                                            lazy=args.lazy, backend_options=backend_options(args, plan),
-                                            build_in_child=cache is not None and not args.lazy)
+                                            lazy=args.lazy, backend_options=backend_options(args, plan or packed_text_plan()),
+                                            build_in_child=cache is not None and not args.lazy, pack=args.pack)
         model = embedder.model
         app = create_app(embedder, config)
         routes = f"/v1/embeddings and /v2/models/{name}/infer"
@@ -210,7 +221,20 @@ def _image_model(args: argparse.Namespace, path: str, *, plan: str | None = None
 
 
 MODEL_KEYS = ("path", "task", "backend", "plan", "overflow", "batch_sizes", "seq_sizes", "traffic", "share",
-              "bytes_per_bucket", "shared_bytes")
+              "bytes_per_bucket", "shared_bytes", "pack")
+
+
+def _check_pack(args: argparse.Namespace) -> None:
+    """Refuse --pack where it cannot apply, naming the way out."""
+    if args.pack is None:
+        return
+    if args.pack < 1:
+        raise ConfigError(f"--pack {args.pack}: the texts per row must be at least 1 (e.g. --pack 16)")
+    if args.replan_every is not None:
+        raise ConfigError("--replan-every re-plans unpacked buckets from the traffic; a packed server keeps its "
+                          "buckets: drop --pack or --replan-every")
+    if args.memory_budget:
+        raise ConfigError("--memory-budget splits unpacked buckets among the models; drop --pack or --memory-budget")
 
 
 def _served_entries(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
@@ -284,12 +308,16 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]
         plan_path = entry.get("plan") or args.plan
         plan = planned.get(name) or (text_plan(plan_path, batch_sizes=batch_sizes, seq_sizes=seq_sizes, backend=backend)
                                      if plan_path or batch_sizes or seq_sizes else None)
+        pack = entry.get("pack", args.pack)
+        if plan is None and pack is not None:
+            plan = packed_text_plan()
         options = backend_options(args, plan) if plan is not None else dict(getattr(args, "backend_option", None) or [])
         print(f"loading  {name}: {entry['path']} ({task}) on {backend}")
         heads[name] = head_class(task).default(backend=backend, plan=plan, overflow=entry.get("overflow", args.overflow),
                                                progress=not args.no_progress, model=entry["path"], cache=cache,
                                                lazy=args.lazy, backend_options=options,
-                                               build_in_child=cache is not None and not args.lazy)
+                                               build_in_child=cache is not None and not args.lazy,
+                                               **({"pack": pack} if pack is not None else {}))
     return heads, images, joint
 
 

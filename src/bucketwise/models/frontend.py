@@ -32,7 +32,7 @@ import numpy as np
 from ..backends.base import get_backend
 from ..errors import BucketOverflowError, ConfigError, InputError, ParityError
 from ..plans import Plan
-from ..router import OverflowPolicy
+from ..router import OverflowPolicy, Run
 from ..runtime.model import BucketedModel
 from ..shapes import BATCH, Bucket
 
@@ -270,6 +270,7 @@ class TextModel:
             from .encoders import model_dir
 
             head.packing, head.packed_folder = packing, model_dir(model)
+            bucketed.packer = packing  # the batcher packs sequences through it
         if build and build_in_child and packing is None:  # the child compiles unpacked buckets
             _build_in_child(head, model, backend_options, workers, progress)
         if build:
@@ -461,9 +462,6 @@ class TextModel:
         each text's own length."""
         submit = getattr(_ROUTE, "submit", None)
         if submit is not None:  # in a server: through its batcher (see run_through)
-            if self.packing is not None:
-                raise ConfigError("a packed model runs in bulk (bucketwise embed --pack, or pack= in Python); the "
-                                  "server's batcher does not pack yet: serve it unpacked")
             if len(encoded) == 0:
                 raise InputError("texts is empty; pass at least one text")
             self.admit(encoded)
@@ -501,12 +499,14 @@ class TextModel:
         rows = self.rows(encoded)
         lengths = [len(ids) for ids, _ in encoded]
         try:
-            for bucket, part in self._runs(lengths):
-                if bucket is None:  # longer than every bucket: the overflow policy, one by one
+            for run in self._place(lengths):
+                part = run.items
+                if run.bucket is None:  # longer than every bucket: the overflow policy, one by one
                     out = self.model.run({k: v[None] for k, v in rows[part[0]].items()})
                     yield part, [{k: v[0] for k, v in out.items()}]
                 else:
-                    yield part, self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part], bucket)
+                    yield part, self.model.run_rows([rows[i] for i in part], [{"seq": lengths[i]} for i in part],
+                                                    run.bucket)
                 if bar is not None:
                     bar.update(len(part))
         finally:
@@ -515,88 +515,20 @@ class TextModel:
 
     def buckets_for(self, encoded: Sequence[Encoded]) -> set[Bucket]:
         """The buckets :meth:`run_tokenized` runs ``encoded`` in (for ``prepare(only=)``)."""
-        lengths = [len(ids) for ids, _ in encoded]
-        if self.packing is not None:
-            return {b for b, _ in self._packed_runs(lengths)}
-        return {b for b, _ in self._runs(lengths) if b is not None}
+        return {run.bucket for run in self._place([len(ids) for ids, _ in encoded]) if run.bucket is not None}
 
-    def _packed_runs(self, lengths: Sequence[int]) -> list[tuple[Bucket, list[tuple[Any, ...]]]]:
-        """The runs of a packed model for texts of ``lengths``: (bucket, rows), each row a
-        tuple of :class:`~bucketwise.models.packing.Slot` (text index, offset, length).
-
-        The texts are packed first-fit decreasing into rows of the buckets' lengths, at
-        most ``max_segments`` to a row (:func:`~bucketwise.models.packing.pack`): a row
-        opens at the shortest length that holds its first text, and shorter texts fill
-        the room longer rows leave. The rows are then placed as texts are (:meth:`_runs`):
-        by the length they fill, so a row that came out short runs in a shorter bucket."""
-        from .packing import pack
-
-        longest = next((i for i, n in enumerate(lengths) if self.router.queue_edge("seq", n) is None), None)
-        if longest is not None:
-            raise BucketOverflowError(f"text {longest} has {lengths[longest]} tokens; the longest packed row holds "
-                                      f"{self.router.limits['seq']}")
-        rows = pack(lengths, self.router.queue_edges("seq"), self.packing.max_segments).rows
-        used = [sum(s.length for s in row) for row in rows]
-        return [(bucket, [rows[r] for r in part]) for bucket, part in self._runs(used, few_shapes=True)
-                if bucket is not None]
+    def _place(self, lengths: Sequence[int]) -> list[Run]:
+        """The runs for texts of ``lengths``, as the router places them
+        (:meth:`~bucketwise.router.Router.place`): packed when the model packs."""
+        return self.router.place(lengths, max_segments=self.packing.max_segments if self.packing else 1)
 
     def _run_packed(self, encoded: Sequence[Encoded]) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
-        """Run ``encoded`` packed (:meth:`_packed_runs`); yield (text indices, outputs) per run."""
-        packing = self.packing
-        ids = [i for i, _ in encoded]
-        types = [t for _, t in encoded] if packing.takes_token_types else None
-        for bucket, rows in self._packed_runs([len(i) for i in ids]):
-            used = [sum(s.length for s in row) for row in rows]
-            arrays = [{name: a[0] for name, a in packing.inputs(ids, [row], row_length=n, token_type_ids=types).items()}
-                      for row, n in zip(rows, used)]
-            outs = self.model.run_rows(arrays, [{"seq": n} for n in used], bucket)
-            idx: list[int] = []
-            got: list[dict[str, Any]] = []
-            for row, out in zip(rows, outs):
-                for k, slot in enumerate(row):
-                    idx.append(slot.sequence)
-                    got.append({name: out[name][k] for name in packing.segment_outputs})
-            yield idx, got
-
-    def _runs(self, lengths: Sequence[int], *, few_shapes: bool = False) -> Iterator[tuple[Bucket | None, list[int]]]:
-        """The runs for texts of ``lengths``: (bucket, indices), sorted by length and
-        grouped by the length edge they fit (every text of a group is covered by the same
-        buckets), each group cut by :meth:`Router.take`, except that a group's last run
-        fills a smaller batch bucket exactly, if it holds at least half of the rows left,
-        rather than pad over 1/8 of a larger one; with ``few_shapes`` (a packed plan's few
-        batch sizes, far apart), wherever runs of the smaller bucket hold the rows left in
-        fewer positions than the larger one;
-        ``(None, [i])`` for a text longer than every bucket (the overflow policy's, one by
-        one)."""
-        groups: dict[int | None, list[int]] = {}
-        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-            groups.setdefault(self.router.queue_edge("seq", lengths[i]), []).append(i)
-        for edge, idx in groups.items():
-            if edge is None:
-                for i in idx:
-                    yield None, [i]
-                continue
-            while idx:
-                bucket, n = self.router.take(len(idx), seq=edge)
-                if n == len(idx) and bucket[BATCH] - n > bucket[BATCH] // 8:
-                    # The group's last, partial run would be over 1/8 pad rows, which cost
-                    # as much as real ones: run a full smaller bucket now, the rest next,
-                    # where it takes at least half the rows (not many small runs instead).
-                    full = self._full_run(n, edge)
-                    if full is not None and (2 * full[1] >= n or (
-                            few_shapes and -(-n // full[1]) * full[0].volume < bucket.volume)):
-                        bucket, n = full
-                part, idx = idx[:n], idx[n:]
-                yield bucket, part
-
-    def _full_run(self, rows: int, edge: int) -> tuple[Bucket, int] | None:
-        """The largest bucket at length ``edge`` that ``rows`` rows fill exactly, if any."""
-        for size in reversed(self.router.queue_edges(BATCH)):
-            if size <= rows:
-                bucket = self.router.route({BATCH: size, "seq": edge})
-                if bucket[BATCH] == size:
-                    return bucket, size
-        return None
+        """Run ``encoded`` packed; yield (text indices, outputs) per run."""
+        rows = self.rows(encoded)
+        for run in self._place([len(ids) for ids, _ in encoded]):
+            packed, sizes = self.packing.write(run, rows)
+            assert run.bucket is not None  # packed runs always have one (Router.place)
+            yield run.items, self.packing.read(run, self.model.run_rows(packed, sizes, run.bucket))
 
     @property
     def window(self) -> int:

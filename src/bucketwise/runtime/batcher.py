@@ -4,16 +4,21 @@ Each request (one row: a dict of arrays without the batch axis, e.g. the token i
 text, or one CHW image) waits in the queue of its key (:meth:`Router.queue_key`: per dim,
 the smallest bucket edge that holds it; every row of one queue is covered by the same
 buckets). A queue flushes when it holds as many rows as the largest batch bucket covering
-it, or when its oldest request has waited ``max_delay`` seconds. The router picks the
-bucket among the buckets that exist (:meth:`Router.take`), each row is written once into
-that bucket's buffer, and each row's outputs, cropped once, go back to its caller.
+it, or when its oldest request has waited ``max_delay`` seconds. The router places the
+run (:meth:`Router.next_run`): the bucket among the buckets that exist, and the slot of
+each row; each row is written once into that bucket's buffer, and each row's outputs,
+cropped once, go back to its caller.
 
-Placement policy (cost-aware, and free): the spare batch rows of the chosen bucket are
-computed anyway. They are filled with the oldest waiting requests from *smaller* queues
-(every dim within the bucket), which then cost nothing extra and leave sooner. A request
-is never put into a larger batch at the price of an extra run, and a larger request never
-waits on a smaller queue; so the batcher never makes more runs than flushing each queue
-alone would.
+Placement is the router's alone. The spare room of the chosen bucket is computed anyway,
+so the router fills it with the oldest requests waiting in other queues that fit within
+the bucket, which then cost nothing extra and leave sooner. A request is never put into a
+larger batch at the price of an extra run, and a larger request never waits on a smaller
+queue; so the batcher never makes more runs than flushing each queue alone would.
+
+A packed model (``model.packer``, issue #30) queues sequences, not rows: the router packs
+a due queue's sequences into rows of its length, several to a row, and shorter waiting
+sequences ride in the room the rows leave; the packer writes the rows and reads each
+sequence's outputs back from its segment.
 
 Rows whose caller has gone (its future cancelled: a client that disconnected, a request
 that timed out) are dropped when their queue flushes, not computed. :meth:`Batcher.drain`
@@ -41,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, QueueFullError
+from ..router import Run, Slot
 from ..shapes import BATCH, Bucket
 from .model import BucketedModel
 
@@ -110,6 +116,9 @@ class Batcher:
         overlap_positions: int = 128,
     ) -> None:
         dims = tuple(d for d in model.plan.dims if d != BATCH)
+        self.packer = model.packer
+        if self.packer is not None and len(dims) != 1:
+            raise ConfigError(f"a packed model needs a plan over batch and one length dim, got {model.plan.dims}")
         if BATCH not in model.plan.dims or not dims:
             raise ConfigError(f"the batcher needs a plan over batch and at least one more dim, got {model.plan.dims}")
         for s in model.spec.inputs:
@@ -197,7 +206,10 @@ class Batcher:
         return list(await asyncio.gather(*waits))
 
     def _enqueue(self, row: Mapping[str, Any], validated: bool) -> Awaitable[dict[str, Any]]:
-        if validated:
+        if self.packer is not None:  # one sequence, written into a packed row when its run is placed
+            arrays = dict(row)
+            sizes = self.packer.size(arrays)
+        elif validated:
             arrays = {s.name: row[s.name] for s in self.model.spec.inputs}
             sizes = self._sizes(arrays)
         else:
@@ -211,7 +223,9 @@ class Batcher:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         if key not in self._queues:
             self._queues[key] = deque()
-            self._full[key] = self.router.max_rows({**dict(zip(self.dims, key)), BATCH: 1})
+            rows = self.router.max_rows({**dict(zip(self.dims, key)), BATCH: 1})
+            # Packed, a run is full when the queue's sequences fill its rows' segments.
+            self._full[key] = rows * (self.packer.max_segments if self.packer is not None else 1)
         self._queues[key].append(_Pending(arrays, sizes, future))
         self._queued += 1
         self._wake.set()
@@ -308,7 +322,7 @@ class Batcher:
                 continue
             head = q[0].enqueued
             deadline = min(head + self.max_delay, quiet_at)
-            if len(q) >= self._full[key] or self._closing or now >= deadline:
+            if len(q) >= self._full[key] or self._closing or now >= deadline or self._fills(key, q):
                 if head < due_time:
                     due_key, due_time = key, head
             else:
@@ -316,6 +330,14 @@ class Batcher:
         if due_key is not None:
             return due_key, 0.0
         return None, next_deadline
+
+    def _fills(self, key: Key, q: deque[_Pending]) -> bool:
+        """Packed: the queue's sequences hold as many positions as the rows of its largest
+        run (so waiting longer would not fill the run more)."""
+        if self.packer is None:
+            return False
+        room = self._full[key] // self.packer.max_segments * key[0]
+        return sum(p.sizes[self.dims[0]] for p in q) >= room
 
     def _drop_gone(self, q: deque[_Pending]) -> None:
         """Forget rows whose caller is gone (future cancelled or already answered)."""
@@ -348,58 +370,62 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            batch, bucket = self._take(key)
+            batch, run = self._take(key)
             stream = heapq.heappop(self._free)
-            self._rows_running += len(batch)
-            self._volume_running += bucket.volume
-            task = loop.create_task(self._run_guarded(batch, bucket, loop, stream))
+            self._rows_running += len(run.rows)
+            self._volume_running += run.bucket.volume if run.bucket is not None else 0
+            task = loop.create_task(self._run_guarded(batch, run, loop, stream))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
             if self.streams == 1:
                 await task  # one at a time: what runs next is chosen after this one ends
 
-    async def _run_guarded(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop,
+    async def _run_guarded(self, batch: list[_Pending], run: Run, loop: asyncio.AbstractEventLoop,
                            stream: int) -> None:
         try:
-            await self._run_batch(batch, bucket, loop, self._executors[stream])
+            await self._run_batch(batch, run, loop, self._executors[stream])
         except Exception as err:  # never lose a request: each caller gets the error
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)
         finally:
-            self._rows_running -= len(batch)
-            self._volume_running -= bucket.volume
+            self._rows_running -= len(run.rows)
+            self._volume_running -= run.bucket.volume if run.bucket is not None else 0
             heapq.heappush(self._free, stream)
             self._slots.release()
             self._wake.set()  # a stream is free: queues that waited for one may run
 
-    def _take(self, key: Key) -> tuple[list[_Pending], Bucket]:
-        q = self._queues[key]
-        bucket, n = self.router.take(len(q), **dict(zip(self.dims, key)))
-        batch = [q.popleft() for _ in range(n)]
-        # Fill the spare rows of the bucket with smaller requests: they ride for free.
-        free = bucket[BATCH] - n
-        limit = tuple(bucket[d] for d in self.dims)
-        smaller = [qq for k, qq in self._queues.items()
-                   if k != key and all(e <= m for e, m in zip(k, limit))]
-        while free > 0:
-            for qq in smaller:
-                self._drop_gone(qq)
-            candidates = [qq for qq in smaller if qq]
-            if not candidates:
-                break
-            oldest = min(candidates, key=lambda qq: qq[0].enqueued)
-            batch.append(oldest.popleft())
-            free -= 1
+    def _take(self, key: Key) -> tuple[list[_Pending], Run]:
+        """Take the run the router places for the due queue ``key`` off the queues: the
+        requests in :attr:`Run.items` order, and the run with its slots renumbered to them."""
+        for qq in self._queues.values():
+            self._drop_gone(qq)
+        due = list(self._queues[key])
+        others = sorted((p for k, qq in self._queues.items() if k != key for p in qq), key=lambda p: p.enqueued)
+        run = self.router.next_run([p.sizes for p in due], [p.sizes for p in others],
+                                   max_segments=self.packer.max_segments if self.packer is not None else 1)
+        waiting = due + others  # oldest riders first
+        batch = [waiting[i] for i in run.items]
+        taken = {id(p) for p in batch}
+        for qq in self._queues.values():
+            if any(id(p) in taken for p in qq):
+                kept = [p for p in qq if id(p) not in taken]
+                qq.clear()
+                qq.extend(kept)
         self._queued -= len(batch)
-        return batch, bucket
+        slots, at = [], 0
+        for row in run.rows:
+            slots.append(tuple(Slot(at + k, s.offset, s.length) for k, s in enumerate(row)))
+            at += len(row)
+        return batch, Run(run.bucket, tuple(slots))
 
-    async def _run_batch(self, batch: list[_Pending], bucket: Bucket, loop: asyncio.AbstractEventLoop,
+    async def _run_batch(self, batch: list[_Pending], run: Run, loop: asyncio.AbstractEventLoop,
                          executor: ThreadPoolExecutor) -> None:
-        rows = [p.row for p in batch]
+        bucket = run.bucket
+        assert bucket is not None  # next_run always places a bucket
         sizes = [p.sizes for p in batch]
         start = time.perf_counter()
-        outs = await loop.run_in_executor(executor, self.model.run_rows, rows, sizes, bucket)
+        outs = await loop.run_in_executor(executor, self._compute, batch, run)
         took = time.perf_counter() - start
         self._run = took if self._run == 0 else 0.8 * self._run + 0.2 * took
         for p, out in zip(batch, outs):
@@ -408,3 +434,11 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(BatchEvent(len(batch), bucket, sum(math.prod(p.sizes.values()) for p in batch),
                                      [start - p.enqueued for p in batch], took, sizes))
+
+    def _compute(self, batch: list[_Pending], run: Run) -> list[dict[str, Any]]:
+        """Run one placed run (in a worker thread): each request's outputs, in batch order."""
+        assert run.bucket is not None
+        if self.packer is None:
+            return self.model.run_rows([p.row for p in batch], [p.sizes for p in batch], run.bucket)
+        rows, sizes = self.packer.write(run, [p.row for p in batch])
+        return self.packer.read(run, self.model.run_rows(rows, sizes, run.bucket))

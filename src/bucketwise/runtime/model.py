@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..backends.base import Artifact, Backend, get_backend
 from ..errors import ConfigError, InputError, SpecError
 from ..plans import Plan
-from ..router import OVERFLOW_POLICIES, OverflowPolicy, Router
+from ..router import OVERFLOW_POLICIES, OverflowPolicy, Router, Run
 from ..shapes import BATCH, Bucket, Shape
 from ..spec import ModelSpec
 from .builder import Builder, CompileReport
@@ -17,7 +17,32 @@ from .cache import ArtifactCache, LazyModel
 from .runner import Runner, not_compiled
 from .stats import BucketStats
 
-__all__ = ["BucketedModel", "OVERFLOW_POLICIES"]
+__all__ = ["BucketedModel", "OVERFLOW_POLICIES", "RowPacker"]
+
+
+class RowPacker(Protocol):
+    """How a packed model's rows are written and read (issue #30), for the batcher and
+    bulk runs: :class:`bucketwise.models.packing.PackedModel` is one.
+
+    Inputs arrive one per sequence (``input_ids``, and ``token_type_ids`` where the model
+    takes them); the router places them into the slots of a :class:`~bucketwise.router.Run`;
+    :meth:`write` builds that run's packed rows and :meth:`read` gives each sequence its
+    outputs back."""
+
+    max_segments: int
+
+    def size(self, item: Mapping[str, Any]) -> dict[str, int]:
+        """One sequence's size per non-batch dim (its length)."""
+        ...
+
+    def write(self, run: Run, items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+        """The run's packed rows (no batch axis, each as long as it is filled) and their
+        sizes; ``items[slot.sequence]`` is each slot's sequence."""
+        ...
+
+    def read(self, run: Run, outputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Each slot's outputs, in :attr:`Run.items` order, from the run's rows' outputs."""
+        ...
 
 
 class BucketedModel:
@@ -86,6 +111,9 @@ class BucketedModel:
         self.builder = Builder(model, spec, plan, backend, router=router, cache=cache, warmup_runs=warmup_runs)
         self.runner = Runner(spec, router, self.builder, eager=lambda: self.builder.model)
         self.runner.stats.compile_seconds = self.builder.compile_seconds  # one dict, kept current
+        # Set when the model's rows are packed (several sequences a row): the batcher then
+        # queues sequences and writes packed rows through it.
+        self.packer: RowPacker | None = None
 
     # -- what it is -------------------------------------------------------------------------
 

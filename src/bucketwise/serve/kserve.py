@@ -177,6 +177,9 @@ class KServeV2:
     async def infer(self, name: str, request: Request, version: str | None = None) -> tuple[bytes, dict[str, str]]:
         """The response body and its headers (JSON, or JSON and binary outputs)."""
         model = self.model(name, version)
+        if model.packer is not None:
+            raise Reject(400, f"model {name!r} is served packed (serve --pack): it takes texts, at /v1/embeddings or "
+                         "its task's route, not tensors; for KServe v2 tensors, serve it without --pack")
         # No Content-Type is what non-browser clients send (tritonclient), and also what a
         # browser sends cross-site, without asking, for a bare Blob: accepted only without an
         # Origin, or with the binary extension's header, which no such request can carry.

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, MemoryBudgetError
 from ..planning import plan as make_plan
+from ..router import router_of
 from ..runtime.cache import resident_bytes
 from ..shapes import BATCH
 
@@ -60,9 +61,7 @@ def expected_padding(plan: Any, sizes: np.ndarray, weights: np.ndarray, dim: str
     """(expected positions computed per row, expected padding waste) of ``plan``'s ``dim``
     buckets on rows of ``sizes`` weighted by ``weights``; rows above the top bucket count
     at their own size (they run under the overflow policy, not padded)."""
-    edges = np.array(sorted(plan.sizes(dim)))
-    at = np.searchsorted(edges, sizes)
-    padded = np.where(at < len(edges), edges[np.minimum(at, len(edges) - 1)], sizes)
+    padded = router_of(plan).padded(sizes, dim)
     total = float(weights.sum())
     per_row = float((padded * weights).sum() / total)
     return per_row, 1.0 - float((sizes * weights).sum() / total) / per_row

@@ -1,0 +1,113 @@
+"""Packing in the server's batcher against the unpacked server, on mixed lengths (issue #30).
+
+Two `bucketwise serve` processes (ONNX Runtime, all-MiniLM-L6-v2, 127.0.0.1), one at a
+time, each alone on the machine:
+
+  unpacked  the default plan (one dynamic ONNX Runtime session; buckets of batch x length)
+  packed    ``--pack``: the batcher packs up to 16 waiting texts into each row of the
+            default packed plan's three shapes (16 and 4 rows x 128, 1 row x 256)
+
+Clients send one text per request to /v1/embeddings, back to back, at 8 and then 64
+concurrent clients for --seconds each. The texts are held-out prose (heldout.py: READMEs
+of the installed packages, which no default is fitted on), mixed 60% short sentences, 30%
+medium paragraphs and 10% long runs of paragraphs, shuffled with a fixed seed. Rounds
+alternate which server goes first. Before the load, every one of 48 texts is embedded by
+both servers and compared (at most 1e-4 apart, else the run stops).
+
+Reported per server and client count: req/s, p50 and p99 (medians over rounds), errors
+and lost (sent, then no answer: must be 0).
+
+    python benchmarks/bench_serve_pack.py [--seconds 20] [--rounds 2]
+Writes benchmarks/results/serve_pack.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+
+import httpx
+import numpy as np
+from _common import save, table
+from bench_serve import start_server
+from bench_serve_peers import closed_loop
+from heldout import heldout_sets
+
+SERVERS = {"unpacked": [], "packed": ["--pack"]}
+MIX = {"short": 0.6, "medium": 0.3, "long": 0.1}
+
+
+def mixed_texts(n: int, seed: int = 0) -> list[str]:
+    sets = heldout_sets()
+    rng = random.Random(seed)
+    out = []
+    for name, share in MIX.items():
+        pool = sets[name]
+        out += [pool[i % len(pool)] for i in range(int(n * share))]
+    rng.shuffle(out)
+    return out
+
+
+def embeddings(url: str, texts: list[str]) -> np.ndarray:
+    got = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=120)
+    got.raise_for_status()
+    return np.array([d["embedding"] for d in got.json()["data"]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", default="8,64")
+    parser.add_argument("--out", help="write the results here instead of benchmarks/results/serve_pack.json")
+    args = parser.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    texts = mixed_texts(2000)
+    check = texts[:48]
+    results, reference = [], None
+    for rnd in range(args.rounds):
+        order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
+        for server in order:
+            proc, url = start_server(["--overflow", "truncate", *SERVERS[server]])
+            try:
+                got = embeddings(url, check)
+                if reference is None:
+                    reference = got
+                diff = float(np.abs(got - reference).max())
+                if diff > 1e-4:
+                    raise SystemExit(f"{server}: embeddings differ from the other server's by {diff:.2e}")
+                for n in clients:
+                    r = asyncio.run(closed_loop(
+                        url, n, args.seconds, lambda i: ("/v1/embeddings", {"input": [texts[i % len(texts)]]}),
+                        lambda r: r.status_code == 200 and len(r.json()["data"]) == 1))
+                    results.append({"server": server, "clients": n, "round": rnd, "max_abs_vs_other": diff, **r})
+                    print(f"round {rnd} {server:9s} {n:3d} clients: {r['throughput']:.1f} req/s, p50 "
+                          f"{r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}, lost {r['lost']}")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+    cells = {}
+    for server in SERVERS:
+        for n in clients:
+            rs = [r for r in results if r["server"] == server and r["clients"] == n]
+            cells[(server, n)] = {k: float(np.median([r[k] for r in rs])) for k in ("throughput", "p50_ms", "p99_ms")}
+            cells[(server, n)].update(errors=sum(r["errors"] for r in rs), lost=sum(r["lost"] for r in rs))
+    rows = []
+    for n in clients:
+        u, p = cells[("unpacked", n)], cells[("packed", n)]
+        rows.append([n, f"{u['throughput']:.1f}", f"{p['throughput']:.1f}", f"{p['throughput'] / u['throughput']:.2f}x",
+                     f"{u['p50_ms']:.0f}/{u['p99_ms']:.0f}", f"{p['p50_ms']:.0f}/{p['p99_ms']:.0f}",
+                     u["errors"] + p["errors"], u["lost"] + p["lost"]])
+    print(table(rows, ["clients", "unpacked req/s", "packed req/s", "packed/unpacked", "unpacked p50/p99 ms",
+                       "packed p50/p99 ms", "errors", "lost"]))
+    save("serve_pack", {"command": "python benchmarks/bench_serve_pack.py " + " ".join(argv or []),
+                        "seconds": args.seconds, "rounds": args.rounds, "mix": MIX, "texts": len(texts),
+                        "servers": {k: ["serve", "--overflow", "truncate", *v] for k, v in SERVERS.items()},
+                        "cells": [{"server": s, "clients": n, **c} for (s, n), c in cells.items()],
+                        "runs": results}, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

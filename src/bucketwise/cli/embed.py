@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
     sized = args.plan or args.batch_sizes or args.seq_sizes
     plan = plan_from_args(args) if args.pack is None or sized else None
+    packed_for = (plan.meta.get("pack") or {}).get("max_segments") if plan is not None else None
+    if packed_for and args.pack is None:
+        raise ConfigError(f"--plan {args.plan} was planned for packed rows (bucketwise plan --pack {packed_for}): "
+                          f"add --pack {packed_for}, or plan unpacked buckets without --pack")
     progress = not args.no_progress
     say = printer(args)
     # Read the input before loading the model, so a bad file fails in a blink.

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backends.base import backend_names
 from ..errors import ConfigError, InputError
+from ..models.frontend import PACKED_SEGMENTS
 from ._common import add_json_option, printer, read_models_file, sizes, write_json
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -33,8 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="most buckets per batch size (default: 16 for texts on onnxruntime, whose lengths of one "
                            "batch size share a session, so a bucket costs no memory; else 4)")
     plan.add_argument("--dims", metavar="seq", help="dim names of the shapes' columns, comma-separated")
-    plan.add_argument("--cost", choices=("volume", "measured"), default="volume",
-                      help="volume: padding volume (default); measured: profile the default model on --backend and fit a+bL+cL^2")
+    plan.add_argument("--cost", choices=("volume", "measured"), default=None,
+                      help="volume: padding volume (default; with --pack the default is a+bL+cL^2 with c/b = 0.003, "
+                           "docs/planning.md); measured: profile the default model on --backend and fit a+bL+cL^2")
     plan.add_argument("--backend", default="onnxruntime", choices=backend_names(),
                       help="the backend the plan is for: it sets the default --k and --batch-sizes, and --cost "
                            "measured profiles it (default onnxruntime)")
@@ -66,6 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            '(a traffic file of bucketwise serve), its share of the requests (default: the inputs its '
                            'traffic counts) and its memory. Writes one plan per model, PLAN.NAME.json, and compares '
                            'the split with an equal one')
+    plan.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
+                      help=f"plan packed shapes (rows x row length) for `bucketwise embed --pack S` (S texts per row, "
+                           f"default {PACKED_SEGMENTS}): chooses the row lengths and rows of --k shapes (default 3) "
+                           "and reports them beside the best unpacked plan of as many shapes (docs/planning.md)")
     plan.add_argument("--output", default="plan.json", metavar="PLAN.json", help="where to write the plan (default plan.json)")
     plan.add_argument("--plot", metavar="FILE.png", help="draw the histogram/scatter with bucket edges (needs matplotlib)")
     add_json_option(plan, "the plan and report")
@@ -90,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from ..planning.io import parse_bytes, plot_plan, read_shapes
 
     say = printer(args)
+    if args.pack is not None:
+        _check_pack_args(args)
     if args.models:
         return _joint(args, say)
     dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
@@ -120,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 args.cap = model_max
     say(f"observed {obs.total:g} inputs ({len(obs.shapes)} distinct shapes over {'x'.join(obs.dims)}) from {source}")
 
-    cost = None
+    cost: Any = None
     if args.cost == "measured":
         if not is_text:
             raise ConfigError("--cost measured profiles a text model (--model, default all-MiniLM-L6-v2); give texts (.txt/.jsonl) or no input")
@@ -133,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         cost = fit_cost(list(table.costs), list(table.costs.values()), form="transformer")
         terms = ", ".join(f"{c * 1e3:.4g}" for _, c in cost.terms)
         say(f"cost     fitted on {args.backend}: per row ms = {terms} (1, L, L^2 coefficients)")
+    if args.pack is not None:
+        return _packed(args, say, obs, cost, is_text)
     bytes_per_bucket = parse_bytes(args.bytes_per_bucket) if args.bytes_per_bucket else None
     shared_bytes = parse_bytes(args.shared_bytes) if args.shared_bytes else 0.0
     if args.memory_budget and bytes_per_bucket is None:
@@ -174,6 +184,58 @@ def run(args: argparse.Namespace) -> int:
         shown: dict[str, Any] = {"planned": p, **{n: alts[n] for n in ("powers-of-two", "pad-to-max") if n in alts}}
         say(f"wrote    {plot_plan(obs, shown, args.plot)}")
     write_json(args.json, {"plan": p.to_json(), "report": rep.as_dict()})
+    return 0
+
+
+# Flags that plan unpacked buckets only: budgets in artifacts, other plans to compare, the plot.
+_NOT_PACKED = ("models", "memory_budget", "bytes_per_bucket", "shared_bytes", "compile_budget", "seconds_per_bucket",
+               "compare", "plot")
+
+
+def _check_pack_args(args: argparse.Namespace) -> None:
+    if args.pack < 1:
+        raise ConfigError(f"--pack {args.pack}: the texts per row must be at least 1 (e.g. --pack 16, or --pack alone "
+                          f"for {PACKED_SEGMENTS})")
+    if args.k is not None and args.k < 1:
+        raise ConfigError(f"--k {args.k}: a packed plan needs at least 1 shape (e.g. --k 3, the default with --pack)")
+    given = [name for name in _NOT_PACKED if getattr(args, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"{flags} plan(s) unpacked buckets only; with --pack the budget is --k shapes "
+                          f"(default 3): drop {flags} or --pack")
+
+
+def _packed(args: argparse.Namespace, say: Any, obs: Any, cost: Any, is_text: bool) -> int:
+    """``plan --pack S``: packed shapes for ``embed --pack S``, beside the best unpacked plan of as many."""
+    from ..costs import VolumeCost
+    from ..planning import neuron_bucket_count
+    from ..planning.packed import DEFAULT_PACKED_COST, PACKED_BATCH_SIZES, packed_report, plan_packed
+
+    if len(obs.dims) != 1:
+        raise ConfigError(f"--pack plans token lengths (one column, seq); {args.input} has dims {', '.join(obs.dims)}: "
+                          "give a shapes file of one column, or texts")
+    if cost is None:
+        cost = VolumeCost() if args.cost == "volume" else DEFAULT_PACKED_COST
+    k = args.k if args.k is not None else 3
+    if args.neuron_weights:
+        k = min(k, neuron_bucket_count(args.neuron_weights))
+    step = 8 if args.grid == "auto" else int(args.grid)
+    cap = args.cap
+    if cap is None and args.headroom:
+        cap = math.ceil(obs.max(obs.dims[0]) * (1 + args.headroom))
+    chosen = plan_packed(obs, k=k, max_segments=args.pack, cost=cost, batch_sizes=args.batch_sizes or PACKED_BATCH_SIZES,
+                         cap=cap, grid=step)
+    rep = packed_report(chosen, obs)
+    cost_name = ("a+bL+cL^2 per row, b = 1, c = 0.003 (default)" if cost is DEFAULT_PACKED_COST else
+                 "padding volume" if isinstance(cost, VolumeCost) else "a+bL+cL^2 per row, fitted")
+    say(f"packed   {chosen.evaluated} sets of row lengths tried from {', '.join(map(str, chosen.candidates))}; "
+        f"cost: {cost_name}")
+    say(rep)
+    chosen.plan.save(args.output)
+    model = f" --model {args.model}" if args.model else ""
+    say(f"wrote    {args.output} ({len(chosen.plan)} shapes: {chosen.plan}); use it with: "
+        f"bucketwise embed{model} --pack {args.pack} --plan {args.output}")
+    write_json(args.json, {"plan": chosen.plan.to_json(), "report": rep.as_dict()})
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Three layers, each usable alone:
 
-- :func:`pack` is pure: it places sequence lengths into rows of ``row_length`` positions
+- :func:`pack` is pure (it lives in :mod:`bucketwise.packer`, which the planner can
+  import, and is re-exported here): it places sequence lengths into rows of ``row_length`` positions
   with at most ``max_segments`` sequences each, first-fit decreasing. A row is a tuple of
   :class:`Slot` (sequence index, offset in the row, length). Sequences longer than a row
   are not placed; :attr:`Packing.unpacked` names them (they keep unpacked buckets).

@@ -138,6 +138,7 @@ class TextModel:
         self.model = model
         self.tokenizer = tokenizer
         self.packing: Any = None  # a PackedModel when texts are packed into rows (default(pack=S))
+        self._placed: tuple[Any, list[Run]] | None = None  # the last placement (bulk jobs ask twice)
         self.packed_folder: str | None = None  # its folder, which the parity probe loads unpacked
         self.truncation = truncation
         self.truncation_side = truncation_side
@@ -520,7 +521,13 @@ class TextModel:
     def _place(self, lengths: Sequence[int]) -> list[Run]:
         """The runs for texts of ``lengths``, as the router places them
         (:meth:`~bucketwise.router.Router.place`): packed when the model packs."""
-        return self.router.place(lengths, max_segments=self.packing.max_segments if self.packing else 1)
+        router, segments = self.router, self.packing.max_segments if self.packing else 1
+        key = (router, tuple(lengths), segments)
+        placed = self._placed  # one read: heads run in several threads in a server
+        if placed is None or placed[0] != key:  # buckets_for, then the run: the same texts placed once
+            placed = (key, router.place(lengths, max_segments=segments))
+            self._placed = placed
+        return placed[1]
 
     def _run_packed(self, encoded: Sequence[Encoded]) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
         """Run ``encoded`` packed; yield (text indices, outputs) per run."""

@@ -502,6 +502,10 @@ def test_embed_on_ray_passes_prepack_to_the_actors_as_embed_does(monkeypatch, tm
     assert main(common) == 0
     assert seen == [{**seen[0], "backend_options": {"intra_op_threads": 1, "prepack": False}},
                     {**seen[1], "backend_options": {}}]
+    # --pack goes to the actors; with no sizes given they take the default packed buckets.
+    assert main(["embed", "--input", str(src), "--ray", "1", "--quiet", "--pack", "4"]) == 0
+    assert seen[-1]["pack"] == 4 and seen[-1]["plan"] is None and seen[0]["pack"] is None
+    del seen[-1]
     capsys.readouterr()
     assert main([*common, "--prepack", "none", "--backend", "openvino"]) != 0
     assert "--prepack none is an onnxruntime option" in capsys.readouterr().err and len(seen) == 2

@@ -8,6 +8,7 @@ The model is a scale factor; an artifact computes ``y = scale * x`` at its bucke
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,41 @@ class SharedWeightsBackend(SlowScaleBackend):
 
     def shared_files(self, folder: Path) -> list[str]:
         return ["weights.bin"]
+
+
+class OverlapBackend(SlowScaleBackend):
+    """Like :class:`SlowScaleBackend`, and each artifact's run takes ``run_delay`` seconds and
+    is counted while it runs: ``most`` is the most runs seen in progress at once. It stands in
+    for a runtime whose concurrent first runs must not meet (OpenVINO's warm-ups, which once
+    hung in ``InferRequest.infer`` when two parallel cache loads warmed up together)."""
+
+    name: ClassVar[str] = "overlap-scale"
+
+    def __init__(self, *, run_delay: float = 0.1, **options: Any) -> None:
+        super().__init__(**options)
+        self.run_delay = run_delay
+        self.running = self.most = 0
+        self._count = threading.Lock()
+
+    def _watched(self, artifact: ScaleArtifact) -> ScaleArtifact:
+        inner = artifact.run
+
+        def run(inputs):
+            with self._count:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                time.sleep(self.run_delay)
+                return inner(inputs)
+            finally:
+                with self._count:
+                    self.running -= 1
+
+        artifact.run = run  # type: ignore[method-assign]
+        return artifact
+
+    def compile(self, model, spec, bucket):
+        return self._watched(super().compile(model, spec, bucket))
+
+    def load(self, folder: Path, spec, bucket):
+        return self._watched(super().load(folder, spec, bucket))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_double import SPEC, SharedWeightsBackend, SlowScaleBackend, events, scale_model
+from cache_double import SPEC, OverlapBackend, SharedWeightsBackend, SlowScaleBackend, events, scale_model
 
 from bucketwise import Bucket, BucketedModel, MemoryBudgetError, Plan
 from bucketwise.runtime.cache import ArtifactCache, CacheWarning, fingerprint
@@ -687,6 +687,23 @@ def test_entries_measured_on_an_earlier_load_load_in_parallel_and_keep_their_fig
     measured = {b: r.resident_bytes for b, r in second.compile_report.builds.items()}
     assert {b: r.resident_bytes for b, r in third.compile_report.builds.items()} == measured
     np.testing.assert_array_equal(third(**x(20))["y"], 2 * x(20)["x"])
+
+
+def test_warm_ups_run_one_at_a_time_while_buckets_compile_and_load_in_parallel(tmp_path):
+    """docs/decisions.md (Packing): two OpenVINO warm-ups at once, from parallel cache loads,
+    once hung for good in InferRequest.infer. Buckets still compile and load in parallel,
+    but no two warm-up runs overlap: on a cold start (parallel compiles), a measuring warm
+    start (one load at a time) and a parallel warm start alike."""
+    cache = ArtifactCache(tmp_path / "c")
+    plan = Plan.grid(batch=[1], seq=[8, 16, 32, 64])
+    for step, source in (("cold", "compiled"), ("measuring", "cache"), ("parallel loads", "cache")):
+        backend = OverlapBackend(run_delay=0.1)
+        bm = BucketedModel(scale_model(), SPEC, plan, backend=backend, cache=cache, warmup_runs=2)
+        bm.compile(progress=False, workers=4)
+        assert set(sources(bm).values()) == {source}, step
+        assert backend.most == 1, f"{step}: {backend.most} warm-up runs at once"
+        np.testing.assert_array_equal(bm(**x(20))["y"], 2 * x(20)["x"])
+        bm.close()
 
 
 def test_no_temporary_links_are_left_after_compiles(tmp_path):

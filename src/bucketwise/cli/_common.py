@@ -139,6 +139,35 @@ def add_cache_options(parser: argparse.ArgumentParser, *, optional: bool) -> Non
         parser.add_argument("--no-cache", action="store_true", help="compile every bucket in memory; read and write no cache")
 
 
+def add_pack_option(parser: argparse.ArgumentParser, *, compiles: bool = False) -> None:
+    """--pack [S] of the commands that run (or, with ``compiles``, compile) texts packed into
+    the rows of their buckets (docs/packing.md)."""
+    from ..models.frontend import PACKED_SEGMENTS
+
+    parser.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
+                        help=f"{'compile the buckets that pack' if compiles else 'pack'} up to S texts (default "
+                             f"{PACKED_SEGMENTS}) into each row of a bucket, so rows hold several short texts: "
+                             "default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); for embeddings, "
+                             "text-classification and text-ranking, not with --backend jax")
+
+
+# Text tasks whose outputs are per token, which packed rows do not give (TextModel._load_packed
+# refuses them too, once the model is read).
+UNPACKED_TASKS = ("token-classification", "question-answering")
+
+
+def check_pack(args: argparse.Namespace, task: str | None = None) -> None:
+    """Refuse a --pack of fewer than one text per row, or for a ``task`` that does not pack."""
+    pack = getattr(args, "pack", None)
+    if pack is None:
+        return
+    if pack < 1:
+        raise ConfigError(f"--pack {pack}: the texts per row must be at least 1 (e.g. --pack 16)")
+    if task in UNPACKED_TASKS:
+        raise ConfigError(f"--pack: {task} reads its outputs per token, and packed rows give outputs per text only "
+                          "(embeddings, text-classification, text-ranking); drop --pack to run it unpacked")
+
+
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON; '-' writes it to stdout "
                                                        "(and the text to stderr)")

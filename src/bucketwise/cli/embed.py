@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
-from ..models.frontend import PACKED_SEGMENTS
-from ._common import add_json_option, add_model_options, backend_options, cache_from_args, plan_from_args, printer, write_json
+from ._common import (
+    add_json_option,
+    add_model_options,
+    add_pack_option,
+    backend_options,
+    cache_from_args,
+    check_pack,
+    plan_from_args,
+    printer,
+    write_json,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="embed on Ray (Ray Data map_batches over this many actors, each with the compiled buckets; "
                             "a local Ray starts unless RAY_ADDRESS names a cluster). Needs bucketwise[ray]")
     add_model_options(embed)
-    embed.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
-                       help=f"pack up to S texts (default {PACKED_SEGMENTS}) into each row of a bucket, so rows hold "
-                            "several short texts: default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); "
-                            "not with --backend jax or --ray")
+    add_pack_option(embed)
     embed.add_argument("--limit", type=int, metavar="N", help="embed only the first N texts")
     add_json_option(embed, "the report")
     embed.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -46,14 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from ..models.frontend import packed_text_plan
     from ..models.text import DEFAULT_MODEL_NAME, SentenceEmbedder
 
+    check_pack(args)
     if args.ray is not None:
-        if args.pack is not None:
-            raise ConfigError("--pack runs in this process; --ray does not pack yet: drop one of them")
         return _run_on_ray(args)
     if args.output and Path(args.output).suffix != ".npy":
         raise InputError(f"--output {args.output!r} must end in .npy (embeddings are saved with numpy.save)")
-    if args.pack is not None and args.pack < 1:
-        raise ConfigError(f"--pack {args.pack}: the texts per row must be at least 1 (e.g. --pack 16)")
     # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
     sized = args.plan or args.batch_sizes or args.seq_sizes
     plan = plan_from_args(args) if args.pack is None or sized else None
@@ -114,6 +117,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     from ..corpus import stdlib_docstrings
     from ..data import read_texts
     from ..errors import ConfigError
+    from ..models.frontend import packed_text_plan
     from ..models.text import DEFAULT_MODEL_NAME
 
     if args.ray < 1:
@@ -122,7 +126,9 @@ def _run_on_ray(args: argparse.Namespace) -> int:
         from ..models.encoders import require_encoder
 
         require_encoder(args.model)
-    plan = plan_from_args(args)
+    # Packed, the default buckets are rows x row length (packed_text_plan), as without --ray.
+    sized = args.plan or args.batch_sizes or args.seq_sizes
+    plan = plan_from_args(args) if args.pack is None or sized else None
     say = printer(args)
     if args.input:
         texts = read_texts(Path(args.input))
@@ -134,8 +140,8 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     if any(not isinstance(t, str) for t in texts):
         raise InputError("--ray embeds single texts; the input has pairs")
     kwargs = {"model": args.model, "backend": args.backend, "plan": plan,
-              "backend_options": backend_options(args, plan),
-              "cache_dir": args.cache_dir, "overflow": args.overflow, "concurrency": args.ray}
+              "backend_options": backend_options(args, plan or packed_text_plan()),
+              "cache_dir": args.cache_dir, "overflow": args.overflow, "concurrency": args.ray, "pack": args.pack}
     ray = bwr.require_ray()
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
@@ -154,11 +160,13 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     say(f"model    {args.model or DEFAULT_MODEL_NAME} on Ray, {args.ray} actors ({args.backend})")
     say(f"input    {len(texts)} texts from {source}")
+    if args.pack is not None:
+        say(f"packing  up to {args.pack} texts per row, in each actor's batches")
     say(f"speed    {len(texts) / seconds:,.1f} texts/s ({seconds:.2f} s, actor start and bucket loads included)")
     if args.output:
         say(f"wrote    {args.output}" + (f" ({len(texts)} x {dim} float32)" if dim else " (Parquet shards: id, text, embedding)"))
     write_json(args.json, {"model": args.model or DEFAULT_MODEL_NAME, "backend": args.backend, "ray_actors": args.ray,
-                           "texts": len(texts), "seconds": seconds, "texts_per_second": len(texts) / seconds})
+                           "pack": args.pack, "texts": len(texts), "seconds": seconds, "texts_per_second": len(texts) / seconds})
     return 0
 
 

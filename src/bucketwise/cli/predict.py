@@ -21,8 +21,10 @@ from ._common import (
     add_backend_options,
     add_cache_options,
     add_json_option,
+    add_pack_option,
     backend_options,
     cache_from_args,
+    check_pack,
     image_plan,
     plan_from_args,
     printer,
@@ -60,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-sizes", type=sizes, metavar="1,8", help="text: batch buckets (as embed)")
     predict.add_argument("--seq-sizes", type=sizes, metavar="16,32,...", help="text: sequence buckets (as embed)")
     add_backend_options(predict)
+    add_pack_option(predict)
     predict.add_argument("--output", metavar="FILE", help="where to write (default predictions.jsonl, or .json for detectors)")
     predict.add_argument("--top-k", type=int, help="classes per input: image classifiers (default 5), text-classification "
                                                    "(default 1), question-answering answers (default 1)")
@@ -91,6 +94,7 @@ def run_text(args: argparse.Namespace) -> int:
     """``predict --input FILE``: a text model with its head, one JSON line per input."""
     from ..data import read_records
     from ..models.encoders import model_dir
+    from ..models.frontend import packed_text_plan
     from ..models.tasks import folder_task, head_class
 
     say = printer(args)
@@ -102,6 +106,7 @@ def run_text(args: argparse.Namespace) -> int:
         raise ConfigError(f"--task {args.task} needs --model DIR, a folder with that head; the bundled "
                           "all-MiniLM-L6-v2 is a sentence encoder")
     task = "feature-extraction" if args.model is None else folder_task(model_dir(args.model)).check(args.task)
+    check_pack(args, task)
     records = read_records(args.input)  # before loading the model, so a bad file fails in a blink
     options = {k: v for k, v in vars(args).items() if k in TEXT_OPTIONS and v not in (None, False)}
     cls = head_class(task)
@@ -111,13 +116,15 @@ def run_text(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(unknown)}: not for {task}" + (f"; it takes {', '.join('--' + k.replace('_', '-') for k in allowed)}"
                                                                     if allowed else ""))
     inputs = None if task == "feature-extraction" else [cls.parse_record(r, f"input {i + 1}") for i, r in enumerate(records)]
-    # The default buckets stop at the model's longest input, so leave them to the head.
+    # The default buckets stop at the model's longest input, so leave them to the head
+    # (packed, they are rows x row length: packed_text_plan).
     given = plan_from_args(args) if args.plan or args.batch_sizes or args.seq_sizes else None
     start = time.perf_counter()
     head = cls.default(backend=args.backend, plan=given, overflow=args.overflow, progress=not args.no_progress,
                        model=args.model, cache=cache_from_args(args),
-                       backend_options=backend_options(args, given or plan_from_args(args)),
-                       truncation=args.truncation, truncation_side=args.truncation_side)
+                       backend_options=backend_options(args, given or (plan_from_args(args) if args.pack is None
+                                                                       else packed_text_plan())),
+                       truncation=args.truncation, truncation_side=args.truncation_side, pack=args.pack)
     compile_s = time.perf_counter() - start
     plan = head.model.plan
     start = time.perf_counter()
@@ -136,12 +143,16 @@ def run_text(args: argparse.Namespace) -> int:
         f"ready in {compile_s:.1f} s")
     say(f"inputs   {len(records)} from {args.input} in {seconds:.2f} s ({len(records) / seconds:,.1f}/s); "
         f"padding {stats.padding_waste:.1%}" + (f"; overflow {dict(stats.overflow)}" if stats.overflow else ""))
+    if args.pack is not None:
+        # Each ranked document is a (query, document) text of its own.
+        texts = sum(len(docs) for _, docs in inputs or ()) if task == "text-ranking" else len(records)
+        say(f"packing  up to {args.pack} texts per row, {sum(stats.hits.values())} runs for {texts} texts")
     say("bucket hits:")
     for line in hits_table(stats, plan):
         say(line)
     say(f"wrote    {output}")
     write_json(args.json, {"model": args.model, "task": task, "backend": args.backend, "plan": plan.to_json(),
-                           "inputs": len(records), "seconds": seconds, "compile_seconds": compile_s,
+                           "pack": args.pack, "inputs": len(records), "seconds": seconds, "compile_seconds": compile_s,
                            "inputs_per_second": len(records) / seconds, "output": str(output),
                            "padding_waste": stats.padding_waste, "stats": stats.as_dict()})
     head.model.close()
@@ -172,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.model import BucketedModel
 
     say = printer(args)
+    if args.pack is not None:
+        raise ConfigError("--pack packs texts into the rows of text buckets; image models do not pack: drop --pack")
     Image = require("PIL.Image", "images", purpose="reading images")
     if args.folder is None:
         raise ConfigError("give a FOLDER of images, or --input FILE with a text --model DIR")

@@ -71,6 +71,10 @@ class Builder:
         self._closing = threading.Event()
         self._corrupt: set[str] = set()  # cache keys found corrupt on this start
         self._warmed: set[Any] = set()  # warm_key of artifacts warmed up (shared runtime state)
+        # Warm-up runs one at a time, even where buckets load or compile in parallel: two
+        # OpenVINO warm-ups at once (parallel cache loads) once hung for good in
+        # InferRequest.infer (docs/decisions.md, Packing). A warm-up is one run per bucket.
+        self._warmup_lock = threading.Lock()
         self._measure = True
         # Model load and export seconds recorded by the runs that filled the entries loaded
         # on this start (the largest of each), read from the entries' meta as they load.
@@ -419,7 +423,6 @@ class Builder:
     def _warm_up(self, artifact: Artifact, bucket: Bucket) -> float:
         from .. import _arrays
 
-        t1 = time.perf_counter()
         # Artifacts that share their runtime state (one ORT session for every length) warm
         # up once: the first of them.
         key = getattr(artifact, "warm_key", None)
@@ -429,9 +432,11 @@ class Builder:
                     return 0.0
                 self._warmed.add(key)
         example = {k: _arrays.convert(v, artifact.array_kind) for k, v in self.spec.example_inputs(bucket).items()}
-        for _ in range(self.warmup_runs):
-            artifact.run(example)
-        return time.perf_counter() - t1
+        with self._warmup_lock:  # timed once it is this bucket's turn
+            t1 = time.perf_counter()
+            for _ in range(self.warmup_runs):
+                artifact.run(example)
+            return time.perf_counter() - t1
 
     def _record_resident(self, key: str, meta: Mapping[str, Any], resident: int, shared: Mapping[str, int],
                          *, loaded: bool) -> None:

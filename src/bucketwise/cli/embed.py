@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
                        help=f"pack up to S texts (default {PACKED_SEGMENTS}) into each row of a bucket, so rows hold "
                             "several short texts: default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); "
-                            "not with --backend jax or --ray")
+                            "not with --ray")
     embed.add_argument("--limit", type=int, metavar="N", help="embed only the first N texts")
     add_json_option(embed, "the report")
     embed.add_argument("--no-progress", action="store_true", help="hide progress bars")

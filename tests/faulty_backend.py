@@ -26,3 +26,24 @@ def faulty_eager(name: str, wrap: Callable[[Callable[[Any], Any]], Callable[[Any
         yield name
     finally:
         base._REGISTRY.pop(name)
+
+
+@contextmanager
+def faulty_jax(wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> Iterator[str]:
+    """The ``jax`` backend replaced by one whose artifacts' ``run`` is ``wrap(run)`` (under
+    its own name, so that heads load the JAX model for it); the real one back on exit."""
+    from bucketwise.backends import base
+    from bucketwise.backends.jax import JaxBackend
+
+    class Faulty(JaxBackend):
+        def compile(self, model, spec, bucket):
+            artifact = super().compile(model, spec, bucket)
+            artifact.run = wrap(artifact.run)
+            return artifact
+
+    real = base._REGISTRY["jax"]
+    base.register_backend("jax", Faulty, replace=True)
+    try:
+        yield "jax"
+    finally:
+        base._REGISTRY["jax"] = real

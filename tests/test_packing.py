@@ -506,15 +506,16 @@ def test_the_default_packed_plan_has_three_shapes_and_pairs_pack_in_a_classifier
     assert sum(packed.model.stats.hits.values()) < sum(plain.model.stats.hits.values())
 
 
-def test_heads_that_read_tokens_and_backends_that_cannot_pack_are_refused(root):
+def test_heads_that_read_tokens_and_models_the_jax_bert_cannot_pack_are_refused(root, folders):
     from bucketwise.models.heads import TokenClassifier
     from bucketwise.models.text import SentenceEmbedder
 
     folder = te.build_head("bert", "token-classification", root)
     with pytest.raises(ConfigError, match="per token.*run it unpacked"):
         TokenClassifier.default(model=str(folder), backend="onnxruntime", pack=4, progress=False)
-    with pytest.raises(ConfigError, match="jax backend.*does not pack"):
-        SentenceEmbedder.default(backend="jax", pack=4, progress=False, build=False)
+    with pytest.raises(PackingUnsupportedError, match="cannot run packed on the jax backend"):  # tests/test_jax_pack.py
+        SentenceEmbedder.default(model=str(folders["roberta-lasttoken-dense-normalize"]), backend="jax", pack=4,
+                                 progress=False, build=False)
 
 
 def test_a_packed_model_that_packs_wrongly_is_never_built_to_serve(folders):

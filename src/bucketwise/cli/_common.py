@@ -148,7 +148,7 @@ def add_pack_option(parser: argparse.ArgumentParser, *, compiles: bool = False) 
                         help=f"{'compile the buckets that pack' if compiles else 'pack'} up to S texts (default "
                              f"{PACKED_SEGMENTS}) into each row of a bucket, so rows hold several short texts: "
                              "default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); for embeddings, "
-                             "text-classification and text-ranking, not with --backend jax")
+                             "text-classification and text-ranking (with --backend jax: BERT embeddings)")
 
 
 # Text tasks whose outputs are per token, which packed rows do not give (TextModel._load_packed

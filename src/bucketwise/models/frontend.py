@@ -179,17 +179,19 @@ class TextModel:
         from .encoders import model_dir
         from .packing import lazy_packed_module
 
-        if backend == "jax":
-            raise ConfigError("pack: the jax backend runs its own BERT, which does not pack; use onnxruntime or "
-                              "openvino, or run unpacked (no pack)")
-        module, packed = lazy_packed_module(model_dir(path), cls.task, max_segments=max_segments)
+        if backend == "jax":  # its own BERT in JAX, over packed rows
+            from .jax_bert import packed_bert_encoder
+
+            module, packed = packed_bert_encoder(path, cls.task, max_segments=max_segments)
+        else:
+            module, packed = lazy_packed_module(model_dir(path), cls.task, max_segments=max_segments)
         per_position = [n for n in cls.outputs if n not in packed.segment_outputs]
         if per_position:
             raise ConfigError(f"pack: a {cls.task} head reads {', '.join(per_position)} per token, and packed rows "
                               "give per-text outputs only to embeddings, classification and reranking; run it "
                               "unpacked (no pack)")
         # The head reads its folder's description (labels, longest input) and tokenizer as
-        # unpacked; nothing of it loads weights.
+        # unpacked; nothing of it loads weights (but on jax, whose encoder holds its params).
         _, tokenizer, unpacked = cls._load(backend, path)
         spec = type(packed.spec)(packed.spec.inputs, packed.spec.outputs, {**unpacked.meta, **packed.spec.meta})
         return module, tokenizer, spec, packed

@@ -49,8 +49,9 @@ from bucketwise.runtime.cache import ArtifactCache
 TARGETS = {"bulk": 0.9, "p50": 1.15}
 
 
-def reference(session: Any, tokenizer: Any, batch: int) -> Any:
-    names = [i.name for i in session.get_inputs()]
+def exact_batches(run: Any, tokenizer: Any, names: Any, batch: int, dtype: Any = np.int64) -> Any:
+    """Embed texts at exact shapes: sorted by length, batches of ``batch`` padded only to
+    their longest; ``run(feeds)`` returns a batch's embeddings (``names``: its inputs)."""
 
     def embed(texts: list[str]) -> np.ndarray:
         enc = [tokenizer(t, truncation=True, max_length=256) for t in texts]
@@ -59,15 +60,21 @@ def reference(session: Any, tokenizer: Any, batch: int) -> Any:
         for start in range(0, len(order), batch):
             part = order[start:start + batch]
             n = max(len(enc[i]["input_ids"]) for i in part)
-            feeds = {k: np.zeros((len(part), n), np.int64) for k in names}
+            feeds = {k: np.zeros((len(part), n), dtype) for k in names}
             for r, i in enumerate(part):
                 ids = enc[i]["input_ids"]
                 feeds["input_ids"][r, :len(ids)] = ids
                 feeds["attention_mask"][r, :len(ids)] = 1
-            out[part] = session.run(["sentence_embedding"], feeds)[0]
+            out[part] = run(feeds)
         return out
 
     return embed
+
+
+def reference(session: Any, tokenizer: Any, batch: int) -> Any:
+    """The exact-shape reference: one ONNX Runtime session with every dim free."""
+    return exact_batches(lambda feeds: session.run(["sentence_embedding"], feeds)[0], tokenizer,
+                         [i.name for i in session.get_inputs()], batch)
 
 
 PLANS = {"default before (1,8 x 16..256)": {"batch": [1, 8], "seq": [16, 32, 64, 128, 256]},

@@ -17,8 +17,10 @@ order); only the passes after a first, untimed one are timed (compiling is not):
                         oracle plan: the best 3 unpacked shapes can do no better)
   packed default        16 texts to a row at most: 16 and 4 rows x 128, 1 row x 256 (the
                         default packed plan, bucketwise embed --pack): 3 shapes
-  packed 64             rows of 64 for short texts: 32 x 64, 16 x 128, 1 x 256, 16 texts
-                        to a row at most: 3 shapes
+  packed planned        3 shapes chosen by `bucketwise plan --pack` (plan_packed, 16 texts
+                        to a row at most, the model's 256 as the top row) from the lengths
+                        of another draw of the same kind of text (heldout_sets(seed=1),
+                        without the measured texts): fitted on data it is not measured on
 
 on ONNX Runtime, on OpenVINO with every dim static (one compiled model per shape), and on
 JAX (its own BERT, packed in its graph; one executable per shape).
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 from _common import run_child as in_child
 from _common import save, table
-from bench_exact import reference
+from bench_exact import exact_batches, reference
 from heldout import heldout_sets
 
 from bucketwise import Plan
@@ -59,11 +61,12 @@ from bucketwise.runtime.cache import ArtifactCache
 from bucketwise.shapes import BATCH, Bucket
 
 SEGMENTS = 16
-PACKED = {"packed default": ((16, 128), (4, 128), (1, 256)), "packed 64": ((32, 64), (16, 128), (1, 256))}
+PACKED = {"packed default": ((16, 128), (4, 128), (1, 256))}
+PLANNED = "packed planned"
 TARGETS = {"bulk_vs_exact": 0.95, "padding": 0.05, "shapes": 3}
 REFERENCE = "exact (reference)"  # ONNX Runtime with every dim free: every configuration's yardstick
 OWN_EXACT = {"jax": "exact (jax.jit)"}  # a backend's own exact-shape reference, which its configurations also face
-CONFIGS = ("default", "unpacked k=3", *PACKED)
+CONFIGS = ("default", "unpacked k=3", *PACKED, PLANNED)
 
 
 def texts_of(set_name: str, limit: int | None) -> list[str]:
@@ -77,27 +80,27 @@ def jax_reference(batch: int) -> Any:
     from bucketwise.models.jax_bert import bert_encoder
 
     model, tokenizer, spec = bert_encoder()
-    names = spec.input_names
-
-    def embed(texts: list[str]) -> np.ndarray:
-        enc = [tokenizer(t, truncation=True, max_length=256) for t in texts]
-        order = sorted(range(len(enc)), key=lambda i: len(enc[i]["input_ids"]))
-        out = np.empty((len(texts), 384), np.float32)
-        for start in range(0, len(order), batch):
-            part = order[start:start + batch]
-            n = max(len(enc[i]["input_ids"]) for i in part)
-            feeds = {k: np.zeros((len(part), n), np.int32) for k in names}  # jax runs 32-bit ids
-            for r, i in enumerate(part):
-                ids = enc[i]["input_ids"]
-                feeds["input_ids"][r, :len(ids)] = ids
-                feeds["attention_mask"][r, :len(ids)] = 1
-            out[part] = np.asarray(model(**feeds)["sentence_embedding"])
-        return out
-
-    return embed
+    return exact_batches(lambda feeds: np.asarray(model(**feeds)["sentence_embedding"]), tokenizer, spec.input_names,
+                         batch, np.int32)  # jax runs 32-bit ids
 
 
-def plan_of(config: str, lengths: list[int]) -> Plan | None:
+def fit_lengths(set_name: str, tokenizer: Any) -> list[int]:
+    """Token lengths of another draw of the set's kind of text, without the measured texts:
+    what the planned packed plan is fitted on."""
+    measured = set(heldout_sets()[set_name])
+    return [len(tokenizer(t, truncation=True, max_length=256)["input_ids"])
+            for t in heldout_sets(seed=1)[set_name] if t not in measured]
+
+
+def packed_planned(set_name: str, tokenizer: Any) -> Plan:
+    from bucketwise.planning import plan_packed
+
+    return plan_packed(fit_lengths(set_name, tokenizer), k=3, max_segments=SEGMENTS, cap=256).plan
+
+
+def plan_of(config: str, lengths: list[int], set_name: str = "", tokenizer: Any = None) -> Plan | None:
+    if config == PLANNED:
+        return packed_planned(set_name, tokenizer)
     if config in PACKED:
         return Plan(tuple(Bucket({BATCH: b, "seq": s}) for b, s in PACKED[config]))
     if config == "unpacked k=3":
@@ -121,8 +124,9 @@ def child(config: str, backend: str, set_name: str, cache_dir: str, repeats: int
     elif config == OWN_EXACT.get(backend):
         run = jax_reference(32)
     else:
-        embedder = SentenceEmbedder.default(backend=backend, progress=False, cache=cache, plan=plan_of(config, lengths),
-                                            pack=SEGMENTS if config in PACKED else None)
+        embedder = SentenceEmbedder.default(backend=backend, progress=False, cache=cache,
+                                            plan=plan_of(config, lengths, set_name, embedder.tokenizer),
+                                            pack=SEGMENTS if config in PACKED or config == PLANNED else None)
         run = embedder.embed
         shapes = len(embedder.model.plan)
     out = np.asarray(run(texts))
@@ -175,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     for set_name in names:
         texts = texts_of(set_name, args.limit)
         lengths = sorted(len(tokenizer(t)["input_ids"]) for t in texts)
+        planned = packed_planned(set_name, tokenizer)
+        results.setdefault("planned_plans", {})[set_name] = sorted([b[BATCH], b["seq"]] for b in planned.buckets)
         best: dict[str, dict] = {}
         for r in range(args.rounds):
             for config, backend in configs[r % len(configs):] + configs[: r % len(configs)]:
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     for set_name, got in results["sets"].items():
         for backend in backends:
-            for config in PACKED:
+            for config in (*PACKED, PLANNED):
                 cell = got["configs"][f"{backend}: {config}"]
                 if set_name == "long":
                     best_unpacked = max(got["configs"][f"{backend}: {c}"]["texts_per_s"] for c in ("unpacked k=3",))

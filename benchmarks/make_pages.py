@@ -408,6 +408,25 @@ def joint_serve(d: dict) -> tuple[Table, Plot]:
                                                           for split in ("planned", "equal")}))
 
 
+def serve_pack(d: dict) -> tuple[Table, Plot]:
+    cells = {(c["backend"], c["server"], c["clients"]): c for c in d["cells"]}
+    servers = list(dict.fromkeys(c["server"] for c in d["cells"]))
+    clients = sorted({c["clients"] for c in d["cells"]})
+    rows = []
+    for backend in d["backends"]:
+        for n in clients:
+            base = cells[(backend, "unpacked", n)]["throughput"]
+            for server in servers:
+                c = cells[(backend, server, n)]
+                rows.append([backend, str(n), server, f(c["throughput"]), ratio(c["throughput"] / base), f(c["p50_ms"], 0),
+                             f(c["p99_ms"], 0), f(c["rss_mib"], 0), str(c["errors"]), str(c["lost"])])
+    t = Table(["backend", "clients", "server", "req/s (median)", "vs unpacked", "p50 ms", "p99 ms", "server RSS MiB", "errors",
+               "lost"], rows)
+    x = [f"{b}, {n} clients" for b in d["backends"] for n in clients]
+    return t, Plot("barh", x, {s: [cells[(b, s, n)]["throughput"] for b in d["backends"] for n in clients] for s in servers},
+                   "requests/s")
+
+
 def task_peers(d: dict) -> tuple[Table, Plot]:
     med = {(m["server"], m["task"], m["clients"]): m for m in d["median"]}
     rows = []
@@ -474,10 +493,15 @@ BENCHES = [
           "`bucketwise serve` on OpenVINO (one compiled model per bucket, each model's memory per bucket measured): all-MiniLM-L6-v2 (`embed`, 80% of "
           "requests), a MiniLM cross-encoder (`rerank`, 15%, a query against four documents) and the MRPC classifier (`mrpc`, 5%); plans fitted on "
           "MRPC train lengths, load from MRPC test text; rounds alternate the splits, medians shown.", joint_serve, None, "Planning"),
-    Bench("packing", "Packed buckets", "all-MiniLM-L6-v2 on held-out prose in bulk: packed plans of three shapes (16 texts to a row at most) "
-          "against the backend's default plan, an unpacked plan of three shapes planned on the set itself, and the exact-shape reference (one "
-          "dynamic ONNX Runtime session, texts sorted and batched by 32); each configuration in a fresh process from a warm cache.",
-          packing_bench, None, "Compilers and padding"),
+    Bench("packing", "Packed buckets", "all-MiniLM-L6-v2 on held-out prose in bulk: packed plans of three shapes (16 texts to a row at most; "
+          "the default packed plan, and one planned by `bucketwise plan --pack` from another draw of the same kind of text) against the "
+          "backend's default plan, an unpacked plan of three shapes planned on the set itself, and the exact-shape reference (one dynamic ONNX "
+          "Runtime session, texts sorted and batched by 32; on JAX also `jax.jit` at exact shapes); each configuration in a fresh process "
+          "from a warm cache.", packing_bench, None, "Compilers and padding"),
+    Bench("serve_pack", "Packing in the server's batcher", "`bucketwise serve` with all-MiniLM-L6-v2 on ONNX Runtime and OpenVINO, unpacked (the backend's default plan) "
+          "and with `--pack` (the default packed plan, and one with two one-row shapes more), under closed-loop clients sending one held-out text "
+          "each (60% short sentences, 30% medium paragraphs, 10% long runs); rounds alternate the servers, medians shown.", serve_pack, None,
+          "Serving"),
     Bench("serve_task_peers", "Reranking and classification against infinity-emb", "`bucketwise serve` and infinity-emb 0.0.78's ONNX engine "
           "serving the same MiniLM reranker on `/rerank` (a query against six held-out sentences) and the same MRPC classifier on `/classify` (one "
           "held-out sentence), each server a fresh process per round, rounds rotating the order; medians over rounds.", task_peers, None, "Serving"),

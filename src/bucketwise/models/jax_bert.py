@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,16 +195,9 @@ def bert_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
     from ..backends.jax import JaxModel
     from ..runtime.fingerprint import fingerprint_files
 
-    folder = Path(model_dir(path))
-    if path is not None:
-        require_encoder(path)
-    config = _bert_config(folder)
-    if config is None:
-        config = json.loads((folder / "config.json").read_text())
-        raise ConfigError(
-            f"the JAX encoder runs BERT models (absolute positions, gelu); {str(folder)!r} is "
-            f"{config.get('model_type')!r} with {config.get('hidden_act')!r}. Use a torch backend for it"
-        )
+    folder, config = _bert_folder(path, lambda folder, kind, act: ConfigError(
+        f"the JAX encoder runs BERT models (absolute positions, gelu); {folder!r} is {kind!r} with {act!r}. "
+        "Use a torch backend for it"))
     tokenizer = load_default_tokenizer(path)
     info = encoder_info(path, tokenizer)
     spec = encoder_spec(tokenizer, vocab_size=info.vocab_size, type_vocab_size=info.type_vocab_size,
@@ -214,6 +208,19 @@ def bert_encoder(path: str | None = None) -> tuple[Any, Any, ModelSpec]:
                            eps=float(config.get("layer_norm_eps", 1e-12)), pooling=pooling, normalize=normalize)
     fingerprint = fingerprint_files(folder, extra={"jax-bert": 1, "pooling": pooling, "normalize": normalize})
     return JaxModel(fn, bert_params(folder), name=f"{info.name} (jax)", fingerprint=fingerprint), tokenizer, spec
+
+
+def _bert_folder(path: str | None, refuse: Callable[[str, Any, Any], Exception]) -> tuple[Path, dict[str, Any]]:
+    """The encoder folder of ``path`` (default: the bundled model) and its config.json;
+    raises ``refuse(folder, model_type, hidden_act)`` where the JAX BERT does not run it."""
+    folder = Path(model_dir(path))
+    if path is not None:
+        require_encoder(path)
+    config = _bert_config(folder)
+    if config is None:
+        raw = json.loads((folder / "config.json").read_text())
+        raise refuse(str(folder), raw.get("model_type"), raw.get("hidden_act"))
+    return folder, config
 
 
 def _bert_config(folder: Path) -> dict[str, Any] | None:
@@ -243,16 +250,10 @@ def packed_bert_encoder(path: str | None = None, task: str = "feature-extraction
     if task != "feature-extraction":
         raise ConfigError(f"the jax backend runs sentence embeddings only; run {task} on onnxruntime, openvino, "
                           "torchscript, inductor or eager")
-    folder = Path(model_dir(path))
-    if path is not None:
-        require_encoder(path)
-    config = _bert_config(folder)
-    if config is None:
-        raw = json.loads((folder / "config.json").read_text())
-        raise PackingUnsupportedError(
-            f"model {str(folder)!r} cannot run packed on the jax backend: its JAX encoder implements BERT "
-            f"(absolute positions, gelu), and this model is {raw.get('model_type')!r} with "
-            f"{raw.get('hidden_act')!r}. Pack it on onnxruntime or openvino, or run it unpacked (leave packing off)")
+    folder, config = _bert_folder(path, lambda folder, kind, act: PackingUnsupportedError(
+        f"model {folder!r} cannot run packed on the jax backend: its JAX encoder implements BERT (absolute "
+        f"positions, gelu), and this model is {kind!r} with {act!r}. Pack it on onnxruntime or openvino, or run it "
+        "unpacked (leave packing off)"))
     described = packed_spec(str(folder), task, max_segments=max_segments)
     pooling, normalize = _pooling(folder)
     fn = functools.partial(bert_packed_forward, heads=int(config["num_attention_heads"]),

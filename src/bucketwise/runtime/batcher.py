@@ -67,7 +67,7 @@ class _Pending:
 class BatchEvent:
     """What one flushed batch did; passed to ``on_batch`` (metrics)."""
 
-    rows: int
+    rows: int  # requests in the batch (packed: sequences, several to a row of the bucket)
     bucket: Bucket  # the bucket that ran
     real_positions: int
     queue_seconds: list[float]

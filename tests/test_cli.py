@@ -118,11 +118,11 @@ def test_embed_pack_embeds_as_unpacked_in_fewer_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_predict_pack_classifies_as_unpacked_in_fewer_runs_and_refuses_per_token_tasks(tmp_path, capsys):
+def test_predict_pack_classifies_and_tags_tokens_as_unpacked_in_fewer_runs(tmp_path, capsys):
     """`bucketwise predict --pack` on a tiny classifier: on the default packed buckets (two
     shapes for a model of 48 tokens), the same labels and scores as unpacked within 1e-5, in
-    fewer runs, with the packing line and `pack` in the report. Token classification reads
-    per-token outputs: refused, naming the task and the fix, before any model is built."""
+    fewer runs, with the packing line and `pack` in the report. A token classifier packed
+    finds the same entities as unpacked (its per-token outputs cropped to each text's slot)."""
     pytest.importorskip("transformers")
     import tiny_encoders as te
 
@@ -149,10 +149,14 @@ def test_predict_pack_classifies_as_unpacked_in_fewer_runs_and_refuses_per_token
     assert f"packing  up to 16 texts per row, {packed_report['stats']['runs']} runs for 24 texts" in printed
 
     tokens = str(te.build_head("bert", "token-classification", tmp_path / "models"))
-    for command in (["predict", "--input", str(texts), "--no-cache"], ["compile", "--cache-dir", str(tmp_path / "c")]):
-        assert main([*command, "--model", tokens, "--pack", "4", "--no-progress"]) == 2
-        err = capsys.readouterr().err
-        assert "--pack: token-classification reads its outputs per token" in err and "drop --pack" in err, err
+    entities = {}
+    for name, extra in (("plain", ["--batch-sizes", "4,16", "--seq-sizes", "48"]), ("packed", ["--pack", "4"])):
+        out = tmp_path / f"tokens-{name}.jsonl"
+        assert main(["predict", "--model", tokens, "--input", str(texts), "--output", str(out), "--no-progress",
+                     "--no-cache", *extra]) == 0
+        entities[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    capsys.readouterr()
+    assert [[e["word"] for e in t] for t in entities["packed"]] == [[e["word"] for e in t] for t in entities["plain"]]
     assert main(["predict", "--model", folder, "--input", str(texts), "--pack", "0"]) == 2
     assert "--pack 0" in capsys.readouterr().err
 

@@ -147,25 +147,17 @@ def add_pack_option(parser: argparse.ArgumentParser, *, compiles: bool = False) 
     parser.add_argument("--pack", type=int, nargs="?", const=PACKED_SEGMENTS, metavar="S",
                         help=f"{'compile the buckets that pack' if compiles else 'pack'} up to S texts (default "
                              f"{PACKED_SEGMENTS}) into each row of a bucket, so rows hold several short texts: "
-                             "default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); for embeddings, "
-                             "text-classification and text-ranking (with --backend jax: BERT embeddings)")
+                             "default buckets 16 and 4 rows x 128, 1 row x 256 (docs/packing.md); every text task (with "
+                             "--backend jax: BERT embeddings)")
 
 
-# Text tasks whose outputs are per token, which packed rows do not give (TextModel._load_packed
-# refuses them too, once the model is read).
-UNPACKED_TASKS = ("token-classification", "question-answering")
-
-
-def check_pack(args: argparse.Namespace, task: str | None = None) -> None:
-    """Refuse a --pack of fewer than one text per row, or for a ``task`` that does not pack."""
+def check_pack(args: argparse.Namespace) -> None:
+    """Refuse a --pack of fewer than one text per row."""
     pack = getattr(args, "pack", None)
     if pack is None:
         return
     if pack < 1:
         raise ConfigError(f"--pack {pack}: the texts per row must be at least 1 (e.g. --pack 16)")
-    if task in UNPACKED_TASKS:
-        raise ConfigError(f"--pack: {task} reads its outputs per token, and packed rows give outputs per text only "
-                          "(embeddings, text-classification, text-ranking); drop --pack to run it unpacked")
 
 
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:

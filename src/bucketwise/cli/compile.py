@@ -93,7 +93,7 @@ def _run_packed(args: argparse.Namespace, cache: Any, budget: float | None, star
         task = "feature-extraction"
     else:
         task = folder_task(model_dir(args.model)).check(args.task)
-    check_pack(args, task)
+    check_pack(args)
     # Packed, the default buckets are rows x row length (packed_text_plan), as embed and predict take them.
     given = plan_from_args(args) if args.plan or args.batch_sizes or args.seq_sizes else None
     head = head_class(task).default(backend=args.backend, plan=given, model=args.model, cache=cache,

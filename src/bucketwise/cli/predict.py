@@ -106,7 +106,7 @@ def run_text(args: argparse.Namespace) -> int:
         raise ConfigError(f"--task {args.task} needs --model DIR, a folder with that head; the bundled "
                           "all-MiniLM-L6-v2 is a sentence encoder")
     task = "feature-extraction" if args.model is None else folder_task(model_dir(args.model)).check(args.task)
-    check_pack(args, task)
+    check_pack(args)
     records = read_records(args.input)  # before loading the model, so a bad file fails in a blink
     options = {k: v for k, v in vars(args).items() if k in TEXT_OPTIONS and v not in (None, False)}
     cls = head_class(task)

@@ -12,7 +12,6 @@ from ..errors import ConfigError, InputError
 from ..models.frontend import PACKED_SEGMENTS, packed_text_plan
 from ..planning.io import parse_bytes
 from ._common import (
-    UNPACKED_TASKS,
     add_model_options,
     backend_options,
     cache_from_args,
@@ -105,8 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help=f"serve text models packed: the batcher packs up to S waiting texts (default "
                             f"{PACKED_SEGMENTS}) into each row of a bucket; default buckets 16 and 4 rows x 128, 1 row x "
                             "256 (docs/packing.md). Texts are served at /v1/embeddings and the task routes, not over "
-                            "KServe v2; token classification and QA models run unpacked; not with --replan-every or "
-                            "--memory-budget")
+                            "KServe v2; not with --replan-every or --memory-budget")
     serve.add_argument("--lazy", action="store_true",
                        help="start serving once the largest buckets are built; build the rest in the background "
                             "(until then their inputs run on a larger bucket, counted in /metrics)")
@@ -317,9 +315,9 @@ def _load_heads(args: argparse.Namespace, entries: dict[str, dict[str, Any]]
         plan_path = entry.get("plan") or args.plan
         plan = planned.get(name) or (text_plan(plan_path, batch_sizes=batch_sizes, seq_sizes=seq_sizes, backend=backend)
                                      if plan_path or batch_sizes or seq_sizes else None)
-        pack = entry.get("pack", None if task in UNPACKED_TASKS else args.pack)  # --pack: the tasks that pack
+        pack = entry.get("pack", args.pack)
         if pack is not None:
-            check_pack(argparse.Namespace(pack=pack), task)
+            check_pack(argparse.Namespace(pack=pack))
         if plan is None and pack is not None:
             plan = packed_text_plan()
         options = backend_options(args, plan) if plan is not None else dict(getattr(args, "backend_option", None) or [])

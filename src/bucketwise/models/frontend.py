@@ -185,11 +185,11 @@ class TextModel:
             module, packed = packed_bert_encoder(path, cls.task, max_segments=max_segments)
         else:
             module, packed = lazy_packed_module(model_dir(path), cls.task, max_segments=max_segments)
-        per_position = [n for n in cls.outputs if n not in packed.segment_outputs]
-        if per_position:
-            raise ConfigError(f"pack: a {cls.task} head reads {', '.join(per_position)} per token, and packed rows "
-                              "give per-text outputs only to embeddings, classification and reranking; run it "
-                              "unpacked (no pack)")
+        # Per-text outputs come from each text's segment, per-token ones cropped to its slot.
+        missing = [n for n in cls.outputs if n not in packed.segment_outputs + packed.token_outputs]
+        if missing:
+            raise ConfigError(f"pack: a {cls.task} head reads {', '.join(missing)}, which the packed model does not "
+                              "give; run it unpacked (no pack)")
         # The head reads its folder's description (labels, longest input) and tokenizer as
         # unpacked; nothing of it loads weights (but on jax, whose encoder holds its params).
         _, tokenizer, unpacked = cls._load(backend, path)

@@ -242,9 +242,10 @@ class TextModel:
 
         ``pack=S`` packs up to ``S`` texts into each row of a bucket (see
         :mod:`bucketwise.models.packing` and :meth:`run_groups`): each bucket is rows ×
-        row length, and the default plan is :func:`packed_text_plan`. Heads whose outputs
-        are per text (embeddings, classification, reranking) pack; the parity probe then
-        compares every packed output with its text run alone.
+        row length, and the default plan is :func:`packed_text_plan`. Every head packs:
+        per-text outputs (embeddings, classification, reranking) come from each text's
+        segment, per-token ones (token classification, QA) cropped to its slot; the parity
+        probe compares every packed output with its text run alone.
         """
         runtime = get_backend(backend, **dict(backend_options or {}))
         packing = None

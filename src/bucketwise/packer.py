@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 
-__all__ = ["Slot", "Packing", "pack", "next_fit_rows"]
+__all__ = ["Slot", "Packing", "pack", "next_fit_rows", "filled"]
 
 
 class Slot(NamedTuple):
@@ -133,6 +133,11 @@ def pack(lengths: Sequence[int], row_length: int | Sequence[int], max_segments: 
             node //= 2
     return Packing(tuple(tuple(row) for row in rows), unpacked, row_length, max_segments,
                    tuple(capacity) if several else ())
+
+
+def filled(row: Sequence[Slot]) -> int:
+    """How much of a row its slots fill: where its last slot ends (0 for an empty row)."""
+    return row[-1].offset + row[-1].length if row else 0
 
 
 def next_fit_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> int:

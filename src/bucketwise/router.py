@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import BucketOverflowError, ConfigError, PlanError
-from .packer import Slot, pack
+from .packer import Slot, filled, pack
 from .plans import Plan
 from .shapes import BATCH, Bucket, Shape
 
@@ -85,7 +85,7 @@ class Run:
     @property
     def filled(self) -> list[int]:
         """Each row's filled length: where its last slot ends."""
-        return [row[-1].offset + row[-1].length if row else 0 for row in self.rows]
+        return [filled(row) for row in self.rows]
 
 
 class Router:
@@ -284,9 +284,9 @@ class Router:
             raise BucketOverflowError(f"text {over} has {lengths[over]} tokens; the longest packed row holds "
                                       f"{self.limits[dim]}")
         rows = pack(lengths, self.queue_edges(dim), max_segments).rows
-        filled = [row[-1].offset + row[-1].length for row in rows]
         return [Run(bucket, tuple(rows[r] for r in part))
-                for bucket, part in self._groups(filled, dim, few_shapes=True) if bucket is not None]
+                for bucket, part in self._groups([filled(row) for row in rows], dim, few_shapes=True)
+                if bucket is not None]
 
     def _groups(self, lengths: Sequence[int], dim: str, *, few_shapes: bool) -> list[tuple[Bucket | None, list[int]]]:
         """(bucket, indices) per run for rows of ``lengths``: see :meth:`place`."""
@@ -369,7 +369,7 @@ class Router:
         packed = [list(row) for row in pack(lengths[:lo], edge, max_segments).rows]
         bucket, _ = self.take(len(packed), **key)
         width = bucket[dim]
-        used = [row[-1].offset + row[-1].length for row in packed]
+        used = [filled(row) for row in packed]
         for j, sizes in enumerate(riders):
             n = int(sizes[dim])
             if n > width:

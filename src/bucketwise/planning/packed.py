@@ -56,7 +56,7 @@ import numpy as np
 
 from ..costs import CostModel, PolynomialCost
 from ..errors import PlanError
-from ..packer import pack
+from ..packer import filled, pack
 from ..plans import Plan
 from ..router import Router
 from ..shapes import BATCH, Bucket
@@ -374,7 +374,7 @@ def _simulate(sim: np.ndarray, edges: tuple[int, ...], max_segments: int,
     the shortest edge its texts fill (as the packed front end groups rows)."""
     layout = pack(sim.tolist(), edges, max_segments)
     ends = np.array(edges, dtype=np.int64)
-    used = np.array([sum(s.length for s in row) for row in layout.rows], dtype=np.int64)
+    used = np.array([filled(row) for row in layout.rows], dtype=np.int64)
     runs_at = ends[np.searchsorted(ends, used, side="left")]
     total = sum(row_cost[int(L)] for L in runs_at)
     by_length = {int(L): int(n) for L, n in zip(*np.unique(runs_at, return_counts=True))}

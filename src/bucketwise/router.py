@@ -340,7 +340,7 @@ class Router:
         """
         if not due:
             raise ConfigError("next_run needs at least one due row")
-        key = {d: n for d, n in self._edges_of(due[0]).items()}
+        key = self._edges_of(due[0])
         if max_segments <= 1:
             bucket, n = self.take(len(due), **key)
             rows = [(Slot(i, 0, math.prod(due[i].values())),) for i in range(n)]
@@ -358,15 +358,20 @@ class Router:
         step = self.max_rows({dim: edge, BATCH: 1})
         if step == 0:
             raise BucketOverflowError(self.overflow_message({dim: edge, BATCH: 1}))
-        # The oldest prefix of the due rows whose packing fits the largest covering bucket.
-        lo, hi = 1, len(lengths)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if len(pack(lengths[:mid], edge, max_segments).rows) <= step:
-                lo = mid
-            else:
-                hi = mid - 1
-        packed = [list(row) for row in pack(lengths[:lo], edge, max_segments).rows]
+        # The oldest prefix of the due rows whose packing fits the largest covering bucket:
+        # all of them, usually; else the longest such prefix, by bisection.
+        layout = pack(lengths, edge, max_segments).rows
+        if len(layout) > step:
+            lo, hi = 1, len(lengths) - 1
+            layout = pack(lengths[:1], edge, max_segments).rows  # layout: always the packing of the first lo
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                tried = pack(lengths[:mid], edge, max_segments).rows
+                if len(tried) <= step:
+                    lo, layout = mid, tried
+                else:
+                    hi = mid - 1
+        packed = [list(row) for row in layout]
         bucket, _ = self.take(len(packed), **key)
         width = bucket[dim]
         used = [filled(row) for row in packed]

@@ -35,6 +35,22 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                      backend=getattr(args, "backend", None))
 
 
+def text_plans(args: argparse.Namespace, *, head_default: bool = False) -> tuple[Plan | None, Plan]:
+    """(the plan a text command builds, the plan its backend options are sized for).
+
+    A plan the flags give (--plan, --batch-sizes/--seq-sizes) is both. Without one, with
+    --pack, the head builds its default packed plan (None: rows x row length,
+    ``packed_text_plan``) and the options follow that; unpacked, the backend's default
+    text plan, passed on, or with ``head_default`` left to the head (whose default stops at
+    the model's longest input)."""
+    from ..models.frontend import packed_text_plan
+
+    if args.plan or args.batch_sizes or args.seq_sizes or (getattr(args, "pack", None) is None and not head_default):
+        plan = plan_from_args(args)
+        return plan, plan
+    return None, packed_text_plan() if getattr(args, "pack", None) is not None else plan_from_args(args)
+
+
 def cache_from_args(args: argparse.Namespace, *, required: bool = False, fallback: bool = False) -> Any:
     """The artifact cache the command reads and fills, or None with --no-cache. A cache
     that cannot be written is an error when named (--cache-dir) or ``required``; the

@@ -17,6 +17,7 @@ from ._common import (
     image_plan,
     plan_from_args,
     printer,
+    text_plans,
     write_json,
 )
 
@@ -83,7 +84,6 @@ def _run_packed(args: argparse.Namespace, cache: Any, budget: float | None, star
     so they start warm from the cache; the parity probe checks them once compiled."""
     from ..errors import ConfigError
     from ..models.encoders import model_dir
-    from ..models.frontend import packed_text_plan
     from ..models.tasks import folder_task, head_class
     from ..models.zoo import is_image_model_name
 
@@ -94,10 +94,9 @@ def _run_packed(args: argparse.Namespace, cache: Any, budget: float | None, star
     else:
         task = folder_task(model_dir(args.model)).check(args.task)
     check_pack(args)
-    # Packed, the default buckets are rows x row length (packed_text_plan), as embed and predict take them.
-    given = plan_from_args(args) if args.plan or args.batch_sizes or args.seq_sizes else None
+    given, sized_for = text_plans(args)
     head = head_class(task).default(backend=args.backend, plan=given, model=args.model, cache=cache,
-                                    backend_options=backend_options(args, given or packed_text_plan()),
+                                    backend_options=backend_options(args, sized_for),
                                     progress=not args.no_progress, build=False, pack=args.pack)
     try:
         head.prepare(progress=not args.no_progress, workers=args.workers, memory_budget=budget)

@@ -15,8 +15,8 @@ from ._common import (
     backend_options,
     cache_from_args,
     check_pack,
-    plan_from_args,
     printer,
+    text_plans,
     write_json,
 )
 
@@ -49,7 +49,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import read_texts
-    from ..models.frontend import packed_text_plan
     from ..models.text import DEFAULT_MODEL_NAME, SentenceEmbedder
 
     check_pack(args)
@@ -57,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_ray(args)
     if args.output and Path(args.output).suffix != ".npy":
         raise InputError(f"--output {args.output!r} must end in .npy (embeddings are saved with numpy.save)")
-    # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
-    sized = args.plan or args.batch_sizes or args.seq_sizes
-    plan = plan_from_args(args) if args.pack is None or sized else None
+    plan, sized_for = text_plans(args)
     packed_for = (plan.meta.get("pack") or {}).get("max_segments") if plan is not None else None
     if packed_for and args.pack is None:
         raise ConfigError(f"--plan {args.plan} was planned for packed rows (bucketwise plan --pack {packed_for}): "
@@ -74,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     # skip the warm-up runs, since each bucket built runs real rows next.
     embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow, progress=progress,
                                         model=args.model, cache=cache_from_args(args),
-                                        backend_options=backend_options(args, plan or packed_text_plan()), build=False,
+                                        backend_options=backend_options(args, sized_for), build=False,
                                         warmup_runs=0, pack=args.pack)
     plan = embedder.model.plan  # what the model was built with: the default stops at its longest input
     texts, encoded, source, skipped = _texts(args, embedder, texts)
@@ -117,7 +114,6 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     from ..corpus import stdlib_docstrings
     from ..data import read_texts
     from ..errors import ConfigError
-    from ..models.frontend import packed_text_plan
     from ..models.text import DEFAULT_MODEL_NAME
 
     if args.ray < 1:
@@ -126,9 +122,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
         from ..models.encoders import require_encoder
 
         require_encoder(args.model)
-    # Packed, the default buckets are rows x row length (packed_text_plan), as without --ray.
-    sized = args.plan or args.batch_sizes or args.seq_sizes
-    plan = plan_from_args(args) if args.pack is None or sized else None
+    plan, sized_for = text_plans(args)
     say = printer(args)
     if args.input:
         texts = read_texts(Path(args.input))
@@ -140,7 +134,7 @@ def _run_on_ray(args: argparse.Namespace) -> int:
     if any(not isinstance(t, str) for t in texts):
         raise InputError("--ray embeds single texts; the input has pairs")
     kwargs = {"model": args.model, "backend": args.backend, "plan": plan,
-              "backend_options": backend_options(args, plan or packed_text_plan()),
+              "backend_options": backend_options(args, sized_for),
               "cache_dir": args.cache_dir, "overflow": args.overflow, "concurrency": args.ray, "pack": args.pack}
     ray = bwr.require_ray()
     if not ray.is_initialized():

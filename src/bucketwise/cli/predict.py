@@ -26,9 +26,9 @@ from ._common import (
     cache_from_args,
     check_pack,
     image_plan,
-    plan_from_args,
     printer,
     sizes,
+    text_plans,
     write_json,
 )
 
@@ -94,7 +94,6 @@ def run_text(args: argparse.Namespace) -> int:
     """``predict --input FILE``: a text model with its head, one JSON line per input."""
     from ..data import read_records
     from ..models.encoders import model_dir
-    from ..models.frontend import packed_text_plan
     from ..models.tasks import folder_task, head_class
 
     say = printer(args)
@@ -118,12 +117,11 @@ def run_text(args: argparse.Namespace) -> int:
     inputs = None if task == "feature-extraction" else [cls.parse_record(r, f"input {i + 1}") for i, r in enumerate(records)]
     # The default buckets stop at the model's longest input, so leave them to the head
     # (packed, they are rows x row length: packed_text_plan).
-    given = plan_from_args(args) if args.plan or args.batch_sizes or args.seq_sizes else None
+    given, sized_for = text_plans(args, head_default=True)
     start = time.perf_counter()
     head = cls.default(backend=args.backend, plan=given, overflow=args.overflow, progress=not args.no_progress,
                        model=args.model, cache=cache_from_args(args),
-                       backend_options=backend_options(args, given or (plan_from_args(args) if args.pack is None
-                                                                       else packed_text_plan())),
+                       backend_options=backend_options(args, sized_for),
                        truncation=args.truncation, truncation_side=args.truncation_side, pack=args.pack)
     compile_s = time.perf_counter() - start
     plan = head.model.plan

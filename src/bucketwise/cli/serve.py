@@ -17,8 +17,8 @@ from ._common import (
     cache_from_args,
     check_pack,
     image_plan,
-    plan_from_args,
     read_models_file,
+    text_plans,
 )
 
 
@@ -190,13 +190,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..models.text import SentenceEmbedder
 
-        # Packed, the default buckets are rows x row length (packed_text_plan), not the backend's.
-        sized = args.plan or args.batch_sizes or args.seq_sizes
-        plan = plan_from_args(args) if args.pack is None or sized else None
+        plan, sized_for = text_plans(args)
         cache = cache_from_args(args, fallback=True)
         embedder = SentenceEmbedder.default(backend=args.backend, plan=plan, overflow=args.overflow,
                                             progress=not args.no_progress, model=args.model, cache=cache,
-                                            lazy=args.lazy, backend_options=backend_options(args, plan or packed_text_plan()),
+                                            lazy=args.lazy, backend_options=backend_options(args, sized_for),
                                             build_in_child=cache is not None and not args.lazy, pack=args.pack)
         model = embedder.model
         app = create_app(embedder, config)

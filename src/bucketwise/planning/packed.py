@@ -239,19 +239,18 @@ def plan_packed(
     sim = _sample(lengths, counts, sample)
     cands = _candidates(lengths, counts, top, step)
     below = [c for c in cands if c < top]
-    scored: list[tuple[float, int, tuple[int, ...]]] = []
+    scored: list[tuple[float, int, tuple[int, ...], dict[int, int], dict[str, Any]]] = []
     for r in range(0, min(k, len(below) + 1)):
         for subset in itertools.combinations(below, r):
             edges = (*subset, top)
-            per_text, _, _ = _simulate(sim, edges, max_segments, row_cost)
-            scored.append((per_text, len(edges), edges))
+            row_score, by_length, info = _simulate(sim, edges, max_segments, row_cost)
+            scored.append((row_score, len(edges), edges, by_length, info))
     evaluated = len(scored)
     # The row-level score leaves out how rows are cut into runs of the shapes (pad rows,
     # a last run in a larger bucket): the best few are scored again through the router's
     # own placement, over their shapes, and the cheapest there wins.
     best: tuple[float, float, tuple[int, ...], list[tuple[int, int]], dict[str, Any]] | None = None
-    for _, _, edges in sorted(scored)[:_RESCORED]:
-        _, by_length, info = _simulate(sim, edges, max_segments, row_cost)
+    for _, _, edges, by_length, info in sorted(scored, key=lambda c: c[:3])[:_RESCORED]:
         shapes = _shapes(edges, by_length, sizes, k, positions_per_call)
         per_text, padding = _placed(sim, shapes, max_segments, cost)
         if best is None or (per_text, padding) < best[:2]:

@@ -303,14 +303,15 @@ class PackedModel:
     def read(self, run: Run, outputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Each slot's outputs in :attr:`~bucketwise.router.Run.items` order: a segment
         output's entry for its segment, a token output cropped to its slot."""
-        got: list[dict[str, Any]] = []
-        for row, out in zip(run.rows, outputs):
-            for k, slot in enumerate(row):
-                one = {name: out[name][k] for name in self.segment_outputs}
-                for name in self.token_outputs:
-                    one[name] = out[name][slot.offset:slot.offset + slot.length]
-                got.append(one)
-        return got
+        return [self.slot_outputs(out, k, slot) for row, out in zip(run.rows, outputs) for k, slot in enumerate(row)]
+
+    def slot_outputs(self, row: Mapping[str, Any], k: int, slot: Slot) -> dict[str, Any]:
+        """The outputs of the ``k``-th slot of a row from the row's outputs: a segment
+        output's entry ``k``, a token output cropped to the slot."""
+        one = {name: row[name][k] for name in self.segment_outputs}
+        for name in self.token_outputs:
+            one[name] = row[name][slot.offset:slot.offset + slot.length]
+        return one
 
     def tokenize(self, texts: Sequence[str | tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None]:
         """Token ids (and token type ids where the model takes them) of each text or
@@ -858,13 +859,9 @@ def unpack_outputs(packed: PackedModel, outputs: Mapping[str, Any] | Sequence[An
     arrays = {n: _numpy(named[n]) for n in packed.spec.output_names}
     got: dict[int, dict[str, np.ndarray]] = {}
     for r, row in enumerate(_layout_rows(layout)):
+        outs = {n: a[first_row + r] for n, a in arrays.items()}
         for k, slot in enumerate(row):
-            one: dict[str, np.ndarray] = {}
-            for n in packed.segment_outputs:
-                one[n] = arrays[n][first_row + r, k]
-            for n in packed.token_outputs:
-                one[n] = arrays[n][first_row + r, slot.offset:slot.offset + slot.length]
-            got[slot.sequence] = one
+            got[slot.sequence] = packed.slot_outputs(outs, k, slot)
     return got
 
 
